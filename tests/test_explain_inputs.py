@@ -182,6 +182,27 @@ def test_dry_run_counts_what_a_run_sends_and_sends_nothing(tmp_path):
     assert "another feature database" in line and "move it aside" in line and "--overwrite" in line
 
 
+def test_the_failure_summary_counts_what_the_same_command_asks_again(tmp_path):
+    """The summary counted the failures of the whole file and said the same command asks them
+    again, though it asks only those of the features it selects."""
+    run = write_planted_database(tmp_path / "run").parent
+    with StubEndpoint(model=MODEL) as stub:
+        args = ("explain", str(run), "--endpoint", stub.url, "--model", MODEL, "--concurrency", "1")
+        stub.fail_next("garbled", "garbled")  # the first explanation's answer cannot be read, twice
+        failed = crosslens(*args, "--features", str(CAT))
+        other = crosslens(*args, "--features", str(DRIFTER))
+        again = crosslens(*args, "--features", str(CAT))
+    assert failed.returncode == other.returncode == again.returncode == 0, failed.stderr + other.stderr
+    assert "1 requests failed (table failures); run the same command again to ask them again" in failed.stdout
+    assert "requests failed" not in other.stdout, other.stdout
+    assert "1 more failed requests (table failures) are of features, phases or scores this command does not ask" in (
+        other.stdout
+    )
+    assert "a command whose --features, --classes, --max-features and --phases select them" in other.stdout
+    assert "failed" not in again.stdout.replace(", 0 failed)", ""), again.stdout
+    assert rows(run, "SELECT count(*) FROM failures") == [(0,)]
+
+
 # --------------------------------------------------------------------------- imports
 def delphi_results(folder: Path, entries: dict[str, object], scores: dict[str, list] | None = None) -> Path:
     """A delphi run's output as its __main__ writes it."""

@@ -46,9 +46,15 @@ def explain(args: argparse.Namespace) -> int:
         f"{args.run_dir}/{EXPLANATIONS_NAME} holds {stored['explanations']} explanations of {stored['features']} features, "
         f"{stored['scores']} scores, {stored['flagged']} features whose meaning drifted"
     )
-    if stored["failures"]:
+    if summary.failures:
         again = run_again(replacing="--overwrite" if config.overwrite else None)
-        print(f"{stored['failures']} requests failed (table failures); {again} to ask them again")
+        print(f"{summary.failures} requests failed (table failures); {again} to ask them again")
+    if stored["failures"] > summary.failures:
+        print(
+            f"{stored['failures'] - summary.failures} more failed requests (table failures) are of features, phases "
+            "or scores this command does not ask for; a command whose --features, --classes, --max-features and "
+            "--phases select them (and, for drift scores, without --no-drift) asks them again"
+        )
     if summary.unscorable:
         print(f"{summary.unscorable} scores were not asked: their contexts hold no stretch where the feature is silent")
     print(f"search them: crosslens browse {args.run_dir}")

@@ -111,7 +111,8 @@ CREATE TABLE failures (
     kind      TEXT NOT NULL,     -- explain | score
     scored_on INTEGER NOT NULL,  -- score: the reading judged (explain: the reading explained)
     source    TEXT NOT NULL,     -- the explanation's source
-    attempts  INTEGER NOT NULL,  -- requests sent for it, over every run
+    attempts  INTEGER NOT NULL,  -- times it was asked for and not got, over every run (each after its retries,
+                                 -- or a second unreadable answer)
     error     TEXT NOT NULL,     -- the last one's failure, one line (never the key)
     PRIMARY KEY (feature, snapshot, kind, scored_on, source)
 ) WITHOUT ROWID""",

@@ -98,6 +98,9 @@ class Summary:
     """What the endpoint was sent and answered (a dry run: the prompt tokens it would be sent, estimated)."""
     unscorable: int = 0
     """Scores not asked: the reading to judge has no held-out silent stretch (or no held-out activating context)."""
+    failures: int = 0
+    """Explanations and scores this run asked for and did not get (each a row of the failures table): what the
+    same command asks for again. The file's other failures are of features, phases or scores it does not ask."""
     stored: dict[str, int] = field(default_factory=dict)
     own_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -505,6 +508,7 @@ class Session:
         target = work.snapshot if work.scored_on is None else work.scored_on
         with self.explainer.timer():
             self.store.add_failure(work.plan.feature, work.snapshot, work.kind, target, work.source, error)
+        self.summary.failures += 1
         return None
 
     async def explain(self, work: Work) -> None:
