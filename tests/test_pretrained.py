@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_fake_hub_repo, write_local_suite
 from huggingface_hub import HfApi
 from sae_lens import SAE
 from safetensors.torch import load_file
@@ -238,6 +238,31 @@ def test_cli_push_prints_the_registry_entry(trained_run, stubbed_hub, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["push", str(trained_run), "--repo", "no-org"])
     assert exit_info.value.code == 2 and "--repo" in capsys.readouterr().err
+
+
+def test_a_diffing_crosscoders_registry_entry_is_read_back_by_the_registry(offline_hf_home):
+    """push's entry for a crosscoder of two models lists them, and the processing they were read
+    with, as the registry reads a ``family: models`` suite: the registry builds the same suite again."""
+    from tiny_crosscoders import random_crosscoder
+
+    from crosslens.checkpoints.models import RAW_RESIDUAL
+    from crosslens.checkpoints.records import suite_from_record
+    from crosslens.pretrained.push import Publication, registry_entry, registry_yaml
+    from crosslens.pretrained.registry import parse_registry
+    from crosslens.pretrained.releases import suite_record
+
+    for repo_id, seed in (("me/base", 0), ("me/chat", 1)):
+        write_fake_hub_repo(offline_hf_home, repo_id, {"main": tiny_neox(seed)}, make_word_tokenizer())
+    suite = CheckpointSuite.models(["me/base", "me/chat@main"], processing=RAW_RESIDUAL)
+    crosscoder = random_crosscoder(n_snapshots=2, d_in=32, d_sae=8, hook=HOOK)
+    crosscoder.cfg.metadata.suite = suite.provenance()
+    entry = registry_entry(Publication(crosscoder, "me/diff", HOOK, "diff"))
+    release = parse_registry(registry_yaml(entry), source="push")["diff"]
+    assert release.suite["family"] == "models" and release.revisions == ["base", "chat@main"]
+    again = suite_from_record(suite_record(release))
+    assert again.model_id == suite.model_id == "me/base,me/chat@main"
+    assert again.revisions == suite.revisions and again.processing() == suite.processing()
+    assert again.processing()["center_writing_weights"] is False
 
 
 def test_push_refuses_what_would_publish_wrong_before_uploading(trained_run, stubbed_hub, offline_hf_home, tmp_path):

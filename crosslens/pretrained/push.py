@@ -32,7 +32,9 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.architectures import uses_k
+from crosslens.checkpoints.models import chosen_processing
 from crosslens.core.errors import CrosslensError
+from crosslens.core.model_specs import MODELS_FAMILY, parse_models
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.pretrained.card import (
     diffing_section,
@@ -497,7 +499,6 @@ def registry_entry(publication: Publication) -> dict[str, Any]:
     crosscoder, evaluation, spliced = p.crosscoder, p.evaluation, p.spliced
     cfg, meta = crosscoder.cfg, crosscoder.cfg.metadata
     suite = meta.get("suite") or {}
-    snapshots = suite.get("snapshots") or []
     entry: dict[str, Any] = {
         "id": p.crosscoder_id,
         "path": p.crosscoder_id,
@@ -520,17 +521,24 @@ def registry_entry(publication: Publication) -> dict[str, Any]:
         entry["wandb_run"] = link
     model_id = suite.get("model_id") or meta.get("model_name") or "unknown"
     return {
-        p.release: {
-            "repo_id": p.repo_id,
-            "model": model_id,
-            "suite": {
-                "family": suite.get("family"),
-                "model_id": model_id,
-                "revisions": [s.get("revision") for s in snapshots],
-                "steps": [s.get("step") for s in snapshots],
-            },
-            "saes": [entry],
-        }
+        p.release: {"repo_id": p.repo_id, "model": model_id, "suite": registry_suite(suite, model_id), "saes": [entry]}
+    }
+
+
+def registry_suite(suite: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """The crosscoder's recorded suite as the registry reads it: a suite of models by its models (and
+    the processing they were read with, where it is not crosslens's), any other by its revisions and
+    steps (see :mod:`crosslens.pretrained.release_fields`)."""
+    if suite.get("family") == MODELS_FAMILY:
+        models = [str(model) for model in parse_models(suite.get("models") or model_id)]
+        processing = chosen_processing(suite.get("processing"))
+        return {"family": MODELS_FAMILY, "models": models, **({"processing": processing} if processing else {})}
+    snapshots = suite.get("snapshots") or []
+    return {
+        "family": suite.get("family"),
+        "model_id": model_id,
+        "revisions": [s.get("revision") for s in snapshots],
+        "steps": [s.get("step") for s in snapshots],
     }
 
 
