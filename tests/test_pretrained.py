@@ -382,6 +382,24 @@ def test_a_release_with_a_misspelt_family_is_refused_where_it_is_registered():
     assert "misspelt" not in pretrained_directory()
 
 
+def test_processing_outside_a_suite_of_models_is_refused_where_it_is_registered():
+    """Only a suite of models is built with a release's processing; any other would be read with
+    its architecture's while the registry said otherwise."""
+    suite = {"family": "pythia", "model_id": "EleutherAI/pythia-14m", "revisions": ["step0", "step1"]}
+    spec = {
+        "repo_id": "me/cc",
+        "model": "EleutherAI/pythia-14m",
+        "suite": {**suite, "processing": {"center_writing_weights": False}},
+        "saes": [{"id": HOOK, "path": HOOK}],
+    }
+    with pytest.raises(PretrainedRegistryError) as info:
+        register_release("processed", spec)
+    message = str(info.value)
+    assert message.startswith("register_release(): release 'processed': suite.processing is read for family models")
+    assert "remove suite.processing" in message and len(message.splitlines()) == 1
+    assert "processed" not in pretrained_directory()
+
+
 def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_hf_home, monkeypatch):
     from crosslens.pretrained.releases import pretrained_folder
 

@@ -11,7 +11,7 @@ A release (see :mod:`crosslens.pretrained.registry` for the rest of the schema) 
     suite:
       family: models                 # distinct models (model diffing), one snapshot each
       models: [google/gemma-2-2b, google/gemma-2-2b-it]
-      processing: {center_writing_weights: false}   # how the source's activations were computed
+      processing: {center_writing_weights: false}   # how the source's activations were computed (models only)
 
 and an entry (a crosscoder of it)::
 
@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from crosslens.checkpoints.models import CHOSEN_PROCESSING
-from crosslens.core.model_specs import model_labels, models_spec, parse_models
+from crosslens.core.model_specs import MODELS_FAMILY, model_labels, models_spec, parse_models
 
 FORMAT_NAMES = ("sae_lens", "kissane", "dictionary_learning", "llamascopium")
 """The formats a release may be in: crosslens.pretrained.formats reads each (its FORMAT_NAMES, which
@@ -74,9 +74,16 @@ def parse_models_suite(suite: Mapping[str, Any], fail: Fail) -> dict[str, Any]:
 
 
 def parse_processing(suite: Mapping[str, Any], fail: Fail) -> None:
+    """A suite of models' processing; any other suite loads with its architecture's, so one that names
+    a processing is refused rather than read otherwise than it says."""
     processing = suite.get("processing")
     if processing is None:
         return
+    if suite.get("family") != MODELS_FAMILY:
+        raise fail(
+            f"suite.processing is read for family models only; a {suite.get('family')} suite loads with its "
+            "architecture's processing: remove suite.processing."
+        )
     if not isinstance(processing, Mapping) or not all(isinstance(v, bool) for v in processing.values()):
         raise fail(f"suite.processing must map {', '.join(CHOSEN_PROCESSING)} to true or false, got {processing!r}.")
     unknown = set(processing) - set(CHOSEN_PROCESSING)
