@@ -23,6 +23,7 @@ import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectu
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.cli import main
+from crosslens.core.errors import CrosslensError
 from crosslens.pretrained import (
     LocalHubApi,
     PretrainedRegistryError,
@@ -412,13 +413,15 @@ def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_h
     }
     register_release("absent", spec)
     try:
-        for load in (load_pretrained, pretrained_folder):
-            with pytest.raises(
-                PretrainedRegistryError,
-                match=rf"^me/absent/{HOOK} is not in the Hugging Face cache \(.*\) "
-                "and HF_HUB_OFFLINE=1 forbids downloading it; go online once",
-            ):
-                load("absent", HOOK)
+        with pytest.raises(
+            PretrainedRegistryError,
+            match=rf"^me/absent/{HOOK} is not in the Hugging Face cache \(.*\) "
+            "and HF_HUB_OFFLINE=1 forbids downloading it; go online once",
+        ):
+            load_pretrained("absent", HOOK)
+        # the folder is checked as from_pretrained checks it: the models it reads first
+        with pytest.raises(CrosslensError, match=r"^release absent reads EleutherAI/pythia-14m@step0 .*hf download"):
+            pretrained_folder("absent", HOOK)
     finally:
         unregister_release("absent")
 

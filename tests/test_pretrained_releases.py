@@ -15,12 +15,15 @@ import torch
 from hf_cache import offline_hf_home_at
 from huggingface_hub import constants, hf_hub_download
 from pretrained_sources import (
+    D_MODEL,
     GEMMA_BASE,
     GEMMA_CHAT,
     dictionary_learning_forward,
     kissane_forward,
     write_fake_releases,
 )
+from tiny_crosscoders import random_crosscoder
+from trust_fixtures import one_line_exit_2
 
 import crosslens
 from crosslens.cli import main
@@ -34,6 +37,7 @@ THROUGH_TIME = "pythia-70m-crosscoder-through-time"
 MINDER = "gemma-2-2b-crosscoder-l13-minder"
 MINDER_K100 = "gemma-2-2b-crosscoder-l13-k100-minder"
 MINDER_SAE_LOSS = "gemma-2-2b-crosscoder-l13-k100-sae-loss-minder"
+HOOK_13 = "blocks.13.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +240,71 @@ def test_models_of_different_architectures_are_refused(fake_releases, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "list models that share an architecture" in err
     assert not Path("never").exists()
+
+
+def saved_crosscoder(folder: Path, d_in: int, hook: str | None = HOOK_13) -> Path:
+    """A random ReLU crosscoder of the two Gemmas, ``d_in`` wide, in SAELens's layout at ``folder``."""
+    crosscoder = random_crosscoder(n_snapshots=2, d_in=d_in, d_sae=8, hook=hook or HOOK_13)
+    if hook is None:
+        del crosscoder.cfg.metadata.hook_name
+    crosscoder.save_model(folder)
+    return folder
+
+
+def test_an_unregistered_folder_is_checked_against_the_suite_and_hook_given(fake_releases, tmp_path):
+    """A folder in SAELens's layout is checked as the other formats are: the models given hold
+    the hook given, at the crosscoder's width, and the hook given is the one it records."""
+    from crosslens.checkpoints import CheckpointSuite
+
+    suite = CheckpointSuite.models([GEMMA_BASE, GEMMA_CHAT])
+    narrow = saved_crosscoder(tmp_path / "narrow", 16)
+    with pytest.raises(CrosslensError, match=f"reads 16-wide activations but {HOOK_13} of .* is {D_MODEL} wide"):
+        crosslens.from_pretrained(narrow, suite=suite)
+    fits = saved_crosscoder(tmp_path / "fits", D_MODEL)
+    with pytest.raises(CrosslensError, match=f"reads {HOOK_13}, not hook_name='blocks.12.hook_resid_post'") as info:
+        crosslens.from_pretrained(fits, suite=suite, hook_name="blocks.12.hook_resid_post")
+    assert len(str(info.value).splitlines()) == 1
+    hookless = saved_crosscoder(tmp_path / "hookless", D_MODEL, hook=None)
+    with pytest.raises(CrosslensError, match="names block 40, but the model has blocks 0..15"):
+        crosslens.from_pretrained(hookless, suite=suite, hook_name="blocks.40.hook_resid_post")
+    crosscoder, given = crosslens.from_pretrained(hookless, suite=suite, hook_name=HOOK_13)
+    assert given is suite and crosscoder.cfg.metadata.hook_name == HOOK_13
+    assert crosscoder.cfg.metadata.suite["model_id"] == f"{GEMMA_BASE},{GEMMA_CHAT}"
+    cfg = json.loads((fits / "cfg.json").read_text())
+    cfg["metadata"]["suite"] = {"family": "pythia", "snapshots": [{"revision": "step0"}, {"revision": "step1"}]}
+    (fits / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(CrosslensError, match=r"records the snapshots \['step0', 'step1'\], the suite given holds"):
+        crosslens.from_pretrained(fits, suite=suite)
+
+
+def register_saelens_release(name: str, folder: Path) -> None:
+    """``folder`` uploaded to the offline cache as ``someone/NAME`` and registered as a release of the two Gemmas."""
+    from crosslens.pretrained import LocalHubApi
+
+    api = LocalHubApi(constants.HF_HUB_CACHE)
+    api.create_repo(f"someone/{name}", exist_ok=True)
+    api.upload_folder(folder_path=folder, path_in_repo=HOOK_13, repo_id=f"someone/{name}")
+    suite = {"family": "models", "models": [GEMMA_BASE, GEMMA_CHAT]}
+    entry = {"id": HOOK_13, "path": HOOK_13, "hook_name": HOOK_13, "architecture": "crosscoder"}
+    register_release(name, {"repo_id": f"someone/{name}", "model": GEMMA_BASE, "suite": suite, "saes": [entry]})
+
+
+def test_a_release_run_and_release_id_are_checked_as_from_pretrained_checks_them(fake_releases, tmp_path, capsys):
+    register_saelens_release("narrow", saved_crosscoder(tmp_path / "narrow", 16))
+    register_saelens_release("fits", saved_crosscoder(tmp_path / "fits", D_MODEL))
+    try:
+        with pytest.raises(CrosslensError, match="16-wide activations"):
+            crosslens.from_pretrained("narrow")
+        err = one_line_exit_2(["pretrained", "run", "narrow", "--out", str(tmp_path / "run")], capsys)
+        assert f"the crosscoder reads 16-wide activations but {HOOK_13}" in err and not (tmp_path / "run").exists()
+        report = str(tmp_path / "report.html")
+        err = one_line_exit_2(["analyze", "--crosscoder", f"narrow/{HOOK_13}", "--out", report], capsys)
+        assert err.startswith("crosslens analyze") and "--crosscoder" in err and "16-wide activations" in err
+
+        run = crosslens.pretrained.release_run("fits", out=tmp_path / "run")
+        metadata = json.loads((run / "final" / "cfg.json").read_text())["metadata"]
+        assert metadata["pretrained_release"] == "fits" and metadata["pretrained_id"] == HOOK_13
+        assert [s["revision"] for s in metadata["suite"]["snapshots"]] == ["gemma-2-2b", "gemma-2-2b-it"]
+    finally:
+        unregister_release("narrow")
+        unregister_release("fits")

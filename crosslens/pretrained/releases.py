@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from crosslens.core.errors import CrosslensError
-from crosslens.core.hooks import hook_problem, hook_width
+from crosslens.core.hooks import hook_problem, hook_width, recorded_hook
 from crosslens.core.paths import looks_like_path
 from crosslens.pretrained.card import converted_card
 from crosslens.pretrained.convert import convert_once
@@ -94,19 +94,41 @@ def from_pretrained(
         return _unregistered(files, source, suite, hook_name, norm_factors, device, dtype, check_models)
     lookup = get_release(name)
     entry = lookup.entry(crosscoder_id) if crosscoder_id is not None else only_entry(lookup)
+    pretrained, _ = checked_release(
+        lookup, entry, device=device, dtype=dtype, force_download=force_download, check_models=check_models
+    )
+    return pretrained
+
+
+def checked_release(
+    lookup: PretrainedCrosscoderRelease,
+    entry: PretrainedCrosscoderEntry,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    force_download: bool = False,
+    check_models: bool = True,
+    as_folder: bool = False,
+) -> tuple[Pretrained, Path | None]:
+    """A registered crosscoder and its suite, checked against its release and (``check_models``)
+    against the models it reads; and the folder it was read from: a release in another format's
+    converted folder, a release in SAELens's layout its downloaded folder where ``as_folder`` asks
+    (else None)."""
     release_suite = _release_suite(lookup)
     check_models = check_models and release_suite is not None
+    what = f"release {lookup.release}"
     if (lookup.format or SAE_LENS) == SAE_LENS:
         if check_models:
-            _check_models(release_suite, entry.hook_name, f"release {lookup.release}")
+            _check_models(release_suite, entry.hook_name, what)
+        folder = hub_folder(lookup.repo_id, entry.path, force_download=force_download) if as_folder else None
         crosscoder = load_pretrained(lookup.release, entry.id, device=device, dtype=dtype or "float32")
     else:
         folder = release_folder(lookup, entry, force_download=force_download, check_models=check_models)
         crosscoder = _load_folder(folder, device, dtype)
         check_against_registry(crosscoder, lookup, entry)
     if check_models:
-        check_fits(crosscoder, release_suite, f"release {lookup.release}")
-    return Pretrained(crosscoder, release_suite)
+        check_fits(crosscoder, release_suite, what)
+    return Pretrained(crosscoder, release_suite), folder
 
 
 def release_folder(
@@ -242,11 +264,13 @@ def _unregistered(
     dtype: Any,
     check: bool,
 ) -> Pretrained:
+    what = f"the crosscoder at {source.get('repo_id') or source['path']}"
     if files.format == SAE_LENS:
         crosscoder = _load_folder(files.config.parent, device, dtype)
+        _check_saved(crosscoder, suite, hook, what, check)
         return Pretrained(crosscoder, suite)
     if suite is not None and check:
-        _check_models(suite, hook, f"the crosscoder at {source.get('repo_id') or source['path']}")
+        _check_models(suite, hook, what)
     options = ConvertOptions(
         n_snapshots=len(suite) if suite is not None else None,
         hook_name=hook,
@@ -259,8 +283,31 @@ def _unregistered(
     folder = convert_once(files, options, provenance=provenance, card=converted_card)
     crosscoder = _load_folder(folder, device, dtype)
     if suite is not None and check:
-        check_fits(crosscoder, suite, f"the crosscoder at {source.get('repo_id') or source['path']}")
+        check_fits(crosscoder, suite, what)
     return Pretrained(crosscoder, suite)
+
+
+def _check_saved(crosscoder: Any, suite: Any, hook: str | None, what: str, check: bool) -> None:
+    """Check a crosscoder saved in SAELens's layout as a converted one is checked: a ``hook`` other
+    than the one it records is refused, one it lacks is recorded, and (``check``) the ``suite``'s
+    models must hold that hook at its width; a suite it records must be the one given."""
+    recorded = recorded_hook(crosscoder)
+    if hook is not None and recorded is not None and hook != recorded:
+        raise CrosslensError(f"{what} reads {recorded}, not hook_name={hook!r}; pass hook_name={recorded!r} or None")
+    if hook is not None and recorded is None:
+        crosscoder.cfg.metadata.hook_name = hook
+    if suite is None or not check:
+        return
+    snapshots = (crosscoder.cfg.metadata.get("suite") or {}).get("snapshots")
+    if snapshots and [str(s.get("revision")) for s in snapshots] != list(suite.revisions):
+        raise CrosslensError(
+            f"{what} records the snapshots {[s.get('revision') for s in snapshots]}, the suite given holds "
+            f"{list(suite.revisions)}; pass the suite it was trained on"
+        )
+    _check_models(suite, hook or recorded, what)
+    check_fits(crosscoder, suite, what)
+    if not snapshots:
+        crosscoder.cfg.metadata.suite = suite.provenance()
 
 
 def _load_folder(folder: Path, device: str, dtype: str | None) -> Any:
@@ -343,21 +390,36 @@ def _join(folder: str, name: str) -> str:
 
 def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = False) -> Path:
     """Download (or find in the cache) a registered crosscoder's folder, in SAELens's
-    layout (``cfg.json`` + ``sae_weights.safetensors``), and return its local path. A release
-    in another project's format is converted once into crosslens's cache, and that folder returned."""
+    layout (``cfg.json`` + ``sae_weights.safetensors``), checked as :func:`from_pretrained` checks
+    it, and return its local path. A release in another project's format is converted once into
+    crosslens's cache, and that folder returned; a hub repo id no release names is downloaded as it is."""
+    lookup, entry = registry_lookup(release, crosscoder_id)
+    if lookup is None or entry is None:
+        return hub_folder(release, crosscoder_id, force_download=force_download)
+    return checked_folder(lookup, entry, force_download=force_download)[1]
+
+
+def checked_folder(
+    lookup: PretrainedCrosscoderRelease, entry: PretrainedCrosscoderEntry, *, force_download: bool = False
+) -> tuple[Any, Path]:
+    """A registered crosscoder's folder in SAELens's layout, and the crosscoder read from it, checked
+    as :func:`from_pretrained` checks it (its models on this machine, with its hook at its width)."""
+    if lookup.format in (None, SAE_LENS) and (lookup.conversion_func or SAE_LENS_LOADER) != SAE_LENS_LOADER:
+        raise PretrainedRegistryError(
+            f"release {lookup.release!r} is stored in another layout (conversion_func {lookup.conversion_func!r}); "
+            "load it with crosslens.load_pretrained instead of as a folder."
+        )
+    pretrained, folder = checked_release(lookup, entry, force_download=force_download, as_folder=True)
+    assert folder is not None
+    return pretrained.crosscoder, folder
+
+
+def hub_folder(repo_id: str, folder: str, *, force_download: bool = False) -> Path:
+    """Download (or find in the cache) ``repo_id``'s ``folder`` in SAELens's layout; its local path."""
     from huggingface_hub import hf_hub_download
 
     from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 
-    lookup, entry = registry_lookup(release, crosscoder_id)
-    if lookup is not None and entry is not None and lookup.format not in (None, SAE_LENS_LOADER):
-        return release_folder(lookup, entry, force_download=force_download)
-    repo_id, folder = (lookup.repo_id, entry.path) if lookup else (release, crosscoder_id)
-    if lookup is not None and (lookup.conversion_func or SAE_LENS_LOADER) != SAE_LENS_LOADER:
-        raise PretrainedRegistryError(
-            f"release {release!r} is stored in another layout (conversion_func {lookup.conversion_func!r}); "
-            "load it with crosslens.load_pretrained instead of as a folder."
-        )
     try:
         paths = [
             hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.core.errors import CrosslensError
+from crosslens.core.metadata import CFG_NAME
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME
 from crosslens.pretrained.convert import SOURCE_RECORD, source_record
 from crosslens.pretrained.registry import get_release
@@ -29,8 +30,9 @@ def release_run(
     release: str, crosscoder_id: str | None = None, out: str | os.PathLike = "", *, overwrite: bool = False
 ) -> Path:
     """A run folder at ``out`` holding the release's crosscoder (downloaded and converted on first
-    use, its models checked as :func:`~crosslens.pretrained.from_pretrained` checks them)."""
-    from crosslens.pretrained.releases import pretrained_folder
+    use, its models checked as :func:`~crosslens.pretrained.from_pretrained` checks them), with the
+    metadata the checks read: what the release says of it where its own cfg.json does not."""
+    from crosslens.pretrained.releases import checked_folder
 
     out = Path(out)
     if not str(out):
@@ -38,18 +40,19 @@ def release_run(
     if out.exists() and not overwrite:
         raise CrosslensError(f"{out} exists; pick another folder, or pass overwrite=True (--overwrite)")
     lookup = get_release(release)
-    entry_id = crosscoder_id if crosscoder_id is not None else only_entry(lookup).id
-    folder = pretrained_folder(lookup.release, entry_id)
+    entry = lookup.entry(crosscoder_id) if crosscoder_id is not None else only_entry(lookup)
+    crosscoder, folder = checked_folder(lookup, entry)
     scratch = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / FINAL_DIRNAME).mkdir(parents=True)
     try:
         for path in sorted(Path(folder).iterdir()):
-            if path.is_file():
+            if path.is_file() and path.name != CFG_NAME:
                 _link_or_copy(path, scratch / FINAL_DIRNAME / path.name)
-        provenance = _provenance(lookup.release, entry_id, folder)
+        _write_checked_cfg(folder / CFG_NAME, scratch / FINAL_DIRNAME / CFG_NAME, crosscoder)
+        provenance = _provenance(lookup.release, entry.id, folder)
         write_record(scratch / FINAL_DIRNAME, pretrained=provenance)
-        run = {"pretrained": provenance, "hook_name": lookup.entry(entry_id).hook_name, "store_path": None}
+        run = {"pretrained": provenance, "hook_name": entry.hook_name, "store_path": None}
         (scratch / RUN_CONFIG_NAME).write_text(json.dumps(run, indent=1, sort_keys=True))
         seal_run(scratch)
         if out.exists():
@@ -69,6 +72,14 @@ def _provenance(release: str, crosscoder_id: str, folder: Path) -> dict[str, Any
         "source": record.get("source"),
         "key": record.get("key"),
     }
+
+
+def _write_checked_cfg(source: Path, target: Path, crosscoder: Any) -> None:
+    """``source`` with the checked crosscoder's metadata: its release and id, and the suite and hook
+    its release gave where the file records none (what everything reading the run pairs it by)."""
+    cfg = json.loads(source.read_text())
+    cfg["metadata"] = crosscoder.cfg.to_dict()["metadata"]
+    target.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
