@@ -308,3 +308,24 @@ def test_a_release_run_and_release_id_are_checked_as_from_pretrained_checks_them
     finally:
         unregister_release("narrow")
         unregister_release("fits")
+
+
+def test_norm_factors_are_measured_only_on_a_store_of_the_crosscoders_models(fake_releases, tmp_path):
+    """A store of the two models in the other order has as many snapshots at the same hook and width:
+    factors measured on it would be saved swapped."""
+    from trust_fixtures import token_table
+
+    from crosslens.activations import ActivationStore, harvest_activations
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.errors import PartnerMismatchError
+
+    crosscoder, suite = crosslens.from_pretrained(KISSANE)
+    hook = crosscoder.cfg.metadata.hook_name
+    for name, models in (("swapped", [GEMMA_CHAT, GEMMA_BASE]), ("store", [GEMMA_BASE, GEMMA_CHAT])):
+        harvest_activations(CheckpointSuite.models(models), hook, token_table(8), tmp_path / name, progress=False)
+    with pytest.raises(PartnerMismatchError, match=r"snapshots \[gemma-2-2b, gemma-2-2b-it\] vs \[gemma-2-2b-it,"):
+        crosslens.pretrained.measure_norm_factors(crosscoder, ActivationStore.open(tmp_path / "swapped"))
+    assert crosscoder.cfg.metadata.get("activation_norm_factors") is None
+    store = ActivationStore.open(tmp_path / "store")
+    factors = crosslens.pretrained.measure_norm_factors(crosscoder, store)
+    assert factors == store.norm_factors(hook).tolist() and crosscoder.cfg.metadata.activation_norm_factors == factors

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from crosslens.activations.partners import check_recorded_partner
 from crosslens.activations.provider import norm_factors_of
 from crosslens.activations.store import ActivationStore
 from crosslens.core.hooks import crosscoder_hook
@@ -25,8 +26,12 @@ def measure_norm_factors(
 ) -> list[float]:
     """Measure ``c_s = sqrt(d_in) / mean ||x_s||`` on ``source`` (an activation store harvested from
     the crosscoder's models, or raw activations ``[n, n_snapshots, d_in]``), record them as the
-    crosscoder's ``activation_norm_factors`` (unfolded) and return them."""
+    crosscoder's ``activation_norm_factors`` (unfolded) and return them. A store is checked to hold
+    the crosscoder's snapshots first (:func:`~crosslens.activations.partners.check_recorded_partner`):
+    one of other models, or of the same models in another order, would record factors that belong to
+    other activations."""
     if isinstance(source, ActivationStore):
+        check_recorded_partner(crosscoder, source, hook, used_by="measure_norm_factors")
         factors_S = source.norm_factors(crosscoder_hook(crosscoder, hook))
     else:
         acts_NSD = torch.as_tensor(source)
