@@ -136,6 +136,32 @@ def test_local_suite_json(tmp_path):
     assert_matches_hf(suite.load(1), models["step8"], models["step0"])
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"snapshots": [', "is not JSON (Expecting value: line 1 column 16 (char 15)); fix it"),
+        ('[{"revision": "step0", "step": 0}]', "holds a list, not an object; write"),
+        ('{"snapshots": {"step0": 0}}', "'snapshots' must be a list of"),
+        ('{"snapshots": ["step0"]}', "snapshot entry 'step0' is not an object"),
+        ('{"snapshots": [{"revision": "step0", "step": "1k"}]}', "snapshot 'step0' has 'step' '1k'; write"),
+        ('{"snapshots": [{"revision": "step0", "step": 10.7}]}', "snapshot 'step0' has 'step' 10.7; write"),
+        ('{"snapshots": [{"revision": "step0", "tokens_seen": "4B"}]}', "snapshot 'step0' has 'tokens_seen' '4B'"),
+    ],
+)
+def test_a_malformed_suite_json_is_refused_naming_the_file_the_field_and_the_fix(tmp_path, text, said):
+    (tmp_path / "suite.json").write_text(text)
+    with pytest.raises(ValueError) as caught:
+        CheckpointSuite.local(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path.resolve() / 'suite.json'}") and said in message, message
+    assert len(message.splitlines()) == 1
+
+
+def test_bloom_steps_must_be_whole_numbers(fake_hub):
+    with pytest.raises(ValueError, match=r"^steps \[1000\.7\]: give a list of whole training steps"):
+        CheckpointSuite.bloom(BLOOM_REPO, steps=[1000.7])
+
+
 def test_local_hf_cache_repo_with_revisions(fake_hub):
     suite = CheckpointSuite.local(repo_folder(fake_hub.hf_home, OLMO_REPO))
     assert suite.model_id == OLMO_REPO

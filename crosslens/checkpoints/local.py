@@ -22,6 +22,7 @@ from pathlib import Path
 
 from crosslens.checkpoints.snapshot import SnapshotRef, parse_step
 from crosslens.checkpoints.trajectory import StageStart, place_on_trajectory
+from crosslens.core.bounds import whole_number
 
 SUITE_FILE = "suite.json"
 """A local suite's manifest: its snapshots (revision, step) and, for a pico suite, how it was built."""
@@ -76,23 +77,37 @@ def _ordered(refs: list[SnapshotRef], root: Path) -> tuple[SnapshotRef, ...]:
 
 
 def _from_suite_file(root: Path) -> LocalLayout:
-    spec = json.loads((root / SUITE_FILE).read_text())
+    path = root / SUITE_FILE
+    form = 'write {"model_id": NAME, "snapshots": [{"revision": FOLDER, "step": N}, ...]}'
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as error:  # not JSON, or not UTF-8 text
+        raise ValueError(f"{path} is not JSON ({error}); fix it, or {form}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} holds a {type(spec).__name__}, not an object; {form}")
     entries = spec.get("snapshots")
     if not entries:
-        raise ValueError(
-            f"{root / SUITE_FILE} lists no snapshots; add a 'snapshots' list of {{'revision', 'step'}} entries"
-        )
+        raise ValueError(f"{path} lists no snapshots; add a 'snapshots' list of {{'revision', 'step'}} entries")
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: 'snapshots' must be a list of {{'revision', 'step'}} entries; {form}")
     refs, folders = [], {}
     for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: snapshot entry {entry!r} is not an object; write {{'revision', 'step'}}")
         if "revision" not in entry:
-            raise ValueError(f"{root / SUITE_FILE}: snapshot entry {entry} has no 'revision'; add the folder name")
+            raise ValueError(f"{path}: snapshot entry {entry} has no 'revision'; add the folder name")
         revision = str(entry["revision"])
         step = entry.get("step", parse_step(revision))
         if step is None:
-            raise ValueError(
-                f"{root / SUITE_FILE}: snapshot {revision!r} has no 'step' and none is in its name; add one"
-            )
-        refs.append(SnapshotRef(index=0, revision=revision, step=int(step), tokens_seen=entry.get("tokens_seen")))
+            raise ValueError(f"{path}: snapshot {revision!r} has no 'step' and none is in its name; add one")
+        tokens_seen = entry.get("tokens_seen")
+        for field_name, value in (("step", step), ("tokens_seen", tokens_seen)):
+            if value is not None and whole_number(value) is None:
+                raise ValueError(
+                    f"{path}: snapshot {revision!r} has {field_name!r} {value!r}; write it as a whole number "
+                    f'(e.g. "{field_name}": 1000)'
+                )
+        refs.append(SnapshotRef(index=0, revision=revision, step=int(step), tokens_seen=tokens_seen))
         folders[revision] = root / entry.get("path", revision)
     return LocalLayout(model_id=str(spec.get("model_id", root.name)), snapshots=_ordered(refs, root), folders=folders)
 

@@ -211,6 +211,7 @@ class CheckpointSuite(SuiteTokenizer):
                     f"{name} lists no global_step{{N}} revisions; is it a bigscience/bloom-*-intermediate repo?"
                 )
         else:
+            check_whole_numbers(steps, "steps", "whole training steps, e.g. steps=[1000, 10000]")
             revisions = [bloom_revision(int(s)) for s in sorted(steps)]
             check_revisions(revisions, name)
         refs = sorted((ref_from_revision(0, r, family="bloom") for r in revisions), key=lambda r: r.step)
