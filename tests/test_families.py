@@ -199,6 +199,31 @@ def test_the_issue_example_orders_by_stage_then_step(hub):
     assert [r.tokens_seen for r in suite.snapshots] == [3 * 10**9, 9 * 10**9]
 
 
+def test_a_staged_suite_is_built_again_at_its_recorded_steps(hub, tmp_path):
+    """Where stage 2 starts depends on which stage-1 revisions the hub or cache lists; a suite built
+    again from a crosscoder's or store's record sits at the recorded steps, whatever this machine lists,
+    and a suite placed otherwise is told apart from it by the step it gives each revision."""
+    from crosslens.activations.partners import snapshot_problem
+    from crosslens.checkpoints.records import suite_from_record
+
+    revisions = ["stage1-step1000-tokens3B", "stage2-ingredient1-step1000-tokens3B"]
+    record = CheckpointSuite.olmo(OLMO2_REPO, revisions).provenance()
+    assert [s["step"] for s in record["snapshots"]] == [1000, 3000]  # this cache lists stage 1 up to step 2000
+    fakes = {r: hub["models"][OLMO2_REPO][r] for r in revisions}
+    with offline_hf_home_at(tmp_path / "elsewhere") as elsewhere:
+        write_fake_hub_repo(elsewhere, OLMO2_REPO, fakes, hub["tokenizer"])
+        listed_here = CheckpointSuite.olmo(OLMO2_REPO, revisions)
+        assert listed_here.steps == (1000, 2000)  # this one, only up to step 1000
+        again = suite_from_record(record)
+        assert again.steps == (1000, 3000) and again.revisions == tuple(revisions)
+        assert again.provenance()["stage_starts"] == record["stage_starts"]
+        problem = snapshot_problem(record["snapshots"], listed_here.provenance()["snapshots"], require_identity=False)
+        assert problem == "snapshot stage2-ingredient1-step1000-tokens3B is at step 3000 vs 2000"
+    broken = {**record, "stage_starts": {"2": {"step": 2000}}}
+    with pytest.raises(ValueError, match=r"^the suite's record of where its stages start cannot be read"):
+        suite_from_record(broken)
+
+
 def test_mixed_ingredients_are_refused_listing_them(hub, capsys):
     with pytest.raises(MixedIngredientsError) as caught:
         CheckpointSuite.olmo(OLMO2_REPO)

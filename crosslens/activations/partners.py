@@ -71,9 +71,11 @@ def snapshot_problem(recorded: Sequence[dict], offered: Sequence[dict], *, requi
     digest, the hub commit), or where they share none, the weights' sha256. With
     ``require_identity`` at least one identity must be known on both sides for each snapshot."""
     want, have = [snapshot_label(e) for e in recorded], [snapshot_label(e) for e in offered]
-    steps = lambda entries: [e.get("step") for e in entries]  # noqa: E731
-    if want != have or steps(recorded) != steps(offered):
+    if want != have:
         return f"snapshots [{', '.join(want)}] vs [{', '.join(have)}]"
+    for mine, theirs in zip(recorded, offered):
+        if mine.get("step") != theirs.get("step"):  # one revision, placed at two steps along a staged trajectory
+            return f"snapshot {snapshot_label(mine)} is at step {mine.get('step')} vs {theirs.get('step')}"
     for mine, theirs in zip(recorded, offered):
         a, b = _identity(mine), _identity(theirs)
         shared = [key for key in a if a[key] is not None and b[key] is not None]

@@ -1,9 +1,11 @@
 """The suite a record names: a crosscoder's or store's provenance, or a registry release's suite.
 
 Every record says its family and model id and lists its snapshots (revision and step); a local
-suite adds its folder, a suite of models its models, and a suite loaded with other than
-crosslens's weight processing that processing. :func:`suite_from_record` builds the
-:class:`~crosslens.checkpoints.suite.CheckpointSuite` again from that, at the recorded snapshots.
+suite adds its folder, a suite of models its models, a staged suite where its later stages start,
+and a suite loaded with other than crosslens's weight processing that processing.
+:func:`suite_from_record` builds the :class:`~crosslens.checkpoints.suite.CheckpointSuite` again
+from that, at the recorded snapshots and steps: a staged OLMo suite's stages start where the record
+says, not where the revisions this machine lists would place them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from crosslens.checkpoints.models import chosen_processing, models_layout
 from crosslens.checkpoints.suite import CheckpointSuite
+from crosslens.checkpoints.trajectory import StageStart, place_on_trajectory
 from crosslens.core.model_specs import MODELS_FAMILY
 
 
@@ -27,6 +30,20 @@ def recorded_steps(record: Mapping[str, Any]) -> list[int]:
     entries = record.get("snapshots")
     steps = [e.get("step") for e in entries] if entries else list(record.get("steps") or [])
     return [int(s) for s in steps if s is not None]
+
+
+def recorded_stage_starts(record: Mapping[str, Any]) -> dict[int, StageStart] | None:
+    """Where the record's later stages start (None: it records none); a record that cannot be read is refused."""
+    starts = record.get("stage_starts")
+    if not starts:
+        return None
+    try:
+        return {int(stage): StageStart.from_dict(start) for stage, start in starts.items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"the suite's record of where its stages start cannot be read ({starts!r}); save it again from the "
+            "suite's provenance, or leave stage_starts out to place the stages by the revisions listed"
+        ) from None
 
 
 def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> CheckpointSuite:
@@ -50,7 +67,12 @@ def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> Check
     elif family == "pythia" or "pythia" in model_id.lower():
         return CheckpointSuite.pythia(model_id, steps=steps or None)
     elif family == "olmo" or "olmo" in model_id.lower():
-        return CheckpointSuite.olmo(model_id, revisions or None)
+        starts = recorded_stage_starts(record)
+        if starts is None or not revisions:
+            suite = CheckpointSuite.olmo(model_id, revisions or None)
+        else:  # placed by the revisions this machine lists, a stage could start elsewhere than recorded
+            refs, placed = place_on_trajectory(revisions, family="olmo", model_id=model_id, starts=starts)
+            suite = CheckpointSuite("olmo", model_id, refs, stage_starts=placed)
     elif family == "bloom" or "bloom" in model_id.lower():
         return CheckpointSuite.bloom(model_id, steps=steps or None)
     else:

@@ -24,8 +24,9 @@ is refused (`check_one_ingredient`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from crosslens.checkpoints.snapshot import SnapshotRef, parse_step, parse_tokens, ref_from_revision
 from crosslens.core.errors import CrosslensError
@@ -80,6 +81,17 @@ class StageStart:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "after": list(self.after)}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> StageStart:
+        """The start :meth:`to_dict` recorded."""
+        tokens = record.get("tokens")
+        return cls(
+            stage=int(record["stage"]),
+            step=int(record["step"]),
+            tokens=None if tokens is None else int(tokens),
+            after=tuple(str(r) for r in record.get("after") or ()),
+        )
 
 
 def check_one_ingredient(revisions: Sequence[str], model_id: str) -> int | None:
@@ -138,12 +150,26 @@ def stage_starts(revisions: Sequence[str], known: Iterable[str] = (), *, model_i
 
 
 def place_on_trajectory(
-    revisions: Sequence[str], *, family: str, known: Iterable[str] = (), model_id: str = ""
+    revisions: Sequence[str],
+    *,
+    family: str,
+    known: Iterable[str] = (),
+    model_id: str = "",
+    starts: Mapping[int, StageStart] | None = None,
 ) -> tuple[list[SnapshotRef], dict[int, StageStart]]:
     """`SnapshotRef`s for `revisions`, in training order, with trajectory steps and tokens
-    (see the module docstring), and the stage starts used. Unstaged revisions keep the
+    (see the module docstring), and the stage starts used: `starts` where given (a suite's
+    record of them), else found from `revisions` and `known`. Unstaged revisions keep the
     step and tokens their names give (Pythia: ``step * 2,097,152`` tokens; BLOOM: None)."""
-    starts = stage_starts(revisions, known, model_id=model_id) if is_staged(revisions) else {}
+    if starts is None:
+        starts = stage_starts(revisions, known, model_id=model_id) if is_staged(revisions) else {}
+    missing = sorted({parse_stage(r) for r in revisions} - {None, 1} - set(starts))
+    if missing:
+        raise ValueError(
+            f"{model_id}: the record of where its stages start names no start for stage {missing[0]}; "
+            "build the suite again from its revisions (CheckpointSuite.olmo)"
+        )
+    starts = dict(starts)
     refs = []
     for revision in sorted(revisions, key=trajectory_key):
         ref = ref_from_revision(len(refs), revision, family=family)
