@@ -225,6 +225,30 @@ def test_a_bad_suite_flag_makes_the_live_panels_say_so_in_one_line(run, tmp_path
     assert message.endswith("or leave --suite out for the one it records") and "\n" not in message
 
 
+def test_a_bad_device_or_dtype_flag_makes_the_live_api_answer_503_in_one_line(run):
+    """``browse --dtype int8`` (or a device this machine has not) answered every live request 500,
+    as a failure of the server's, where the live models cannot be made and the flag is the fix."""
+    from crosslens.cli import build_parser
+    from crosslens.cli.browse import DeferredLive
+    from crosslens.live.config import LiveConfig
+
+    for flags, words_ in (
+        (["--device", "cpu", "--dtype", "int8"], "unsupported dtype 'int8'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ):
+        args = build_parser().parse_args(["browse", str(run), *flags])
+        server = serve(run, DeferredLive(args, LiveConfig()))
+        try:
+            status, payload = get(server, "/api/live/text?" + query(text=TEXT))
+            assert status == 503 and words_ in payload["error"] and "\n" not in payload["error"], payload
+            status, state = get(server, "/api/live/status?prepare=1")
+            assert status == 200 and state["state"] == "unavailable" and state["problem"] == payload["error"]
+            assert get(server, "/api/feature/3")[0] == 200
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
 class Lines:
     """A subprocess's output, a line at a time, waited for with a timeout."""
 

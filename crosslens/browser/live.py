@@ -14,7 +14,8 @@ before the backend is asked, so a bad request loads nothing:
   each snapshot's continuation of P, without and with the feature steered.
 
 Errors are ``{"error": "one line"}``: 400 for a bad parameter, 404 for an unknown feature or route,
-503 where the live models cannot be loaded (the stored pages keep working).
+503 where the live models cannot be loaded or made (a bad ``--device`` or ``--dtype`` too; the stored
+pages keep working).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 from crosslens.browser.database import Database
 from crosslens.browser.feature import NoSuchFeature, checked_feature
 from crosslens.browser.queries import QueryError, feature_rows
-from crosslens.core.errors import LiveInputError, LiveUnavailableError
+from crosslens.core.errors import CrosslensError, LiveInputError
 
 OFF = (
     "the live panels are off: this server was started without live models (crosslens browse without --no-live has them)"
@@ -67,7 +68,7 @@ def live_answer(
             return HTTPStatus.NOT_FOUND, {"error": str(error.args[0])}
         except (QueryError, LiveInputError) as error:
             return HTTPStatus.BAD_REQUEST, {"error": _one_line(error)}
-        except LiveUnavailableError as error:
+        except CrosslensError as error:  # the live models cannot be made or loaded: its line names the fix
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": _one_line(error)}
     return HTTPStatus.NOT_FOUND, {"error": f"no API endpoint {path}"}
 
@@ -81,7 +82,7 @@ def _status(backend: LiveBackend, database: Database, params: Mapping[str, str])
     if params.get("prepare"):  # a page about to offer the panels: load the crosscoder now, so they can say why not
         try:
             backend.prepare()
-        except LiveUnavailableError:
+        except CrosslensError:
             pass  # the status says why
     return backend.status()
 
