@@ -88,13 +88,13 @@ class DeferredLive:
 
 
 def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
-    """The live models of ``args.run_dir`` on ``--device``, from ``--suite`` where given."""
-    from crosslens.cli.common import CLIError, device_and_dtype, resolve_suite
+    """The live models of ``args.run_dir`` on ``--device`` in ``--dtype`` (unresolved here: :class:`LiveModels`
+    resolves both as from Python), from ``--suite`` where given."""
+    from crosslens.cli.common import CLIError, resolve_suite
     from crosslens.core.errors import CrosslensError, LiveUnavailableError
     from crosslens.live import LiveAnswers, LiveModels
     from crosslens.training.runfolder import crosscoder_suite_record
 
-    device, dtype = device_and_dtype(args, produces_activations=True)
     suite = None
     if args.suite:
         record = crosscoder_suite_record(f"{args.run_dir}/{FINAL_DIRNAME}")
@@ -107,7 +107,7 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
                 "on, or leave --suite out for the one it records"
             ) from None
     fix = "pass the suite the crosscoder was trained on with --suite FOLDER|HUB_ID"
-    models = LiveModels(args.run_dir, suite=suite, device=device, dtype=dtype, config=config, fix=fix)
+    models = LiveModels(args.run_dir, suite=suite, device=args.device, dtype=args.dtype, config=config, fix=fix)
     return LiveAnswers(models, say=lambda line: print(line, flush=True))
 
 

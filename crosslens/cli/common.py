@@ -18,7 +18,7 @@ from crosslens.activations.budget import TokenBudget
 from crosslens.activations.config import TokenSource
 from crosslens.cli.flags import build, explicit
 from crosslens.cli.options import DEFAULT_SUITE, TokenBudgetFlags
-from crosslens.core.devices import dtype_name, peak_memory_line, resolve_device
+from crosslens.core.devices import default_model_dtype, dtype_name, peak_memory_line, resolve_device
 from crosslens.core.errors import UnknownRevisionError
 from crosslens.core.model_specs import is_models_spec, models_spec, parse_models
 from crosslens.core.paths import looks_like_path
@@ -34,18 +34,12 @@ def device_and_dtype(args: argparse.Namespace, produces_activations: bool = Fals
     """The checked ``(device, dtype)`` strings of ``--device``/``--dtype`` (e.g. ``("cuda:0", "bfloat16")``).
 
     Without ``--dtype``, snapshot models whose activations a command harvests or streams run in
-    bfloat16 on CUDA: float32 keeps their forward off the tensor cores, several times slower, and a
-    crosscoder trained on bf16 activations measures the same (README, "bf16 snapshot models").
-    Everywhere else, and on a CPU, where bf16 buys no speed, the default is float32."""
+    bfloat16 on CUDA (:func:`~crosslens.core.devices.default_model_dtype`; README, "bf16 snapshot
+    models"); everywhere else, and on a CPU, in float32."""
     device = str(resolve_device(args.device))
     if args.dtype:
         return device, dtype_name(args.dtype)
     return device, default_model_dtype(device, produces_activations)
-
-
-def default_model_dtype(device: str, produces_activations: bool = True) -> str:
-    """The snapshot models' dtype where ``--dtype`` is not given (see :func:`device_and_dtype`)."""
-    return "bfloat16" if produces_activations and device.startswith("cuda") else "float32"
 
 
 def print_peak_memory(device: str) -> None:

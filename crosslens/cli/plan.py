@@ -15,10 +15,10 @@ from typing import Any
 
 from crosslens.activations.budget import chunk_tokens_for
 from crosslens.architectures import ARCHITECTURE_NAMES
-from crosslens.cli.common import CLIError, default_model_dtype, missing_path_error, pico_listing, select_snapshots
+from crosslens.cli.common import CLIError, missing_path_error, pico_listing, select_snapshots
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.options import DEFAULT_SUITE, DeviceFlags, SuiteFlags, TokenBudgetFlags
-from crosslens.core.devices import DTYPE_BYTES, dtype_name
+from crosslens.core.devices import DTYPE_BYTES, default_model_dtype, dtype_name
 from crosslens.core.paths import looks_like_path
 from crosslens.core.units import format_bytes
 from crosslens.training.config import AUTOCAST_CHOICES, ArchitectureConfig, CrosscoderRunnerConfig

@@ -225,6 +225,14 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     return name
 
 
+def default_model_dtype(device: str, produces_activations: bool = True) -> str:
+    """The snapshot models' dtype where none is given: bfloat16 on CUDA where their activations are
+    harvested, streamed or read live (float32 keeps their forward off the tensor cores, several times
+    slower, and a crosscoder trained on bf16 activations measures the same), float32 everywhere else
+    and on a CPU, where bf16 buys no speed."""
+    return "bfloat16" if produces_activations and device.startswith("cuda") else "float32"
+
+
 def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
     """The ``torch.dtype`` for ``dtype`` (None: float32); accepts float32/fp32,
     bfloat16/bf16 and float16/fp16."""

@@ -48,6 +48,7 @@ from crosslens.live.config import (
     STEER_TOKENS,
     LiveConfig,
     limits,
+    live_dtype,
 )
 from crosslens.live.resident import ResidentModels
 from crosslens.live.steering import SteeredSnapshot, Steering, continue_twice, direction, steering_hook
@@ -80,7 +81,9 @@ class LiveModels:
         suite: the suite to load the snapshot models from (a :class:`~crosslens.checkpoints.CheckpointSuite`);
             default: the one the crosscoder records. Its snapshots must be the crosscoder's.
         device: where the models and the crosscoder run (default: CUDA when there is a GPU).
-        dtype: the snapshot models' dtype (default float32); the crosscoder stays float32.
+        dtype: the snapshot models' dtype (default: bfloat16 on CUDA, as a harvest's, else float32:
+            :func:`~crosslens.live.config.live_dtype`, which ``crosslens browse`` reads too); the
+            crosscoder stays float32.
         config: the bound on resident models and the requests' limits (:class:`~crosslens.live.LiveConfig`).
         fix: the advice a suite that cannot be loaded ends with.
     """
@@ -98,7 +101,7 @@ class LiveModels:
         self.run_dir = Path(run_dir)
         self.config = config if config is not None else LiveConfig()
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(live_dtype(str(self.device), dtype))
         self.fix = fix
         self._suite = suite
         self._lock = threading.Lock()
