@@ -251,7 +251,7 @@ def refused(live: LiveModels, words_: str) -> str:
     message = one_line(error)
     assert words_ in message, message
     assert live.status()["state"] == "unavailable" and live.status()["problem"] == message
-    with pytest.raises(LiveUnavailableError):  # and again, without trying to load anything
+    with pytest.raises(LiveUnavailableError):  # and again (a suite that is not the crosscoder's without loading)
         live.steer(1, PROMPT, strength=1.0)
     return message
 

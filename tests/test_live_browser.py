@@ -7,6 +7,7 @@ Screenshots of the panels go to ``$CROSSLENS_SCREENSHOTS`` (default /tmp/live_sc
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -183,6 +184,72 @@ def test_many_live_requests_while_the_models_load_are_each_answered_once(run):
         assert answers[0][1]["readings"] == answers[2][1]["readings"] == answers[5][1]["readings"]
     finally:
         held.gate.set()
+        server.shutdown()
+        server.server_close()
+
+
+class UnreadableOnce(CheckpointSuite):
+    """The suite, whose snapshot ``unreadable`` cannot be read the first time it loads (a disk or a
+    network that failed once)."""
+
+    unreadable: int
+    failed: bool
+
+    def load(self, snapshot, **kwargs):
+        if snapshot.index == self.unreadable and not self.failed:
+            self.failed = True
+            raise OSError(errno.EIO, "Input/output error", str(self.root / snapshot.revision))
+        return super().load(snapshot, **kwargs)
+
+
+def test_a_snapshot_that_could_not_be_read_refuses_that_request_only_and_names_no_other_suite(run):
+    """One failed read turned the live panels off until the server restarted, advising another --suite."""
+    suite = UnreadableOnce.local(run.parent / "suite")
+    suite.unreadable, suite.failed = 1, False
+    server = serve(run, LiveAnswers(LiveModels(run, suite=suite, device="cpu")))
+    try:
+        status, payload = get(server, "/api/live/text?" + query(text=TEXT))
+        line = payload["error"]
+        assert status == 503 and line.startswith("snapshot step10 of ") and "could not be read" in line, payload
+        assert "Input/output error" in line and line.endswith("ask again: the next question loads it again")
+        assert "--suite" not in line and "pass the suite" not in line and "\n" not in line
+        assert get(server, "/api/live/status")[1]["problem"] == line
+        status, answer = get(server, "/api/live/text?" + query(text=TEXT))
+        state = get(server, "/api/live/status")[1]
+        assert status == 200 and answer["tokens"] and state["state"] == "ready" and state["problem"] is None
+        assert state["loads"] == [1, 1, 1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_live_backend_that_could_not_be_made_is_made_by_the_next_request(run, monkeypatch):
+    """``crosslens browse`` kept the first failure to make its live backend and answered it to every
+    later request."""
+    import crosslens.cli.browse as browse_command
+    from crosslens.cli import build_parser
+    from crosslens.core.errors import LiveUnavailableError
+    from crosslens.live.config import LiveConfig
+
+    made = browse_command.live_answers
+    tries: list[int] = []
+
+    def unreadable_once(args, config):
+        tries.append(1)
+        if len(tries) == 1:
+            raise LiveUnavailableError("--suite S could not be read (Input/output error); ask again")
+        return made(args, config)
+
+    monkeypatch.setattr(browse_command, "live_answers", unreadable_once)
+    args = build_parser().parse_args(["browse", str(run), "--device", "cpu"])
+    server = serve(run, browse_command.DeferredLive(args, LiveConfig()))
+    try:
+        status, payload = get(server, "/api/live/text?" + query(text=TEXT))
+        assert status == 503 and payload["error"] == "--suite S could not be read (Input/output error); ask again"
+        assert get(server, "/api/live/status")[1]["problem"] == payload["error"]
+        status, answer = get(server, "/api/live/text?" + query(text=TEXT))
+        assert status == 200 and answer["tokens"] and get(server, "/api/live/status")[1]["state"] == "ready"
+    finally:
         server.shutdown()
         server.server_close()
 

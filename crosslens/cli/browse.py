@@ -17,7 +17,7 @@ from crosslens.browser.config import BrowseConfig
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.options import DeviceFlags
 from crosslens.core.paths import FINAL_DIRNAME
-from crosslens.live.config import LiveConfig, limits
+from crosslens.live.config import RETRY, LiveConfig, limits
 
 
 @dataclass
@@ -47,7 +47,8 @@ def browse(args: argparse.Namespace) -> int:
 
 class DeferredLive:
     """The live panels' backend, made on first use: importing torch and TransformerLens takes seconds,
-    and the stored pages are served meanwhile. Until then its status says it is loading."""
+    and the stored pages are served meanwhile. Until then its status says it is loading; where it
+    could not be made, why (the next request tries again)."""
 
     def __init__(self, args: argparse.Namespace, config: LiveConfig) -> None:
         self.args, self.config = args, config
@@ -57,14 +58,13 @@ class DeferredLive:
 
     def _get(self) -> Any:
         with self._lock:
-            if self._problem is not None:
-                raise self._problem
             if self._backend is None:
                 try:
                     self._backend = live_answers(self.args, self.config)
                 except Exception as error:
-                    self._problem = error
+                    self._problem = error  # for the status, until a request makes it
                     raise
+                self._problem = None
         return self._backend
 
     def status(self) -> dict[str, Any]:
@@ -101,10 +101,14 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
         try:
             suite = resolve_suite(args.suite, steps)
-        except (CrosslensError, CLIError, OSError) as error:
+        except (CrosslensError, CLIError, FileNotFoundError) as error:
             raise LiveUnavailableError(
                 f"--suite {args.suite}: {' '.join(str(error).split())}; pass the suite the crosscoder was trained "
                 "on, or leave --suite out for the one it records"
+            ) from None
+        except OSError as error:  # a file that could not be read this time: the flag is not at fault
+            raise LiveUnavailableError(
+                f"--suite {args.suite} could not be read ({' '.join(str(error).split())}); {RETRY}"
             ) from None
     fix = "pass the suite the crosscoder was trained on with --suite FOLDER|HUB_ID"
     models = LiveModels(args.run_dir, suite=suite, device=args.device, dtype=args.dtype, config=config, fix=fix)

@@ -92,7 +92,12 @@ class LiveInputError(CrosslensError):
 
 class LiveUnavailableError(CrosslensError):
     """The live models cannot be loaded or do not belong to the run's crosscoder (HTTP 503 from the
-    browser, whose stored pages keep working)."""
+    browser, whose stored pages keep working). A failure to load is tried again by the next question."""
+
+
+class LiveMismatchError(LiveUnavailableError):
+    """The live models were checked and do not belong to the run's crosscoder (a suite of other
+    snapshots, hook or width): every later question is refused the same way, without loading."""
 
 
 class StorageError(CrosslensError):

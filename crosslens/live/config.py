@@ -13,6 +13,9 @@ from crosslens.core.errors import CrosslensError
 if TYPE_CHECKING:
     import torch
 
+RETRY = "ask again: the next question loads it again"
+"""How a refusal for a file that could not be read ends: the suite is not at fault, so no other is named."""
+
 MODES = ("add", "clamp")
 """Steering modes: ``add`` puts ``strength`` times the feature's snapshot-s decoder direction on the
 activation; ``clamp`` sets the feature's activation to ``strength`` (``x + (strength - f(x)) d_s``)."""

@@ -31,7 +31,7 @@ from crosslens.activations.tokens import MAX_UNKNOWN_SHARE, unknown_share, unkno
 from crosslens.checkpoints.identity import snapshot_identity
 from crosslens.core.bounds import whole_number
 from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
-from crosslens.core.errors import CrosslensError, LiveInputError, LiveUnavailableError
+from crosslens.core.errors import CrosslensError, LiveInputError, LiveMismatchError, LiveUnavailableError
 from crosslens.core.metadata import CFG_NAME, metadata_value
 from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -42,6 +42,7 @@ from crosslens.live.config import (
     MAX_STRENGTH,
     MAX_TEMPERATURE,
     MODES,
+    RETRY,
     STEER_MODE,
     STEER_SEED,
     STEER_TEMPERATURE,
@@ -107,47 +108,56 @@ class LiveModels:
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslens-live")
         self._opened: _Opened | None = None
-        self._problem: str | None = None
+        self._refusal: str | None = None
+        """Why the models are not the crosscoder's, once checked: every later question is refused so."""
+        self._failure: str | None = None
+        """Why the last question could not load what it needed (tried again by the next one)."""
         self._phase = "idle"
         self._texts: OrderedDict[str, TextActivations] = OrderedDict()
 
     # ------------------------------------------------------------------ opening
     def prepare(self) -> None:
         """Load the crosscoder and find its suite, checked against its record (no snapshot model
-        loads yet). Raises :class:`~crosslens.core.errors.LiveUnavailableError` naming the fix, and
-        the same again on every later question."""
-        if self._problem is not None:
-            raise LiveUnavailableError(self._problem)
+        loads yet). Raises :class:`~crosslens.core.errors.LiveUnavailableError` naming the fix: where
+        the suite was found not to be the crosscoder's (:class:`~crosslens.core.errors.LiveMismatchError`),
+        the same again on every later question; where a file could not be read, this once."""
+        if self._refusal is not None:
+            raise LiveMismatchError(self._refusal)
         if self._opened is None:
             self._ask(lambda opened: None)
+        else:
+            self._failure = None  # the next question loads again what the last one could not
 
     def _ask(self, question: Callable[[_Opened], T]) -> T:
         """``question(opened)``, computed on the worker thread after any question asked before it."""
         return self._worker.submit(self._answer, question).result()
 
     def _answer(self, question: Callable[[_Opened], T]) -> T:
-        """On the worker: the models opened, ``config.threads`` CPU threads; a snapshot model found
-        not to be the crosscoder's makes every later question refused the same way."""
+        """On the worker: the models opened, ``config.threads`` CPU threads; a suite found not to be
+        the crosscoder's makes every later question refused the same way, a failure to load only
+        this one (the status says it until a question gets through)."""
         with self._lock:
-            opened = self._open()
             try:
+                opened = self._open()
                 with self._threads():
-                    return question(opened)
-            except LiveUnavailableError as error:
-                self._problem = str(error)
+                    answer = question(opened)
+            except LiveMismatchError as error:
+                self._refusal = str(error)
                 raise
+            except LiveUnavailableError as error:
+                self._failure = str(error)
+                raise
+            self._failure = None
+            return answer
 
     def _open(self) -> _Opened:
-        if self._problem is not None:
-            raise LiveUnavailableError(self._problem)
+        if self._refusal is not None:
+            raise LiveMismatchError(self._refusal)
         if self._opened is not None:
             return self._opened
         self._phase = "loading the crosscoder"
         try:
             self._opened = self._load()
-        except LiveUnavailableError as error:
-            self._problem = str(error)
-            raise
         finally:
             self._phase = "idle"
         return self._opened
@@ -164,6 +174,10 @@ class LiveModels:
             crosscoder = load_crosscoder_folder(final, device=str(self.device), dtype="float32").eval()
         except (CrosslensError, FileNotFoundError) as error:
             raise LiveUnavailableError(str(error)) from None
+        except OSError as error:
+            raise LiveUnavailableError(
+                f"the crosscoder in {final} could not be read ({' '.join(str(error).split())}); {RETRY}"
+            ) from None
         problem = crosscoder_record_problem(crosscoder)
         if problem:
             raise LiveUnavailableError(f"the crosscoder in {final} {problem}, so its snapshot models cannot be found")
@@ -202,13 +216,17 @@ class LiveModels:
             if list(suite.steps) != steps and set(steps) <= set(suite.steps):
                 suite = suite.select(steps=steps)
             offered = [{**ref.to_dict(), "source": snapshot_identity(suite, ref) or {}} for ref in suite.snapshots]
-        except (ValueError, OSError) as error:
+        except (ValueError, FileNotFoundError) as error:
             raise LiveUnavailableError(
                 f"the crosscoder's snapshot models cannot be found ({' '.join(str(error).split())}); {self.fix}"
             ) from None
+        except OSError as error:
+            raise LiveUnavailableError(
+                f"the crosscoder's snapshot models could not be read ({' '.join(str(error).split())}); {RETRY}"
+            ) from None
         problem = snapshot_problem(recorded, offered, require_identity=False)
         if problem:
-            raise LiveUnavailableError(f"the suite {suite.model_id} is not the crosscoder's: {problem}; {self.fix}")
+            raise LiveMismatchError(f"the suite {suite.model_id} is not the crosscoder's: {problem}; {self.fix}")
         return suite
 
     # ------------------------------------------------------------------ what it is
@@ -222,7 +240,7 @@ class LiveModels:
 
     def status(self) -> dict[str, Any]:
         """Where the live models stand (JSON), answered at once even while a question is computed."""
-        opened, problem = self._opened, self._problem
+        opened, problem = self._opened, self._refusal or self._failure
         state = "unavailable" if problem else "ready" if opened else "loading" if self._phase != "idle" else "idle"
         status: dict[str, Any] = {
             "state": state,
@@ -453,7 +471,7 @@ class LiveModels:
             with self._lock:
                 if self._opened is not None:
                     self._opened.models.close()
-                self._opened, self._problem = None, None
+                self._opened, self._refusal, self._failure = None, None, None
                 self._texts.clear()
 
         self._worker.submit(let_go).result()

@@ -22,8 +22,9 @@ from crosslens.activations.harvest import load_snapshot
 from crosslens.activations.partners import snapshot_problem
 from crosslens.checkpoints.identity import snapshot_identity
 from crosslens.core.devices import release_model
-from crosslens.core.errors import CrosslensError, LiveUnavailableError
+from crosslens.core.errors import CrosslensError, LiveMismatchError, LiveUnavailableError
 from crosslens.core.hooks import hook_width
+from crosslens.live.config import RETRY
 
 
 class ResidentModels:
@@ -94,22 +95,27 @@ class ResidentModels:
             identity = snapshot_identity(self.suite, ref)
             before = self._problem(s, {**ref.to_dict(), "source": identity or {}})
             if before is not None:
-                raise LiveUnavailableError(before)
+                raise LiveMismatchError(before)
             record, model = load_snapshot(
                 self.suite, ref, device=self.device, model_dtype=self.dtype, reference_tokenizer=self.tokenizer
             )
         except LiveUnavailableError:
             raise
-        except (CrosslensError, OSError) as error:
+        except (CrosslensError, FileNotFoundError) as error:
             raise LiveUnavailableError(
                 f"snapshot {ref.revision} of {self.suite.model_id} cannot be loaded "
                 f"({' '.join(str(error).split())}); {self.fix}"
+            ) from None
+        except OSError as error:  # a file that could not be read this time: the suite is not at fault
+            raise LiveUnavailableError(
+                f"snapshot {ref.revision} of {self.suite.model_id} could not be read "
+                f"({' '.join(str(error).split())}); {RETRY}"
             ) from None
         self.loads[s] += 1
         problem = self._problem(s, {**record, "source": identity or {}}) or self._shape_problem(model)
         if problem is not None:
             release_model(model)
-            raise LiveUnavailableError(problem)
+            raise LiveMismatchError(problem)
         if self.model_bytes is None:
             tensors = [*model.parameters(), *model.buffers()]
             self.model_bytes = sum(t.numel() * t.element_size() for t in tensors)
