@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,6 +274,34 @@ def test_where_the_models_cannot_load_the_live_api_says_why_and_the_stored_pages
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_a_crosscoder_the_database_was_not_computed_for_is_refused_in_one_line(run, tmp_path):
+    """``browse OTHER --database RUN/dashboards.sqlite`` answered OTHER's crosscoder under the labels,
+    feature ids and snapshots of the database, which was computed for RUN's: here OTHER is RUN with
+    an earlier checkpoint of its training as its crosscoder (same width and snapshots)."""
+    other = tf.copy_tree(run, tmp_path / "other")
+    earlier = sorted(run.glob("step_*"))[0] / "sae_weights.safetensors"
+    shutil.copyfile(earlier, other / "final" / "sae_weights.safetensors")
+    config = BrowseConfig(port=0, database=str(run / schema.DATABASE_NAME))
+    server = serve(other, LiveAnswers(LiveModels(other, device="cpu")), config)
+    try:
+        status, payload = get(server, "/api/live/text?" + query(text=TEXT))
+        line = payload["error"]
+        assert status == 503 and line.startswith(f"the live crosscoder (of {other}) is not the one "), payload
+        assert "other weights (sha256 " in line and "\n" not in line
+        assert line.endswith(f"or rebuild it with `crosslens dashboards {other} --overwrite`")
+        for path in (
+            f"/api/live/feature/3/text?{query(text=TEXT)}",
+            f"/api/live/feature/3/steer?{query(prompt=PROMPT, strength=2)}",
+        ):
+            assert get(server, path) == (503, {"error": line})
+        state = get(server, "/api/live/status?prepare=1")[1]
+        assert (state["state"], state["problem"]) == ("unavailable", line)
+        assert get(server, "/api/feature/3")[0] == 200  # the stored pages work
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_bad_suite_flag_makes_the_live_panels_say_so_in_one_line(run, tmp_path):

@@ -15,7 +15,8 @@ before the backend is asked, so a bad request loads nothing:
 
 Errors are ``{"error": "one line"}``: 400 for a bad parameter, 404 for an unknown feature or route,
 503 where the live models cannot be loaded or made (a bad ``--device`` or ``--dtype`` too; the stored
-pages keep working).
+pages keep working) or where their crosscoder is not the one the feature database was computed for
+(:class:`PairedLive` compares them before the first answer).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from crosslens.browser.database import Database
+from crosslens.browser.database import Database, RunFacts
 from crosslens.browser.feature import NoSuchFeature, checked_feature
 from crosslens.browser.queries import QueryError, feature_rows
-from crosslens.core.errors import CrosslensError, LiveInputError
+from crosslens.core.errors import CrosslensError, LiveInputError, LiveMismatchError
 
 OFF = (
     "the live panels are off: this server was started without live models (crosslens browse without --no-live has them)"
@@ -48,6 +49,87 @@ class LiveBackend(Protocol):
     def heatmap(self, text: str, feature: int) -> dict[str, Any]: ...
 
     def steer(self, feature: int, prompt: str, **settings: Any) -> dict[str, Any]: ...
+
+    def crosscoder(self) -> dict[str, Any]:
+        """What identifies the crosscoder it answers with: ``run``, ``weights_sha256`` (of its weights
+        file, as a feature database records it), ``d_sae`` and its snapshots' ``revisions``."""
+        ...
+
+
+class PairedLive:
+    """``backend`` answering beside the feature database whose ``facts`` the pages show: the crosscoder
+    it loads must be the one the database was computed for (its weights, features and snapshots), or
+    its answers would be read against another crosscoder's labels, feature ids and snapshots
+    (``crosslens browse RUN --database OTHER``). Compared before its first answer; where they differ,
+    every live answer is refused (503) in one line naming the fix, and the stored pages keep working."""
+
+    def __init__(self, backend: LiveBackend, facts: RunFacts) -> None:
+        self.backend, self.facts = backend, facts
+        self._paired = False
+        self._problem: str | None = None
+
+    def _check(self) -> None:
+        if self._problem is not None:
+            raise LiveMismatchError(self._problem)
+        if self._paired:
+            return
+        problem = pairing_problem(self.backend.crosscoder(), self.facts)  # a failure to load: asked again next time
+        if problem is not None:
+            self._problem = problem
+            raise LiveMismatchError(problem)
+        self._paired = True
+
+    def status(self) -> dict[str, Any]:
+        status = self.backend.status()
+        if self._problem is not None:
+            status |= {"state": "unavailable", "problem": self._problem}
+        return status
+
+    def prepare(self) -> None:
+        self.backend.prepare()
+        self._check()
+
+    def text(self, text: str) -> dict[str, Any]:
+        self._check()
+        return self.backend.text(text)
+
+    def heatmap(self, text: str, feature: int) -> dict[str, Any]:
+        self._check()
+        return self.backend.heatmap(text, feature)
+
+    def steer(self, feature: int, prompt: str, **settings: Any) -> dict[str, Any]:
+        self._check()
+        return self.backend.steer(feature, prompt, **settings)
+
+    def crosscoder(self) -> dict[str, Any]:
+        return self.backend.crosscoder()
+
+
+def pairing_problem(crosscoder: Mapping[str, Any], facts: RunFacts) -> str | None:
+    """Why the live ``crosscoder`` (:meth:`LiveBackend.crosscoder`) is not the one the feature
+    database of ``facts`` was computed for (its ``meta`` records it: weights sha256 and features;
+    its snapshots table, the snapshots), or None where it is."""
+    recorded = facts.meta.get("crosscoder") or {}
+    differences = []
+    sha, live_sha = recorded.get("weights_sha256"), str(crosscoder["weights_sha256"])
+    if sha and sha != live_sha:
+        differences.append(f"other weights (sha256 {live_sha[:12]}... here, {str(sha)[:12]}... in the database)")
+    features = int(recorded.get("d_sae") or facts.n_features)
+    if int(crosscoder["d_sae"]) != features:
+        differences.append(f"{int(crosscoder['d_sae'])} features here, {features} in the database")
+    here, there = [str(r) for r in crosscoder["revisions"]], [str(s["revision"]) for s in facts.snapshots]
+    if len(here) != len(there):
+        differences.append(f"{len(here)} snapshots here, {len(there)} in the database")
+    elif here != there:
+        s = next(i for i, (a, b) in enumerate(zip(here, there)) if a != b)
+        differences.append(f"snapshot {s} is {here[s]} here, {there[s]} in the database")
+    if not differences:
+        return None
+    run = crosscoder["run"]
+    return (
+        f"the live crosscoder (of {run}) is not the one {facts.path} was computed for: {'; '.join(differences)}; "
+        f"browse the run the database came from, or rebuild it with `crosslens dashboards {run} --overwrite`"
+    )
 
 
 def live_answer(

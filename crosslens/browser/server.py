@@ -47,7 +47,7 @@ from crosslens.browser.feature import (
     feature_contexts,
     feature_detail,
 )
-from crosslens.browser.live import LiveBackend, live_answer
+from crosslens.browser.live import LiveBackend, PairedLive, live_answer
 from crosslens.browser.queries import FEATURE_SORTS, SNAPSHOT_SORTS, STATES, QueryError, feature_page, parse_query
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import REPORT_NAME
@@ -94,7 +94,7 @@ class BrowserServer(ThreadingHTTPServer):
 
     def __init__(self, database: Database, config: BrowseConfig, report: Path, live: LiveBackend | None = None) -> None:
         self.database, self.config, self.report, self.assets = database, config, report, Assets()
-        self.live = live
+        self.live = None if live is None else PairedLive(live, database.facts)
         try:
             super().__init__((HOST, config.port), BrowserHandler)
         except OSError as error:
@@ -354,8 +354,8 @@ def browse(
         "(Ctrl-C to stop)",
         flush=True,
     )
-    if live is not None:
-        threading.Thread(target=_warm_up, args=(live,), name="live-warm-up", daemon=True).start()
+    if server.live is not None:  # paired with the database, so a crosscoder of another run is said at once
+        threading.Thread(target=_warm_up, args=(server.live,), name="live-warm-up", daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -77,6 +77,9 @@ class DeferredLive:
     def prepare(self) -> None:
         self._get().prepare()
 
+    def crosscoder(self) -> dict[str, Any]:
+        return self._get().crosscoder()
+
     def text(self, text: str) -> dict[str, Any]:
         return self._get().text(text)
 

@@ -51,6 +51,9 @@ class LiveAnswers:
     def prepare(self) -> None:
         self.models.prepare()
 
+    def crosscoder(self) -> dict[str, Any]:
+        return self.models.crosscoder()
+
     def text(self, text: str) -> dict[str, Any]:
         """The features firing most on ``text`` in every reading: ``[feature, activation, token]``
         each, strongest first."""

@@ -32,6 +32,7 @@ from crosslens.checkpoints.identity import snapshot_identity
 from crosslens.core.bounds import whole_number
 from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
 from crosslens.core.errors import CrosslensError, LiveInputError, LiveMismatchError, LiveUnavailableError
+from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.metadata import CFG_NAME, metadata_value
 from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -237,6 +238,28 @@ class LiveModels:
     @property
     def d_sae(self) -> int:
         return self._ask(lambda opened: int(opened.crosscoder.cfg.d_sae))
+
+    def crosscoder(self) -> dict[str, Any]:
+        """What identifies the crosscoder the questions are asked of (JSON), as a feature database
+        records it: its ``run``, the sha256 of its weights file (``weights_sha256``:
+        :func:`~crosslens.core.hashing.crosscoder_sha256`), ``d_sae`` and its snapshots' ``revisions``."""
+
+        def identity(opened: _Opened) -> dict[str, Any]:
+            try:
+                sha = crosscoder_sha256(self.run_dir)
+            except OSError as error:
+                raise LiveUnavailableError(
+                    f"the crosscoder in {self.run_dir} could not be read ({' '.join(str(error).split())}); {RETRY}"
+                ) from None
+            snapshots = metadata_value(opened.crosscoder, "suite")["snapshots"]
+            return {
+                "run": str(self.run_dir),
+                "weights_sha256": sha,
+                "d_sae": int(opened.crosscoder.cfg.d_sae),
+                "revisions": [str(entry["revision"]) for entry in snapshots],
+            }
+
+        return self._ask(identity)
 
     def status(self) -> dict[str, Any]:
         """Where the live models stand (JSON), answered at once even while a question is computed."""
