@@ -158,6 +158,8 @@ class HeldSuite(CheckpointSuite):
 
 
 def test_many_live_requests_while_the_models_load_are_each_answered_once(run):
+    """Each request is answered once: computed, or (a text or heatmap a newer one of its kind replaced
+    while it waited) told so; the newest of each kind is computed, and each model loads once."""
     held = HeldSuite.local(run.parent / "suite")
     held.gate, held.loaded = threading.Event(), []
     server = serve(run, LiveAnswers(LiveModels(run, suite=held, device="cpu")))
@@ -176,17 +178,93 @@ def test_many_live_requests_while_the_models_load_are_each_answered_once(run):
         wait_for(lambda: get(server, "/api/live/status")[1].get("busy"), what="a live request loading models")
         # while every live request waits on the models, the stored pages answer
         assert get(server, "/api/feature/3")[0] == 200 and get(server, "/api/features?limit=5")[0] == 200
-        assert get(server, "/api/live/status")[1]["state"] in ("loading", "ready") and not answers
+        assert get(server, "/api/live/status")[1]["state"] in ("loading", "ready")
+        assert all(status == 409 for status, _ in list(answers.values()))  # none computed yet
         held.gate.set()
         for thread in threads:
             thread.join(120)
-        assert sorted(answers) == list(range(len(paths))) and all(s == 200 for s, _ in answers.values()), answers
+        assert sorted(answers) == list(range(len(paths))), answers
+        for status, payload in answers.values():
+            assert status == 200 or (status == 409 and "a newer " in payload["error"]), payload
+        assert all(any(answers[i][0] == 200 for i in kind) for kind in (range(6), range(6, 8), [8]))
         assert sorted(held.loaded) == [0, 1, 2]  # each snapshot model loaded once
-        assert answers[0][1]["readings"] == answers[2][1]["readings"] == answers[5][1]["readings"]
+        readings = [answers[i][1]["readings"] for i in (0, 2, 5) if answers[i][0] == 200]
+        assert readings and all(r == readings[0] for r in readings)
     finally:
         held.gate.set()
         server.shutdown()
         server.server_close()
+
+
+def held_server(run):
+    """A server whose live models are open (and paired with the database) and whose snapshot models
+    load once ``held.gate`` is set; ``ask(name, path)`` requests in a thread, answered into ``answers``."""
+    held = HeldSuite.local(run.parent / "suite")
+    held.gate, held.loaded = threading.Event(), []
+    server = serve(run, LiveAnswers(LiveModels(run, suite=held, device="cpu")))
+    assert get(server, "/api/live/status?prepare=1")[1]["state"] == "ready"
+    answers: dict[str, tuple[int, dict]] = {}
+
+    def ask(name: str, path: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: answers.update({name: get(server, path)}))
+        thread.start()
+        return thread
+
+    return held, server, answers, ask
+
+
+STEER = f"/api/live/feature/4/steer?{query(prompt=PROMPT, strength=2, tokens=3)}"
+
+
+def until_waiting(server, n: int) -> None:
+    wait_for(lambda: get(server, "/api/live/status")[1].get("queued") == n, 60, what=f"{n} question(s) waiting")
+
+
+def test_a_newer_request_of_a_kind_replaces_the_one_still_waiting_its_turn(run):
+    """Requests queued behind a long one were each computed in turn, the page's stale ones too."""
+    held, server, answers, ask = held_server(run)
+    try:
+        steering = ask("steer", STEER)
+        wait_for(lambda: get(server, "/api/live/status")[1]["busy"], what="the steering loading models")
+        first = ask("first", "/api/live/text?" + query(text=TEXT))
+        until_waiting(server, 1)
+        second = ask("second", "/api/live/text?" + query(text=PROMPT))
+        first.join(30)
+        assert not held.gate.is_set() and answers["first"][0] == 409, answers
+        line = answers["first"][1]["error"]
+        assert line == "a newer text question was asked before this one's turn came; it is answered instead"
+        held.gate.set()
+        for thread in (steering, second):
+            thread.join(120)
+        assert answers["steer"][0] == 200 and answers["second"][0] == 200 and answers["second"][1]["text"] == PROMPT
+    finally:
+        held.gate.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_stopping_the_server_refuses_the_requests_waiting_and_waits_for_the_one_computed(run):
+    """Ctrl-C waited for every queued request to be computed, for no one."""
+    held, server, answers, ask = held_server(run)
+    try:
+        steering = ask("steer", STEER)
+        wait_for(lambda: get(server, "/api/live/status")[1]["busy"], what="the steering loading models")
+        waiting = ask("text", "/api/live/text?" + query(text=TEXT))
+        until_waiting(server, 1)
+        stopping = threading.Thread(target=lambda: (server.shutdown(), server.server_close()))
+        stopping.start()
+        waiting.join(30)
+        assert not held.gate.is_set() and answers["text"] == (
+            503,
+            {"error": "the live models were closed before this question's turn came; ask again"},
+        ), answers
+        assert stopping.is_alive()  # it waits for the steering being computed
+        held.gate.set()
+        stopping.join(120)
+        steering.join(120)
+        assert answers["steer"][0] == 200 and held.loaded == [0, 1, 2]
+    finally:
+        held.gate.set()
 
 
 class UnreadableOnce(CheckpointSuite):

@@ -14,7 +14,7 @@ before the backend is asked, so a bad request loads nothing:
   each snapshot's continuation of P, without and with the feature steered.
 
 Errors are ``{"error": "one line"}``: 400 for a bad parameter, 404 for an unknown feature or route,
-503 where the live models cannot be loaded or made (a bad ``--device`` or ``--dtype`` too; the stored
+409 for a request a newer one of its kind replaced while it waited its turn, 503 where the live models cannot be loaded or made (a bad ``--device`` or ``--dtype`` too; the stored
 pages keep working) or where their crosscoder is not the one the feature database was computed for
 (:class:`PairedLive` compares them before the first answer).
 """
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from crosslens.browser.database import Database, RunFacts
 from crosslens.browser.feature import NoSuchFeature, checked_feature
 from crosslens.browser.queries import QueryError, feature_rows
-from crosslens.core.errors import CrosslensError, LiveInputError, LiveMismatchError
+from crosslens.core.errors import CrosslensError, LiveInputError, LiveMismatchError, LiveSupersededError
 
 OFF = (
     "the live panels are off: this server was started without live models (crosslens browse without --no-live has them)"
@@ -53,6 +53,10 @@ class LiveBackend(Protocol):
     def crosscoder(self) -> dict[str, Any]:
         """What identifies the crosscoder it answers with: ``run``, ``weights_sha256`` (of its weights
         file, as a feature database records it), ``d_sae`` and its snapshots' ``revisions``."""
+        ...
+
+    def close(self) -> None:
+        """Refuse the requests waiting their turn and let the models go (the server stops)."""
         ...
 
 
@@ -104,6 +108,9 @@ class PairedLive:
     def crosscoder(self) -> dict[str, Any]:
         return self.backend.crosscoder()
 
+    def close(self) -> None:
+        self.backend.close()
+
 
 def pairing_problem(crosscoder: Mapping[str, Any], facts: RunFacts) -> str | None:
     """Why the live ``crosscoder`` (:meth:`LiveBackend.crosscoder`) is not the one the feature
@@ -150,6 +157,8 @@ def live_answer(
             return HTTPStatus.NOT_FOUND, {"error": str(error.args[0])}
         except (QueryError, LiveInputError) as error:
             return HTTPStatus.BAD_REQUEST, {"error": _one_line(error)}
+        except LiveSupersededError as error:
+            return HTTPStatus.CONFLICT, {"error": _one_line(error)}
         except CrosslensError as error:  # the live models cannot be made or loaded: its line names the fix
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": _one_line(error)}
     return HTTPStatus.NOT_FOUND, {"error": f"no API endpoint {path}"}

@@ -119,6 +119,8 @@ class BrowserServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         super().server_close()
         self.database.close()
+        if self.live is not None:  # its requests still waiting are refused, not computed for no one
+            self.live.close()
 
     def run_summary(self) -> dict[str, Any]:
         facts = self.database.facts

@@ -80,6 +80,10 @@ class DeferredLive:
     def crosscoder(self) -> dict[str, Any]:
         return self._get().crosscoder()
 
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
     def text(self, text: str) -> dict[str, Any]:
         return self._get().text(text)
 

@@ -100,6 +100,11 @@ class LiveMismatchError(LiveUnavailableError):
     snapshots, hook or width): every later question is refused the same way, without loading."""
 
 
+class LiveSupersededError(CrosslensError):
+    """A live question dropped while it waited its turn: a newer one of its kind was asked meanwhile
+    and is answered instead (HTTP 409 from the browser, whose page has moved on to the newer one)."""
+
+
 class StorageError(CrosslensError):
     """A file could not be written: the disk is full, or the folder is not writable."""
 

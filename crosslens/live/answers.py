@@ -54,11 +54,14 @@ class LiveAnswers:
     def crosscoder(self) -> dict[str, Any]:
         return self.models.crosscoder()
 
+    def close(self) -> None:
+        self.models.close()
+
     def text(self, text: str) -> dict[str, Any]:
         """The features firing most on ``text`` in every reading: ``[feature, activation, token]``
         each, strongest first."""
         started = time.perf_counter()
-        acts = self.models.activations(text)
+        acts = self.models.activations(text, kind="text")
         self._announce()
         readings = {
             str(reading): [[f, _round(a), t] for f, a, t in acts.top(reading, self.top)]
@@ -75,7 +78,7 @@ class LiveAnswers:
         """One feature's activation on each token of ``text``: one row per reading, the crosscoder's
         code first (``rows`` names them)."""
         started = time.perf_counter()
-        acts = self.models.activations(text)
+        acts = self.models.activations(text, kind="heatmap")
         self._announce()
         if not 0 <= feature < acts.crosscoder_NF.shape[1]:
             raise LiveInputError(
@@ -96,7 +99,7 @@ class LiveAnswers:
         """Each snapshot's continuation of ``prompt``, without and with ``feature`` steered (``settings``:
         :meth:`LiveModels.steer`'s keywords)."""
         started = time.perf_counter()
-        steering = self.models.steer(feature, prompt, **settings)
+        steering = self.models.steer(feature, prompt, **settings, kind="steer")
         self._announce()
         return {
             "feature": steering.feature,

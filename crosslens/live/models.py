@@ -7,7 +7,10 @@ crosscoder's record; the snapshot models load as questions need them (:mod:`cros
 Questions are computed one at a time, on one worker thread of their own: a model is never loaded
 twice by two questions at once nor runs two requests' hooks at once, and the tensors of every
 question come from one thread's heap (a server's many request threads would each keep their own).
-:meth:`LiveModels.status` answers without waiting.
+A question of a ``kind`` (the browser's text, heatmap, steering) takes the place of one of its kind
+still waiting its turn, whose asker is told so: a page asks again as its reader types, and only the
+newest answer is drawn. :meth:`LiveModels.close` refuses the questions waiting and lets the models
+go. :meth:`LiveModels.status` answers without waiting.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numbers
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,13 @@ from crosslens.activations.tokens import MAX_UNKNOWN_SHARE, unknown_share, unkno
 from crosslens.checkpoints.identity import snapshot_identity
 from crosslens.core.bounds import whole_number
 from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
-from crosslens.core.errors import CrosslensError, LiveInputError, LiveMismatchError, LiveUnavailableError
+from crosslens.core.errors import (
+    CrosslensError,
+    LiveInputError,
+    LiveMismatchError,
+    LiveSupersededError,
+    LiveUnavailableError,
+)
 from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.metadata import CFG_NAME, metadata_value
 from crosslens.core.paths import FINAL_DIRNAME
@@ -107,7 +116,13 @@ class LiveModels:
         self.fix = fix
         self._suite = suite
         self._lock = threading.Lock()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslens-live")
+        self._queue = threading.Lock()
+        """Guards the worker (made on the first question after :meth:`close`) and the questions asked."""
+        self._worker: ThreadPoolExecutor | None = None
+        self._asked: set[Future] = set()
+        self._waiting: dict[str, Future] = {}
+        """The newest question of each kind (which a newer one cancels where it has not started)."""
+        self._superseded: set[Future] = set()
         self._opened: _Opened | None = None
         self._refusal: str | None = None
         """Why the models are not the crosscoder's, once checked: every later question is refused so."""
@@ -129,9 +144,40 @@ class LiveModels:
         else:
             self._failure = None  # the next question loads again what the last one could not
 
-    def _ask(self, question: Callable[[_Opened], T]) -> T:
-        """``question(opened)``, computed on the worker thread after any question asked before it."""
-        return self._worker.submit(self._answer, question).result()
+    def _ask(self, question: Callable[[_Opened], T], kind: str | None = None) -> T:
+        """``question(opened)``, computed on the worker thread after any question asked before it. A
+        question of a ``kind`` cancels the one of its kind still waiting, whose asker gets
+        :class:`~crosslens.core.errors.LiveSupersededError`."""
+        with self._queue:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslens-live")
+            future = self._worker.submit(self._answer, question)
+            self._asked.add(future)
+            older = self._waiting.pop(kind, None) if kind is not None else None
+            if kind is not None:
+                self._waiting[kind] = future
+            if older is not None:
+                self._superseded.add(older)  # before its asker can see it cancelled
+                if not older.cancel():  # it has started: it is answered
+                    self._superseded.discard(older)
+        try:
+            return future.result()
+        except CancelledError:
+            with self._queue:
+                superseded = future in self._superseded
+            if superseded:
+                raise LiveSupersededError(
+                    f"a newer {kind} question was asked before this one's turn came; it is answered instead"
+                ) from None
+            raise LiveUnavailableError(
+                "the live models were closed before this question's turn came; ask again"
+            ) from None
+        finally:
+            with self._queue:
+                self._asked.discard(future)
+                self._superseded.discard(future)
+                if kind is not None and self._waiting.get(kind) is future:
+                    del self._waiting[kind]
 
     def _answer(self, question: Callable[[_Opened], T]) -> T:
         """On the worker: the models opened, ``config.threads`` CPU threads; a suite found not to be
@@ -269,6 +315,7 @@ class LiveModels:
             "state": state,
             "problem": problem,
             "busy": self._lock.locked(),
+            "queued": sum(not (f.running() or f.done()) for f in list(self._asked)),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "capacity": self.config.resident_models,
@@ -362,12 +409,14 @@ class LiveModels:
                 "shorten it"
             )
 
-    def activations(self, text: str) -> TextActivations:
+    def activations(self, text: str, *, kind: str | None = None) -> TextActivations:
         """Every feature's activation on each token of ``text``, for the crosscoder's code and at every
         snapshot (:class:`~crosslens.live.TextActivations`). The same text gives the same numbers;
-        the last few texts are kept, so asking again costs nothing."""
+        the last few texts are kept, so asking again costs nothing. ``kind``: a name for this kind of
+        question, where a newer one of the kind is to take its place while it waits its turn
+        (it then raises :class:`~crosslens.core.errors.LiveSupersededError`)."""
         ids = self.tokenize(text)
-        return self._ask(lambda opened: self._text(opened, text, ids))
+        return self._ask(lambda opened: self._text(opened, text, ids), kind)
 
     def _text(self, opened: _Opened, text: str, ids: list[int]) -> TextActivations:
         kept = self._texts.get(text)
@@ -403,33 +452,33 @@ class LiveModels:
         temperature: float = STEER_TEMPERATURE,
         seed: int = STEER_SEED,
         snapshots: list[int] | None = None,
+        kind: str | None = None,
     ) -> Steering:
         """Each snapshot's continuation of ``prompt``, without and with ``feature`` steered
         (:mod:`crosslens.live.steering`: ``mode`` ``"add"`` adds ``strength`` times its snapshot's
         decoder direction at the crosscoder's hook, ``"clamp"`` sets its activation to ``strength``).
         ``temperature`` 0 is greedy; above 0, tokens are drawn with ``seed``. ``snapshots``: which
-        (default: every one)."""
+        (default: every one); ``kind``: as :meth:`activations`'."""
         strength, n_tokens = self._check_steering(strength, mode, n_tokens, temperature, seed)
         if snapshots is not None and not len(snapshots):
             raise LiveInputError("snapshots []: name 1 snapshot or more, or leave it out for every one")
         ids = self.tokenize(prompt, what="prompt")
 
-        def continuations(opened: _Opened) -> list[SteeredSnapshot]:
+        def continuations(opened: _Opened) -> tuple[list[str], list[SteeredSnapshot]]:
             S, F = len(opened.steps), int(opened.crosscoder.cfg.d_sae)
             index = _check_index(feature, F, "feature")
             chosen = list(range(S)) if snapshots is None else [_check_index(s, S, "snapshot") for s in snapshots]
             self._fits(opened, len(ids) + 1 + n_tokens, f"the prompt's {len(ids)} tokens and {n_tokens} new ones")
             prompt_L = torch.tensor([opened.bos, *ids])
-            return [
+            return [opened.pieces[i] for i in ids], [
                 self._steer_one(opened, index, s, prompt_L, mode, strength, n_tokens, temperature, seed) for s in chosen
             ]
 
-        rows = self._ask(continuations)
-        opened = self._opened
+        prompt_tokens, rows = self._ask(continuations, kind)
         return Steering(
             feature=int(feature),
             prompt=prompt,
-            prompt_tokens=[opened.pieces[i] for i in ids],
+            prompt_tokens=prompt_tokens,
             mode=mode,
             strength=float(strength),
             n_tokens=int(n_tokens),
@@ -488,16 +537,20 @@ class LiveModels:
             torch.set_num_threads(before)
 
     def close(self) -> None:
-        """Let the resident models and the crosscoder go (a later question loads them again)."""
-
-        def let_go() -> None:
-            with self._lock:
-                if self._opened is not None:
-                    self._opened.models.close()
-                self._opened, self._refusal, self._failure = None, None, None
-                self._texts.clear()
-
-        self._worker.submit(let_go).result()
+        """Refuse the questions waiting their turn, wait for the one being computed, and let the
+        resident models and the crosscoder go (a later question loads them again). The worker thread
+        ends with it, so a process that stops (``crosslens browse`` on Ctrl-C) waits for one question,
+        not the queue."""
+        with self._queue:
+            worker, self._worker = self._worker, None
+            self._waiting.clear()
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            if self._opened is not None:
+                self._opened.models.close()
+            self._opened, self._refusal, self._failure = None, None, None
+            self._texts.clear()
 
 
 def _check_index(value: Any, size: int, what: str) -> int:
