@@ -636,3 +636,45 @@ def test_the_live_panels_say_in_the_page_why_they_cannot_load(driver, run, tmp_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+SETTLED = """
+window.settledFetches = [];
+const fetchJSON = CL.fetchJSON;
+CL.fetchJSON = async function (url) {
+  try {
+    return await fetchJSON(url);
+  } finally {
+    setTimeout(() => window.settledFetches.push(url), 0);  // a task: after its caller has used the answer
+  }
+};
+"""
+"""Counts the page's requests whose answer its caller has drawn or dropped (``window.settledFetches``)."""
+
+
+def test_a_steering_answer_for_the_feature_left_is_not_drawn_on_the_next_one(driver, run):  # noqa: F811
+    """The steering of feature 4, answered after the page moved to feature 5, was drawn there."""
+    from selenium.webdriver.common.by import By
+
+    held, server, _, _ = held_server(run)
+    try:
+        open_page(driver, server, "/feature/4")
+        driver.execute_script(SETTLED)
+        driver.find_element(By.ID, "steer-prompt").send_keys(PROMPT)
+        driver.find_element(By.CSS_SELECTOR, "#live-steer button[type=submit]").click()
+        wait_for(lambda: get(server, "/api/live/status")[1]["busy"], what="feature 4's steering loading models")
+        driver.execute_script("CL.navigate('/feature/5')")
+        wait_for(lambda: driver.execute_script("return Live.feature === 5"), what="feature 5's live panels")
+        held.gate.set()
+        wait_for(
+            lambda: driver.execute_script("return window.settledFetches.some((url) => url.includes('/steer?'))"),
+            120,
+            what="feature 4's steering answered",
+        )
+        assert driver.execute_script("return document.querySelector('#live-steer-result').children.length") == 0
+        assert driver.find_element(By.ID, "live-steer").get_attribute("data-state") == "idle"
+        assert "/feature/5" in driver.current_url
+    finally:
+        held.gate.set()
+        server.shutdown()
+        server.server_close()

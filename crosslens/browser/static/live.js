@@ -299,6 +299,9 @@ Live.showFeature = async function (feature, detail) {
   }
   document.getElementById("steer-strength-label").textContent = document.getElementById("steer-mode").value === "clamp" ? "clamp to" : "strength";
   if (changed) {
+    // answers still on their way are the last feature's: whatever this page asks next or not, drop them
+    Live.featureToken++;
+    Live.steerToken++;
     document.getElementById("live-feature-heatmap").replaceChildren();
     document.getElementById("live-steer-result").replaceChildren();
     for (const panel of panels) { Live.say(panel.querySelector(".live-status"), ""); panel.dataset.state = "idle"; }
