@@ -229,6 +229,22 @@ def test_analyze_of_a_checkpoint_writes_its_own_report_beside_the_runs(world, tm
     )
 
 
+def test_a_checkpoint_s_report_leaves_out_the_sections_saved_for_the_final_crosscoder(world, tmp_path, capsys):
+    from crosslens.htmlreport import Report
+    from crosslens.training.runfolder import save_section
+
+    run = tmp_path / "run"
+    train(world["store"], run, n_steps=4, checkpoint_every=2)
+    save_section(Report("").add_heading("Saved for the final crosscoder"), run, "attribution-final")
+    checkpoint = next(p for p in sorted(run.iterdir()) if p.name.startswith("step_"))
+    assert main(["analyze", "--crosscoder", str(checkpoint), "--device", "cpu"]) == 0
+    assert "saved section" not in capsys.readouterr().out
+    assert "Saved for the final crosscoder" not in (run / f"report-{checkpoint.name}.html").read_text()
+    assert main(["analyze", "--crosscoder", str(run), "--device", "cpu"]) == 0
+    assert f"with 1 saved section(s) from {run / 'sections'}" in capsys.readouterr().out
+    assert "Saved for the final crosscoder" in (run / "report.html").read_text()
+
+
 def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):
     from crosslens import load_crosscoder
 

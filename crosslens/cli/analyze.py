@@ -64,7 +64,7 @@ def write_report(
     from crosslens.analysis.diffing import is_diffing
     from crosslens.causal.spliced_loss_eval import add_spliced_loss_section
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
+    from crosslens.training.runfolder import crosscoder_suite_record, is_final_crosscoder, run_folder, run_store
 
     device, _ = device_and_dtype(args)
     run_dir = run_folder(folder)
@@ -100,10 +100,12 @@ def write_report(
     emergence = _with_agreement(folder, run_dir, analysis, against, device)
     if emergence.agreement is not None:
         report.extend(_agreement_section(emergence, analysis.steps))
-    spliced = _spliced_record(run_dir)
+    final = run_dir is not None and is_final_crosscoder(folder, run_dir)
+    # the run's quality table and saved sections describe its final crosscoder, not a checkpoint
+    spliced = _spliced_record(run_dir) if final else None
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
-    sections = saved_sections(run_dir)
+    sections = saved_sections(run_dir) if final else []
     for section in sections:
         report.extend(section)
     report.write(out_path)
