@@ -60,7 +60,7 @@ from crosslens.dashboards.emergence_rows import (
 from crosslens.dashboards.logits import logit_effects, raw_directions, vocabulary_pieces
 from crosslens.dashboards.partial import existing_database, load_partial, remove_partial, save_partial
 from crosslens.dashboards.readings import Readings
-from crosslens.dashboards.record import trained_run_sha256, write_record
+from crosslens.dashboards.record import emergence_sha256, trained_run_sha256, write_record
 from crosslens.dashboards.rows import ReadingStats, context_rows, quantile_contexts, search_texts, top_contexts
 from crosslens.dashboards.sources import StoreTokens, StreamSource, StreamTokens, TokenSource, recorded_suite
 
@@ -324,10 +324,9 @@ def _compute(
     plan, total = source.plan(int(config.n_tokens or DEFAULT_N_TOKENS), int(config.batch_size))
     settings = {**budget.to_dict(), "n_tokens": total, "batch_size": int(config.batch_size), "seed": int(config.seed)}
     emergence = run_emergence(run_dir)  # refused here, before the pass, where it is of another crosscoder
-    inputs = {
-        "partners": {**partners(run_dir, source, record, causal), "emergence": emergence[1]},
-        "settings": settings,
-    }
+    # the emergence check fills the database's emergence tables, not the pass: a pass stopped before
+    # `crosslens analyze` wrote it again goes on, and the database reads the check written last
+    inputs = {"partners": partners(run_dir, source, record, causal), "settings": settings}
     database = run_dir / schema.DATABASE_NAME
     if existing_database(run_dir, inputs, config.overwrite) == "current":
         print(
@@ -363,12 +362,14 @@ def _compute(
     )
     if state.position > start.position:
         save_partial(run_dir, state, inputs)  # the pass is kept until its database is sealed
+    if emergence_sha256(run_dir) != emergence[1]:  # written again during the pass
+        emergence = run_emergence(run_dir)
     content = _content(crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits, emergence)
     tmp = run_dir / f".{schema.DATABASE_NAME}.tmp"
     write_database(tmp, content)
     (run_dir / schema.RECORD_NAME).unlink(missing_ok=True)
     os.replace(tmp, database)
-    write_record(run_dir, inputs["partners"], settings, state.tokens)
+    write_record(run_dir, {**inputs["partners"], "emergence": emergence[1]}, settings, state.tokens)
     remove_partial(run_dir)
     print(
         f"feature database: {database}, {format_size(database.stat().st_size)} (predicted at most {format_size(predicted)})"

@@ -22,9 +22,10 @@ from crosslens.analysis.emergence_record import (
     read_emergence,
 )
 from crosslens.analysis.evolution import NO_STEP
-from crosslens.core.hashing import crosscoder_sha256, file_sha256
+from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.paths import EMERGENCE_NAME
 from crosslens.dashboards.config import DashboardsError
+from crosslens.dashboards.record import emergence_sha256
 
 T_VALUE_CAP = 1e9
 """t-values of exact fits are infinite; the database keeps them finite."""
@@ -46,7 +47,7 @@ def run_emergence(run_dir: Path) -> tuple[EmergenceResult | None, str | None, st
     except EmergenceRecordError as error:
         raise DashboardsError(str(error)) from None
     held, dropped = holding_agreement(result, run_dir, "the feature database")
-    return held, file_sha256(run_dir / EMERGENCE_NAME), dropped
+    return held, emergence_sha256(run_dir), dropped
 
 
 def emergence_meta(

@@ -140,7 +140,9 @@ def existing_database(run_dir: Path, inputs: dict[str, Any], overwrite: bool) ->
     except DashboardsError as error:
         record, problem = None, str(error).split("; rebuild")[0]
     if problem is None and record is not None:
-        changed = differences({"partners": record.get("partners"), "settings": record.get("settings")}, as_json(inputs))
+        # the emergence check is no input of the pass: database_problem compared it with the run's
+        partners = {k: v for k, v in (record.get("partners") or {}).items() if k != "emergence"}
+        changed = differences({"partners": partners, "settings": record.get("settings")}, as_json(inputs))
         if not changed:
             return "current"
         problem = f"{database} holds dashboards computed from other inputs ({', '.join(changed)} differ)"

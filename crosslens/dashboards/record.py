@@ -2,10 +2,12 @@
 
 ``RUN/dashboards.json`` is written last, once ``RUN/dashboards.sqlite`` is in place: the
 database's sha256 and size, the partners it was computed from (the run as training left it, the
-crosscoder's weights, the token source, the suite, the attribution files) and the settings
-(budget, tokens, seed), sealed by its own checksum (:mod:`crosslens.core.sealed`). A database
-without it was never finished; one whose bytes differ from it was damaged or edited; one whose
-run differs from the run folder's was computed before the run was trained again.
+crosscoder's weights, the token source, the suite, the attribution files, the emergence check)
+and the settings (budget, tokens, seed), sealed by its own checksum (:mod:`crosslens.core.sealed`).
+A database without it was never finished; one whose bytes differ from it was damaged or edited;
+one whose run differs from the run folder's was computed before the run was trained again; one
+whose emergence check is not ``RUN/emergence.json`` as it is now was built before ``crosslens
+analyze`` wrote it again (its emergence tables, and an export's flags, would be the earlier check's).
 
 The run is named by :func:`trained_run_sha256`: its seal's entries less the quality table, which
 ``crosslens train --resume --eval-store`` and the demo measure again and reseal without
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.core.hashing import file_sha256, json_sha256, remembered_file_sha256
-from crosslens.core.paths import QUALITY_NAME, RUN_SEAL_KEY, RUN_SEAL_NAME
+from crosslens.core.paths import EMERGENCE_NAME, QUALITY_NAME, RUN_SEAL_KEY, RUN_SEAL_NAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.schema import DATABASE_NAME, FORMAT, RECORD_NAME, schema_problem
@@ -49,6 +51,27 @@ def trained_run_sha256(run_dir: Path) -> str | None:
         return file_sha256(seal)
     files.pop(QUALITY_NAME, None)
     return json_sha256(files)
+
+
+def emergence_sha256(run_dir: Path) -> str | None:
+    """The sha256 of the run's saved emergence check (``crosslens analyze``'s ``RUN/emergence.json``,
+    which seals its tables' sha256), None where it has none: what the database's emergence tables
+    were read from (``partners.emergence``)."""
+    path = run_dir / EMERGENCE_NAME
+    return file_sha256(path) if path.is_file() else None
+
+
+def _emergence_problem(run_dir: Path, recorded: str | None) -> str | None:
+    """Why the database's emergence tables are not of the emergence check the run holds now."""
+    now = emergence_sha256(run_dir)
+    if recorded == now:
+        return None
+    path, check = run_dir / DATABASE_NAME, run_dir / EMERGENCE_NAME
+    if recorded is None:
+        return f"{path} was built without the emergence check {check} holds now (`crosslens analyze` wrote it since)"
+    if now is None:
+        return f"{path} holds the emergence check of {check}, which is gone"
+    return f"{path} holds an earlier emergence check than {check} (`crosslens analyze` wrote it again since)"
 
 
 def write_record(run_dir: Path, partners: dict[str, Any], settings: dict[str, Any], n_tokens: int) -> dict[str, Any]:
@@ -98,13 +121,18 @@ def read_record(run_dir: Path) -> dict[str, Any]:
 
 
 def database_problem(run_dir: Path, record: dict[str, Any], verify: str = "full") -> str | None:
-    """Why the run's database is not the file ``record`` vouches for, for this run (None when it is)."""
+    """Why the run's database is not the file ``record`` vouches for, for this run and the emergence
+    check it holds now (None when it is)."""
     path = run_dir / DATABASE_NAME
     if not path.is_file():
         return f"{path} is missing"
-    recorded_run = (record.get("partners") or {}).get("run")
+    partners = record.get("partners") or {}
+    recorded_run = partners.get("run")
     if recorded_run is not None and recorded_run != trained_run_sha256(run_dir):
         return f"{path} was computed for an earlier run in {run_dir} (the run was trained again since)"
+    problem = _emergence_problem(run_dir, partners.get("emergence"))
+    if problem is not None:
+        return problem
     if verify != "none" and path.stat().st_size != record.get("database_bytes"):
         return f"{path} is not the file `crosslens dashboards` wrote (its size differs: damaged or edited)"
     if verify == "full" and remembered_file_sha256(path) != record.get("database_sha256"):
