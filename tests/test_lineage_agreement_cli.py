@@ -19,6 +19,7 @@ from test_cli import one_line_error
 from test_emergence_surfaces import LOOSE
 
 from crosslens.activations import ActivationStore
+from crosslens.activations.partners import store_seal
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_agreement
 from crosslens.analysis.agreement import (
     AGREEMENT_LINE,
@@ -169,13 +170,44 @@ def test_a_saved_agreement_of_the_same_events_is_read_back_whole(runs, tmp_path)
     shutil.copytree(runs / "jumprelu", run)
     result = read_emergence(run)
     assert len(result.lineage.events) >= 3
-    agreement = agreement_record(runs / "relu", [0.1 * k for k in range(len(result.lineage.events))])
-    save_run_emergence(run, dataclasses.replace(result, agreement=agreement), ActivationStore.open(runs / "store"))
-    assert _saved_agreement(run / "final", run, result) == (agreement, None)
+    store = ActivationStore.open(runs / "store")
+    agreement = agreement_record(runs / "relu", [0.1 * k for k in range(len(result.lineage.events))], store)
+    save_run_emergence(run, dataclasses.replace(result, agreement=agreement), store)
+    assert _saved_agreement(run / "final", run, result, store_seal(store)) == (agreement, None)
     assert _saved_agreement(run / sorted(p.name for p in run.glob("step_*"))[0], run, result) == (None, None)
     other = dataclasses.replace(result, lineage=dataclasses.replace(result.lineage, events=result.lineage.events[1:]))
-    kept, note = _saved_agreement(run / "final", run, other)
+    kept, note = _saved_agreement(run / "final", run, other, store_seal(store))
     assert kept is None and note.startswith(f"note: the lineage agreement with {runs / 'relu'} was of other lineage")
+
+
+def test_a_saved_agreement_measured_on_another_store_is_dropped(runs, tmp_path, capsys):
+    """Measured with the store both runs read, the agreement does not join a record of the same events
+    read on another store (each side's presence is latent scaling's on its store), nor one that names
+    no store."""
+    for name in ("jumprelu", "relu"):
+        shutil.copytree(runs / name, tmp_path / name)
+    run, other = tmp_path / "jumprelu", tmp_path / "relu"
+    main(["analyze", "--crosscoder", str(run), "--store", str(runs / "store"), "--lineage-against", str(other)])
+    measured = read_emergence(run)
+    copied = tmp_path / "store-copy"  # the same tokens in another folder: the same store
+    shutil.copytree(runs / "store", copied)
+    capsys.readouterr()
+    main(["report", str(run), "--store", str(copied)])
+    assert "note:" not in capsys.readouterr().out and _same(read_emergence(run).agreement, measured.agreement)
+
+    other_tokens = tmp_path / "other-tokens"  # the same snapshots and hook, other tokens
+    tf.harvest(runs / "suite", other_tokens, tokens=tf.token_table(seed=1))
+    capsys.readouterr()
+    main(["analyze", "--crosscoder", str(run), "--store", str(other_tokens), "--out", str(tmp_path / "r.html")])
+    printed = capsys.readouterr().out
+    assert f"note: the lineage agreement with {other} was measured on another store than this analysis reads" in printed
+    assert "lineage events " not in printed and read_emergence(run).agreement is None
+    assert measured.agreement.store == store_seal(ActivationStore.open(runs / "store"))
+
+    unnamed = dataclasses.replace(measured.agreement, store=None)  # saved by a crosslens that named none
+    save_run_emergence(run, dataclasses.replace(measured, agreement=unnamed), ActivationStore.open(runs / "store"))
+    main(["report", str(run), "--store", str(runs / "store")])
+    assert f"note: the lineage agreement with {other} names no store it was measured on" in capsys.readouterr().out
 
 
 def _same(a, b) -> bool:

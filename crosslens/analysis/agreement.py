@@ -179,19 +179,25 @@ def run_lineage_agreement(
     return lineage_agreement(lineage, analysis, other_analysis, present_FS, other.check.present)
 
 
-def agreement_record(other_run: str | os.PathLike, agreement: Sequence[float]) -> LineageAgreement:
+def agreement_record(
+    other_run: str | os.PathLike, agreement: Sequence[float], store: ActivationStore | None = None
+) -> LineageAgreement:
     """``agreement`` (each event's, with ``other_run``'s final crosscoder) as the emergence record
     keeps it beside the lineage, naming that run by its absolute path, its crosscoder by its weights,
-    and the line it is counted at."""
+    the line it is counted at and the store both checks read (``store``, by its seal)."""
     other = Path(other_run).resolve()
-    return LineageAgreement(str(other), crosscoder_sha256(other), AGREEMENT_LINE, [float(a) for a in agreement])
+    seal = None if store is None else store_seal(store)
+    return LineageAgreement(str(other), crosscoder_sha256(other), AGREEMENT_LINE, [float(a) for a in agreement], seal)
 
 
-def saved_agreement(run_dir: str | os.PathLike, lineage: Any) -> tuple[LineageAgreement | None, str | None]:
+def saved_agreement(
+    run_dir: str | os.PathLike, lineage: Any, store: dict[str, str] | None = None
+) -> tuple[LineageAgreement | None, str | None]:
     """The agreement ``run_dir``'s saved emergence record holds (None where it holds none, or no
-    record of the run's final crosscoder), and why it no longer holds for ``lineage`` (None where it
-    does): the record's events are not ``lineage``'s, or the other run holds no crosscoder now, or
-    another than the one it was measured with."""
+    record of the run's final crosscoder), and why it no longer holds for ``lineage``, read on the
+    store sealed ``store`` (:func:`store_seal`; None: no store), None where it does: the record's
+    events are not ``lineage``'s, or it was measured on another store (or one not named), or the
+    other run holds no crosscoder now, or another than the one it was measured with."""
     try:
         record = read_record(run_dir, crosscoder_sha256(run_dir))
     except EmergenceRecordError:  # none, damaged or of weights trained since: nothing to keep
@@ -201,6 +207,13 @@ def saved_agreement(run_dir: str | os.PathLike, lineage: Any) -> tuple[LineageAg
     saved = LineageAgreement.from_dict(record["agreement"])
     if _event_keys(e.to_dict() for e in lineage.events) != _event_keys(record.get("events") or []):
         return saved, f"the lineage agreement with {saved.against} was of other lineage events"
+    if saved.store is None or saved.store != store:  # each side's presence is latent scaling's on that store
+        why = (
+            "names no store it was measured on"
+            if saved.store is None
+            else f"was measured on another store than this analysis {'reads' if store else 'read (it read none)'}"
+        )
+        return saved, f"the lineage agreement with {saved.against} {why}"
     return saved, crosscoder_change(saved.against, saved.crosscoder_sha256, "the lineage")
 
 

@@ -74,6 +74,9 @@ class LineageAgreement:
     agreement: list[float]
     """Per event of the lineage (``Lineage.events``, in order); NaN where none of its latents is
     present beside the event's snapshot."""
+    store: dict[str, str] | None = None
+    """The seal of the store both crosscoders' latent scaling read (:func:`store_seal`): the
+    presence each side's moves are looked for in. None where none was named."""
 
     def made(self) -> list[bool | None]:
         """Per event: whether the other crosscoder makes it (None: NaN, nothing to look for)."""
@@ -85,12 +88,13 @@ class LineageAgreement:
             "crosscoder": self.crosscoder_sha256,
             "line": self.line,
             "events": [None if math.isnan(a) else float(a) for a in self.agreement],
+            "store": self.store,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LineageAgreement:
         events = [math.nan if a is None else float(a) for a in d["events"]]
-        return cls(str(d["against"]), str(d["crosscoder"]), float(d["line"]), events)
+        return cls(str(d["against"]), str(d["crosscoder"]), float(d["line"]), events, d.get("store"))
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def write_report(
         title=suite_title(record, hook),
         device=device,
     )
-    emergence = _with_agreement(folder, run_dir, analysis, against, device)
+    emergence = _with_agreement(folder, run_dir, analysis, against, device, opened)
     if emergence.agreement is not None:
         report.extend(_agreement_section(emergence, analysis.steps))
     final = run_dir is not None and is_final_crosscoder(folder, run_dir)
@@ -151,13 +151,14 @@ def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) 
     return other, check_agreement_run(other, store, hook)
 
 
-def _with_agreement(folder: Path, run_dir: Path | None, analysis: Any, against: Any, device: str) -> Any:
+def _with_agreement(folder: Path, run_dir: Path | None, analysis: Any, against: Any, device: str, store: Any) -> Any:
     """The analysis's emergence result with its lineage's agreement: measured against ``against``
-    (``--lineage-against``'s run and its check), else the one the run's saved record holds where it
-    was measured on these very events with the crosscoder that run still holds (a note says why one
-    is dropped)."""
+    (``--lineage-against``'s run and its check) on ``store``, else the one the run's saved record
+    holds where it was measured on these very events, on this store, with the crosscoder that run
+    still holds (a note says why one is dropped)."""
     from dataclasses import replace
 
+    from crosslens.activations.partners import store_seal
     from crosslens.analysis.agreement import agreement_record, run_lineage_agreement
 
     emergence = analysis.emergence
@@ -165,23 +166,25 @@ def _with_agreement(folder: Path, run_dir: Path | None, analysis: Any, against: 
         present = None if emergence.check is None else emergence.check.present
         other, checked = against
         values = run_lineage_agreement(emergence.lineage, analysis, present, other, device=str(device), checked=checked)
-        return replace(emergence, agreement=agreement_record(other, values))
-    saved, note = _saved_agreement(folder, run_dir, emergence)
+        return replace(emergence, agreement=agreement_record(other, values, store))
+    saved, note = _saved_agreement(folder, run_dir, emergence, None if store is None else store_seal(store))
     if note:
         print(note)
     return emergence if saved is None else replace(emergence, agreement=saved)
 
 
-def _saved_agreement(folder: Path, run_dir: Path | None, emergence: Any) -> tuple[Any, str | None]:
+def _saved_agreement(
+    folder: Path, run_dir: Path | None, emergence: Any, seal: dict | None = None
+) -> tuple[Any, str | None]:
     """The agreement the run's saved emergence record holds, where it still describes ``emergence``'s
-    events (:func:`~crosslens.analysis.agreement.saved_agreement`); else None, with a note naming the
-    command that measures it again where one was dropped."""
+    events, read on the store of seal ``seal`` (:func:`~crosslens.analysis.agreement.saved_agreement`);
+    else None, with a note naming the command that measures it again where one was dropped."""
     from crosslens.analysis.agreement import measure_again, saved_agreement
     from crosslens.training.runfolder import is_final_crosscoder
 
     if run_dir is None or not is_final_crosscoder(folder, run_dir):
         return None, None
-    saved, problem = saved_agreement(run_dir, emergence.lineage)
+    saved, problem = saved_agreement(run_dir, emergence.lineage, seal)
     if problem is None:
         return saved, None
     return None, f"note: {problem}; {measure_again(run_dir, saved.against)}"

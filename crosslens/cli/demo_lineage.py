@@ -52,4 +52,4 @@ def lineage_referee_stage(
     agreement = lineage_agreement(emergence.lineage, analysis, other, emergence.check.present, checked.check.present)
     section = lineage_agreement_section(emergence.lineage, agreement, analysis.steps, run_dir.name, AGREEMENT_LINE)
     line = agreement_line(run_dir, emergence.lineage.events, agreement)
-    return line, section, agreement_record(run_dir, agreement)
+    return line, section, agreement_record(run_dir, agreement, train_store)

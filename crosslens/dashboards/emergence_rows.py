@@ -66,7 +66,7 @@ def emergence_meta(
         "counts": result.counts(),
         "agreement": None
         if result.agreement is None
-        else {k: v for k, v in result.agreement.to_dict().items() if k != "events"},
+        else {k: v for k, v in result.agreement.to_dict().items() if k not in ("events", "store")},
         # an agreement left out as the database was built (its other crosscoder gone or trained again)
         **({"agreement_dropped": dropped} if dropped else {}),
     }
