@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sqlite3
 
 import pytest
@@ -18,14 +19,18 @@ from test_cli import one_line_error
 from test_emergence_surfaces import DASHBOARDS, run  # noqa: F401  (run: a fixture)
 
 from crosslens.activations import ActivationStore
-from crosslens.analysis.emergence_record import save_run_emergence
+from crosslens.analysis.emergence_record import read_emergence, save_run_emergence
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.browser.database import DatabaseProblem
+from crosslens.cli import main
 from crosslens.core.hashing import file_sha256
-from crosslens.core.paths import EMERGENCE_NAME
+from crosslens.core.paths import EMERGENCE_NAME, REPORT_NAME
 from crosslens.dashboards import DashboardsConfig, DashboardsInterrupted, StaleDatabaseError, compute_dashboards, schema
 from crosslens.dashboards import compute as compute_module
 from crosslens.exports import ExportError, export_run
+
+SCALED = "Latent scaling fits each latent"
+"""The report's emergence section where latent scaling measured the check."""
 
 
 def _store(run_dir):
@@ -45,7 +50,9 @@ def _compute(run_dir, **overrides):
 def _events(run_dir) -> list[tuple]:
     db = sqlite3.connect(run_dir / schema.DATABASE_NAME)
     try:
-        return db.execute("SELECT kind, snapshot, before, after FROM lineage_events WHERE held ORDER BY event").fetchall()
+        return db.execute(
+            "SELECT kind, snapshot, before, after FROM lineage_events WHERE held ORDER BY event"
+        ).fetchall()
     finally:
         db.close()
 
@@ -82,7 +89,9 @@ def test_a_database_built_before_the_check_was_written_again_is_refused_until_re
     _compute(copy, overwrite=True)
     want = [(e.kind, e.snapshot, json.dumps(e.before), json.dumps(e.after)) for e in fewer.lineage.events]
     assert _events(copy) == want
-    flags = json.loads((export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text())
+    flags = json.loads(
+        (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
+    )
     assert flags["record"] == file_sha256(copy / EMERGENCE_NAME)
     make_server(copy, BrowseConfig(port=0)).server_close()
 
@@ -127,3 +136,26 @@ def test_a_pass_stopped_before_analyze_wrote_the_check_again_goes_on(run, tmp_pa
     record = json.loads((copy / schema.RECORD_NAME).read_text())
     assert record["partners"]["emergence"] == file_sha256(copy / EMERGENCE_NAME)
     export_run(copy, format="neuronpedia", out=tmp_path / "np")
+
+
+def test_a_report_without_the_store_keeps_the_check_measured_with_it(tmp_path, capsys):
+    """`crosslens report` rebuilds the report from what is on disk: where the store latent scaling read
+    is gone, the saved check is neither replaced by one without latent scaling nor left out."""
+    tf.write_suite(tmp_path / "suite")
+    tf.harvest(tmp_path / "suite", tmp_path / "store")
+    run = tmp_path / "run"
+    tf.train(tmp_path / "store", run)
+    main(["analyze", "--crosscoder", str(run), "--device", "cpu"])  # on the store the run trained on
+    saved, measured = (run / EMERGENCE_NAME).read_bytes(), read_emergence(run)
+    assert measured.check is not None and SCALED in (run / REPORT_NAME).read_text()
+    shutil.move(tmp_path / "store", tmp_path / "moved")
+    capsys.readouterr()
+    main(["report", str(run), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert f"emergence check and lineage: kept {run / EMERGENCE_NAME}, which latent scaling measured on a store" in (
+        printed
+    )
+    assert f"emergence check (latent scaling on {measured.scaling.n_tokens:,} tokens)" in printed
+    assert (run / EMERGENCE_NAME).read_bytes() == saved
+    page = (run / REPORT_NAME).read_text()
+    assert SCALED in page and "Latent scaling was not run" not in page

@@ -16,7 +16,7 @@ from crosslens.activations.partners import check_recorded_partner
 from crosslens.analysis.contexts import top_activating_contexts
 from crosslens.analysis.diffing import DiffingAnalysis, add_diffing_section, is_diffing
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
-from crosslens.analysis.emergence_record import compute_emergence
+from crosslens.analysis.emergence_record import EmergenceResult, compute_emergence
 from crosslens.analysis.emergence_report import add_emergence_section
 from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
@@ -55,7 +55,7 @@ def analyze_crosscoder(
     title: str = REPORT_TITLE,
     device: str | torch.device | None = None,
     progress: bool = True,
-    emergence: bool = True,
+    emergence: bool | EmergenceResult = True,
     scaling_config: LatentScalingConfig | None = None,
     check_config: EmergenceCheckConfig | None = None,
     lineage_config: LineageConfig | None = None,
@@ -75,7 +75,9 @@ def analyze_crosscoder(
     settings in the three configs), kept as ``analysis.emergence`` and given its report section.
     A crosscoder of two models gets the diffing classes instead of the emergence section, with
     latent scaling's verdict on its one-model-only latents where it read the store, kept as
-    ``analysis.diffing``.
+    ``analysis.diffing``. ``emergence`` may also be a check saved for this crosscoder
+    (:func:`~crosslens.analysis.emergence_record.read_emergence`), taken as it is: a report rebuilt
+    without the store latent scaling read keeps it.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
     frequency = None
@@ -107,7 +109,9 @@ def analyze_crosscoder(
     report = evolution_report(
         analysis, title=title, probes=probes, contexts=contexts, device=device, through_time=not is_diffing(crosscoder)
     )
-    if emergence:
+    if isinstance(emergence, EmergenceResult):
+        analysis.emergence = emergence
+    elif emergence:
         configs = {"scaling_config": scaling_config, "check_config": check_config, "lineage_config": lineage_config}
         analysis.emergence = compute_emergence(
             crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs

@@ -15,6 +15,7 @@ from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import LoadedCrosscoderFlags
 from crosslens.core.devices import dtype_name
+from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.hooks import recorded_hook
 from crosslens.core.paths import QUALITY_NAME, SECTIONS_DIR
 
@@ -59,7 +60,7 @@ def write_report(
     saved in its run folder (``crosslens attribute``); ``lineage_against``: another run whose
     crosscoder the lineage is checked against (``analyze --lineage-against``)."""
     from crosslens.activations import ActivationStore
-    from crosslens.activations.partners import check_crosscoder_store
+    from crosslens.activations.partners import check_crosscoder_store, store_seal
     from crosslens.analysis import analyze_crosscoder
     from crosslens.analysis.diffing import is_diffing
     from crosslens.causal.spliced_loss_eval import add_spliced_loss_section
@@ -89,18 +90,20 @@ def write_report(
             "order for a split or a merge: leave the flag out"
         )
     against = _lineage_run(lineage_against, folder, opened, hook)
-    tokenizer = suite_tokenizer(record) if store else None
+    final = run_dir is not None and is_final_crosscoder(folder, run_dir)
+    kept = _measured_check(run_dir) if final and opened is None else None  # what a store measured, reused
     analysis, report = analyze_crosscoder(
         crosscoder,
         store=opened,
-        tokenizer=tokenizer,
+        tokenizer=suite_tokenizer(record) if store else None,
         title=suite_title(record, hook),
         device=device,
+        emergence=True if kept is None else kept[0],
     )
-    emergence = _with_agreement(folder, run_dir, analysis, against, device, opened)
+    seal = store_seal(opened) if opened is not None else None if kept is None else kept[1]
+    emergence = _with_agreement(folder, run_dir, analysis, against, device, opened, seal)
     if emergence.agreement is not None:
         report.extend(_agreement_section(emergence, analysis.steps))
-    final = run_dir is not None and is_final_crosscoder(folder, run_dir)
     # the run's quality table and saved sections describe its final crosscoder, not a checkpoint
     spliced = _spliced_record(run_dir) if final else None
     if spliced is not None:
@@ -109,14 +112,9 @@ def write_report(
     for section in sections:
         report.extend(section)
     report.write(out_path)
-    if analysis.diffing is not None:  # two models: no training order for classes through time or emergences
-        print("\n".join(analysis.diffing.summary_lines()))
-    else:
-        print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
-        print(analysis.emergence.summary(analysis.lifetimes.peak))
-        if emergence.agreement is not None:
-            print(_agreement_line(emergence))
-    _save_emergence(folder, run_dir, emergence, opened)
+    _print_summary(analysis, emergence)
+    if final:
+        _save_emergence(run_dir, emergence, opened)
     if store is None:
         _say_no_store(run_dir)
     if sections:
@@ -151,14 +149,54 @@ def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) 
     return other, check_agreement_run(other, store, hook)
 
 
-def _with_agreement(folder: Path, run_dir: Path | None, analysis: Any, against: Any, device: str, store: Any) -> Any:
-    """The analysis's emergence result with its lineage's agreement: measured against ``against``
-    (``--lineage-against``'s run and its check) on ``store``, else the one the run's saved record
-    holds where it was measured on these very events, on this store, with the crosscoder that run
-    still holds (a note says why one is dropped)."""
+def _print_summary(analysis: Any, emergence: Any) -> None:
+    if analysis.diffing is not None:  # two models: no training order for classes through time or emergences
+        print("\n".join(analysis.diffing.summary_lines()))
+        return
+    print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
+    print(analysis.emergence.summary(analysis.lifetimes.peak))
+    if emergence.agreement is not None:
+        print(_agreement_line(emergence))
+
+
+def _measured_check(run_dir: Path) -> tuple[Any, dict] | None:
+    """The emergence check the run's record holds for its final crosscoder where latent scaling
+    measured it on a store, without its agreement (which :func:`_with_agreement` decides again),
+    and that store's seal; None where there is none, or it cannot be read."""
     from dataclasses import replace
 
-    from crosslens.activations.partners import store_seal
+    from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
+
+    seal = _store_measured(run_dir)
+    try:
+        result = None if seal is None else read_emergence(run_dir, crosscoder_sha256(run_dir))
+    except EmergenceRecordError:
+        return None
+    return None if result is None or result.check is None else (replace(result, agreement=None), seal)
+
+
+def _store_measured(run_dir: Path) -> dict | None:
+    """The seal of the store latent scaling read for the emergence record the run holds for its
+    final crosscoder (None: no such record, or one measured without a store)."""
+    from crosslens.analysis.emergence_record import EmergenceRecordError, read_record
+
+    try:
+        record = read_record(run_dir, crosscoder_sha256(run_dir))
+    except EmergenceRecordError:
+        return None
+    return (record.get("partners") or {}).get("store") or None
+
+
+def _with_agreement(
+    folder: Path, run_dir: Path | None, analysis: Any, against: Any, device: str, store: Any, seal: dict | None
+) -> Any:
+    """The analysis's emergence result with its lineage's agreement: measured against ``against``
+    (``--lineage-against``'s run and its check) on ``store``, else the one the run's saved record
+    holds where it was measured on these very events, on the store of ``seal`` (the one the
+    emergence check read), with the crosscoder that run still holds (a note says why one is
+    dropped)."""
+    from dataclasses import replace
+
     from crosslens.analysis.agreement import agreement_record, run_lineage_agreement
 
     emergence = analysis.emergence
@@ -167,7 +205,7 @@ def _with_agreement(folder: Path, run_dir: Path | None, analysis: Any, against: 
         other, checked = against
         values = run_lineage_agreement(emergence.lineage, analysis, present, other, device=str(device), checked=checked)
         return replace(emergence, agreement=agreement_record(other, values, store))
-    saved, note = _saved_agreement(folder, run_dir, emergence, None if store is None else store_seal(store))
+    saved, note = _saved_agreement(folder, run_dir, emergence, seal)
     if note:
         print(note)
     return emergence if saved is None else replace(emergence, agreement=saved)
@@ -204,14 +242,20 @@ def _agreement_line(emergence: Any) -> str:
     return agreement_line(agreement.against, emergence.lineage.events, agreement.agreement, agreement.line)
 
 
-def _save_emergence(folder: Path, run_dir: Path | None, result: Any, store: Any) -> None:
-    """Save the emergence check and lineage into the run folder, where they describe the run's final
-    crosscoder (``crosslens dashboards`` reads them from there)."""
+def _save_emergence(run_dir: Path, result: Any, store: Any) -> None:
+    """Save the emergence check and lineage of the run's final crosscoder into the run folder
+    (``crosslens dashboards`` reads them from there); without a store, a record latent scaling
+    measured on one is kept as it is, saying so."""
     from crosslens.analysis.emergence_record import save_run_emergence
-    from crosslens.training.runfolder import is_final_crosscoder
+    from crosslens.core.paths import EMERGENCE_NAME
 
-    if run_dir is not None and is_final_crosscoder(folder, run_dir):
-        print(f"emergence check and lineage: {save_run_emergence(run_dir, result, store)}")
+    if store is None and _store_measured(run_dir) is not None:
+        print(
+            f"emergence check and lineage: kept {run_dir / EMERGENCE_NAME}, which latent scaling measured on a store "
+            "(this analysis read none; pass --store to measure it again)"
+        )
+        return
+    print(f"emergence check and lineage: {save_run_emergence(run_dir, result, store)}")
 
 
 def _say_no_store(run_dir: Path | None) -> None:
