@@ -107,6 +107,7 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
     from test_emergence_surfaces import LOOSE
 
     from crosslens.activations import ActivationStore, harvest_activations
+    from crosslens.activations.partners import store_seal
     from crosslens.analysis import analyze_crosscoder, lineage_agreement
     from crosslens.analysis.agreement import agreement_line
     from crosslens.analysis.emergence_record import read_emergence
@@ -147,6 +148,7 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
     assert [None if math.isnan(a) else a for a in kept.agreement] == [None if math.isnan(a) else a for a in want]
     assert kept.against == str(referee) and kept.line == 0.5
     assert kept.crosscoder_sha256 == file_sha256(referee / "final" / "sae_weights.safetensors")
+    assert kept.store == store_seal(store)  # the store both checks read
     page = section.render()
     assert "Lineage checked against referee-crosscoder" in page
     read = [a for a in want if not math.isnan(a)]  # the loose lines keep events no latent is present beside
