@@ -19,12 +19,14 @@ from test_cli import one_line_error
 from test_emergence_surfaces import DASHBOARDS, run  # noqa: F401  (run: a fixture)
 
 from crosslens.activations import ActivationStore
+from crosslens.analysis import analyze_crosscoder
 from crosslens.analysis.emergence_record import read_emergence, save_run_emergence
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.browser.database import DatabaseProblem
 from crosslens.cli import main
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, REPORT_NAME
+from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsInterrupted, StaleDatabaseError, compute_dashboards, schema
 from crosslens.dashboards import compute as compute_module
 from crosslens.exports import ExportError, export_run
@@ -159,3 +161,31 @@ def test_a_report_without_the_store_keeps_the_check_measured_with_it(tmp_path, c
     assert (run / EMERGENCE_NAME).read_bytes() == saved
     page = (run / REPORT_NAME).read_text()
     assert SCALED in page and "Latent scaling was not run" not in page
+
+
+def test_the_database_and_a_report_without_the_store_class_dead_latents_as_the_check_did(tmp_path, capsys):
+    """The check reads a latent as dead where it did not fire on analyze's sample of tokens; the
+    feature database (whose pass reads other tokens, and more) and a report rebuilt without the store
+    class latents by that same firing, so a latent is not dead in the report and persistent there."""
+    tf.write_suite(tmp_path / "suite")
+    store = tf.harvest(tmp_path / "suite", tmp_path / "store")
+    run = tmp_path / "run"
+    tf.train(tmp_path / "store", run)
+    crosscoder = load_crosscoder_folder(run / "final", device="cpu")
+    analysis, _ = analyze_crosscoder(crosscoder, store=store, n_frequency_tokens=2, progress=False)
+    save_run_emergence(run, analysis.emergence, store)
+    _compute(run)
+    db = sqlite3.connect(run / schema.DATABASE_NAME)
+    classes, density = zip(*db.execute("SELECT class, density FROM features ORDER BY feature").fetchall())
+    db.close()
+    dead = [f for f, c in enumerate(analysis.classes) if c == "dead"]
+    assert dead and any(density[f] > 0 for f in dead)  # firing in the pass, not on analyze's sample
+    assert list(classes) == list(analysis.classes)
+
+    shutil.move(tmp_path / "store", tmp_path / "moved")
+    capsys.readouterr()
+    main(["report", str(run), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    counts = ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items())
+    assert f"feature classes: {counts}\n" in printed
+    assert "its dead features are those of the saved emergence check's firing frequencies" in printed

@@ -77,19 +77,19 @@ def analyze_crosscoder(
     latent scaling's verdict on its one-model-only latents where it read the store, kept as
     ``analysis.diffing``. ``emergence`` may also be a check saved for this crosscoder
     (:func:`~crosslens.analysis.emergence_record.read_emergence`), taken as it is: a report rebuilt
-    without the store latent scaling read keeps it.
+    without the store latent scaling read keeps it, and without a store classes dead latents by the
+    firing frequencies it holds.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
     frequency = None
+    if store is None and isinstance(emergence, EmergenceResult):
+        frequency = emergence.frequency  # the firing the saved check classed dead latents by
     if store is not None:
         check_recorded_partner(crosscoder, store, hook, used_by="analyze_crosscoder")
         hook = resolve_hook(store, hook or _metadata_hook(crosscoder, store))
         frequency = firing_frequency(store, crosscoder, hook=hook, n_tokens=n_frequency_tokens)
         if steps is None and not _has_provenance_steps(crosscoder):
-            snapshots = list(getattr(store, "snapshots", []) or [])
-            if snapshots and all("step" in s for s in snapshots):
-                steps = [int(s["step"]) for s in snapshots]
-                tokens_seen = tokens_seen or [s.get("tokens_seen") for s in snapshots]
+            steps, tokens_seen = _store_steps(store, tokens_seen)
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder, steps, tokens_seen, config, frequency=frequency)
 
     probes: ProbeValidation | None = None
@@ -157,6 +157,14 @@ def _context_features(analysis: EvolutionAnalysis, n: int) -> list[int]:
         if i not in chosen:
             chosen.append(i)
     return chosen[:n]
+
+
+def _store_steps(store: Any, tokens_seen: Sequence[int | None] | None) -> tuple[Any, Any]:
+    """The steps (and tokens seen) of the store's snapshots, for a crosscoder that records none."""
+    snapshots = list(getattr(store, "snapshots", []) or [])
+    if snapshots and all("step" in s for s in snapshots):
+        return [int(s["step"]) for s in snapshots], tokens_seen or [s.get("tokens_seen") for s in snapshots]
+    return None, tokens_seen
 
 
 def _metadata_hook(crosscoder: Crosscoder, store: Any) -> str | None:

@@ -111,6 +111,10 @@ class EmergenceResult:
     scaling_config: LatentScalingConfig | None = None
     agreement: LineageAgreement | None = None
     """Another crosscoder's agreement with each lineage event, where ``analyze --lineage-against`` measured it."""
+    frequency: torch.Tensor | None = None
+    """Each latent's firing frequency the evolution analysis read, ``[d_sae]``, where it read one:
+    its dead latents, which the check does not measure and lineage does not read. The feature
+    database classes latents by it, so that its classes are the ones the check was made with."""
 
     def counts(self) -> dict[str, int]:
         return {**(self.check.counts() if self.check is not None else {}), **self.lineage.counts()}
@@ -176,7 +180,10 @@ def compute_emergence(
     scaling = latent_scaling(crosscoder, source, hook=hook, config=scaling_config, progress=progress)
     check = check_emergence(analysis, scaling, check_config)
     lineage = lineage_of(analysis, lineage_config, device, scaled_present_FS=check.present)
-    return EmergenceResult(list(analysis.steps), lineage, lineage_config, scaling, check, scaling_config)
+    frequency = None if analysis.frequency is None else analysis.frequency.float().cpu()
+    return EmergenceResult(
+        list(analysis.steps), lineage, lineage_config, scaling, check, scaling_config, frequency=frequency
+    )
 
 
 def _tensors(result: EmergenceResult) -> dict[str, torch.Tensor]:
@@ -194,6 +201,8 @@ def _tensors(result: EmergenceResult) -> dict[str, torch.Tensor]:
             "check.contested": check.contested.to(torch.uint8),
         }
         out |= {f"check.scaled.{name}": getattr(check.scaled, name).int() for name in _LIFETIMES}
+        if result.frequency is not None:
+            out["analysis.frequency"] = result.frequency.float()
     return {k: v.contiguous().cpu() for k, v in out.items()}
 
 
@@ -325,4 +334,7 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
         early_presence=[early.get(str(i)) for i in range(scaling.d_sae)],
     )
     scaling_config = _recorded_config(LatentScalingConfig, settings["latent_scaling"], "latent scaling", run_dir)
-    return EmergenceResult(steps, lineage, lineage_config, scaling, check, scaling_config, agreement)
+    frequency = tensors.get("analysis.frequency")  # None in a record of an earlier crosslens
+    if frequency is not None and frequency.shape != (scaling.d_sae,):
+        raise EmergenceRecordError(f"{tensors_path}'s firing frequencies are not its latents'; {_fix(run_dir)} again")
+    return EmergenceResult(steps, lineage, lineage_config, scaling, check, scaling_config, agreement, frequency)

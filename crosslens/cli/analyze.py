@@ -116,7 +116,7 @@ def write_report(
     if final:
         _save_emergence(run_dir, emergence, opened)
     if store is None:
-        _say_no_store(run_dir)
+        _say_no_store(run_dir, read_firing=analysis.frequency is not None)
     if sections:
         print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
     print(f"report: {out_path}")
@@ -258,8 +258,9 @@ def _save_emergence(run_dir: Path, result: Any, store: Any) -> None:
     print(f"emergence check and lineage: {save_run_emergence(run_dir, result, store)}")
 
 
-def _say_no_store(run_dir: Path | None) -> None:
-    """What a report without a store lacks, and where the store the run trained on is to be had."""
+def _say_no_store(run_dir: Path | None, read_firing: bool = False) -> None:
+    """What a report without a store lacks, and where the store the run trained on is to be had;
+    ``read_firing``: its dead latents are those of the saved check's firing frequencies."""
     from crosslens.training.runfolder import recorded_store, streamed_store_command
 
     gone, harvest = recorded_store(run_dir), streamed_store_command(run_dir)
@@ -267,7 +268,10 @@ def _say_no_store(run_dir: Path | None) -> None:
         f"the store the run trained on, {gone} (its run.json), is not there: pass --store with where it is now"
         if gone
         else "no activation store (--store)",
-        "; the report has no firing frequencies, probes or top contexts, and no feature is classed dead "
+        "; the report has no probes or top contexts (its dead features are those of the saved emergence check's "
+        "firing frequencies)"
+        if read_firing
+        else "; the report has no firing frequencies, probes or top contexts, and no feature is classed dead "
         "(that needs firing frequencies)",
         sep="",
     )

@@ -390,7 +390,10 @@ def _content(
 
     stats = ReadingStats.of(state)
     result = emergence[0]
-    analysis = EvolutionAnalysis.from_crosscoder(crosscoder, frequency=stats.frequency())
+    # classed dead by the firing the emergence check was made with (analyze's sample), where it holds one,
+    # so that a latent is not dead in the report and the check but persistent here; the densities are the pass's
+    frequency = stats.frequency() if result is None or result.frequency is None else result.frequency
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder, frequency=frequency)
     verdicts = None
     if is_diffing(crosscoder):  # a base model and its fine-tune: no training order for classes through time
         diffing = DiffingAnalysis.with_emergence(crosscoder, result, analysis.frequency)
