@@ -220,14 +220,20 @@ def until_waiting(server, n: int) -> None:
     wait_for(lambda: get(server, "/api/live/status")[1].get("queued") == n, 60, what=f"{n} question(s) waiting")
 
 
+def steering_with_one_waiting(server, ask, name: str, path: str) -> tuple[threading.Thread, threading.Thread]:
+    """A steering request computed (held at its gate) and request ``name`` waiting behind it."""
+    steering = ask("steer", STEER)
+    wait_for(lambda: get(server, "/api/live/status")[1]["busy"], what="the steering loading models")
+    waiting = ask(name, path)
+    until_waiting(server, 1)
+    return steering, waiting
+
+
 def test_a_newer_request_of_a_kind_replaces_the_one_still_waiting_its_turn(run):
     """Requests queued behind a long one were each computed in turn, the page's stale ones too."""
     held, server, answers, ask = held_server(run)
     try:
-        steering = ask("steer", STEER)
-        wait_for(lambda: get(server, "/api/live/status")[1]["busy"], what="the steering loading models")
-        first = ask("first", "/api/live/text?" + query(text=TEXT))
-        until_waiting(server, 1)
+        steering, first = steering_with_one_waiting(server, ask, "first", "/api/live/text?" + query(text=TEXT))
         second = ask("second", "/api/live/text?" + query(text=PROMPT))
         first.join(30)
         assert not held.gate.is_set() and answers["first"][0] == 409, answers
@@ -247,10 +253,7 @@ def test_stopping_the_server_refuses_the_requests_waiting_and_waits_for_the_one_
     """Ctrl-C waited for every queued request to be computed, for no one."""
     held, server, answers, ask = held_server(run)
     try:
-        steering = ask("steer", STEER)
-        wait_for(lambda: get(server, "/api/live/status")[1]["busy"], what="the steering loading models")
-        waiting = ask("text", "/api/live/text?" + query(text=TEXT))
-        until_waiting(server, 1)
+        steering, waiting = steering_with_one_waiting(server, ask, "text", "/api/live/text?" + query(text=TEXT))
         stopping = threading.Thread(target=lambda: (server.shutdown(), server.server_close()))
         stopping.start()
         waiting.join(30)
