@@ -182,6 +182,25 @@ def test_a_config_validation_error_names_the_flag_not_the_field(run, tmp_path, c
     assert "error: --lr-decay-fraction must be in [0, 1), got 1.5" in err and "lr_decay_fraction" not in err, err
 
 
+def test_a_warm_up_and_decay_longer_than_the_run_are_refused_before_overwrite_removes_a_run(run, tmp_path, capsys):
+    """The learning-rate schedule is checked as the config is built: one line naming the three
+    flags, and the run --overwrite would replace is still whole."""
+    import shutil
+
+    from trust_fixtures import tree_bytes
+
+    store, finished = run
+    out = Path(shutil.copytree(finished, tmp_path / "run"))
+    before = tree_bytes(out)
+    argv = ["train", "--store", str(store), "--out", str(out), "--overwrite", "--n-steps", "100"]
+    err = cli_error([*argv, "--lr-warm-up-steps", "90"], capsys)
+    assert err.endswith(
+        "error: --lr-warm-up-steps 90 and --lr-decay-fraction 0.2 (20 steps) exceed --n-steps 100: pass a smaller "
+        "--lr-warm-up-steps or --lr-decay-fraction, or a larger --n-steps."
+    ), err
+    assert tree_bytes(out) == before
+
+
 def test_a_bound_above_is_refused_by_the_flag_and_every_bound_by_the_config_as_built(run, tmp_path, capsys):
     """Each field's bounds are written once on it and checked as the config is built, so the
     library refuses what the command line refuses, before a store is hashed."""

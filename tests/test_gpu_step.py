@@ -879,7 +879,7 @@ def test_autocast_flag_takes_none_and_refuses_others(capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA default needs a CUDA device")
 def test_auto_precision_on_cuda_is_bfloat16(store_path, tmp_path):
-    from crosslens.training.runner import resolve_precision
+    from crosslens.training.precision import resolve_precision
 
     config = resolve_precision(run_config(store_path, tmp_path / "run", device="cuda"), 2, 32)
     assert (config.autocast_dtype, config.optimizer_state) == ("bfloat16", "float32")
@@ -888,7 +888,7 @@ def test_auto_precision_on_cuda_is_bfloat16(store_path, tmp_path):
 def test_auto_adam_state_on_a_mesh_is_float32_whatever_one_gpu_would_hold(store_path, tmp_path, monkeypatch):
     """A mesh rank holds a share of the step, and bfloat16 moments train in one process only: "auto"
     sized the whole step against one GPU and could pick what the trainer then refuses."""
-    from crosslens.training.runner import resolve_precision
+    from crosslens.training.precision import resolve_precision
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     # no CUDA device is asked for its memory (there is none here), so the choice is made without it

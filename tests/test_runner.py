@@ -207,3 +207,81 @@ def test_a_run_resumes_with_its_checkpoints_spaced_and_kept_otherwise(store_path
         _config(store_path, run, checkpoint_every=None, keep_checkpoints=0, logger=logged)
     ).run(resume=True)
     assert again is not None and "holds this run, finished: nothing to train" in capsys.readouterr().out
+
+
+def _died_after_step_30(runner) -> None:
+    shutil.rmtree(runner.checkpoint_dir / "step_00000060")
+    shutil.rmtree(runner.final_path)
+
+
+def test_a_run_resumed_with_auto_precision_keeps_what_it_started_in(store_path, tmp_path, capsys):
+    """A run that started in bfloat16 autocast with bfloat16 Adam moments (what "auto" picks on a
+    CUDA device short of memory) resumes with both left at auto on this CPU, whose own choice
+    would be float32: it goes on in what it started in, to the bytes of an uninterrupted run. A
+    choice given now that differs from the run's is refused, naming it."""
+    started = dict(autocast_dtype="bfloat16", optimizer_state="bfloat16")
+    straight = CrosscoderTrainingRunner(_config(store_path, tmp_path / "straight", **started)).run()
+    run = tmp_path / "run"
+    runner = CrosscoderTrainingRunner(_config(store_path, run, **started))
+    runner.run()
+    _died_after_step_30(runner)
+    resumed = CrosscoderTrainingRunner(_config(store_path, run))
+    assert (resumed.config.autocast_dtype, resumed.config.optimizer_state) == ("none", "float32")  # this CPU's
+    capsys.readouterr()
+    crosscoder = resumed.run(resume=True)
+    out = capsys.readouterr().out
+    assert "crosscoder step in bfloat16 autocast (--autocast), float32 parameters, bfloat16 Adam state" in out, out
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(getattr(crosscoder, name), getattr(straight, name)), name
+    other = CrosscoderTrainingRunner(_config(store_path, run, autocast_dtype="none"))
+    with pytest.raises(ValueError, match=r"differs in autocast_dtype: 'bfloat16' in the run, 'none' now\)"):
+        other.run(resume=True)
+
+
+def test_a_run_on_the_stores_only_hook_resumes_whether_or_not_the_hook_is_named(store_path, tmp_path, capsys):
+    """The hook a run trains on is compared as resolved: a run started without a hook (the store's
+    only one) resumes with it named, and the other way round; so does a run whose record, as
+    runners that recorded the hook unresolved sealed it, names none."""
+    from crosslens.training.records import read_record, write_record
+
+    run = tmp_path / "run"
+    runner = CrosscoderTrainingRunner(_config(store_path, run, hook_name=None))
+    runner.run()
+    CrosscoderTrainingRunner(_config(store_path, run, hook_name=HOOK)).run(resume=True)
+    assert json.loads((run / "run.json").read_text())["hook_name"] == HOOK
+    CrosscoderTrainingRunner(_config(store_path, tmp_path / "named", n_steps=30, hook_name=HOOK)).run()
+    CrosscoderTrainingRunner(_config(store_path, tmp_path / "named", n_steps=30, hook_name=None)).run(resume=True)
+    _died_after_step_30(runner)
+    checkpoint = runner.checkpoint_dir / "step_00000030"
+    record = read_record(checkpoint)
+    write_record(checkpoint, settings={**record["settings"], "hook_name": None}, store=record["store"])
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "hook_name": None}))
+    capsys.readouterr()
+    CrosscoderTrainingRunner(_config(store_path, run, hook_name=HOOK)).run(resume=True)
+    captured = capsys.readouterr()
+    assert "--resume: continuing from" in captured.out and "missing or damaged" not in captured.err
+
+
+def test_a_warm_up_and_decay_longer_than_the_run_are_refused_as_the_config_is_made(store_path, tmp_path):
+    """Before the store is opened or the folder touched, in the words of the runner's own settings."""
+    with pytest.raises(
+        ValueError,
+        match=r"^lr_warm_up_steps 90 and lr_decay_fraction 0.2 \(20 steps\) exceed n_steps 100: pass a smaller "
+        r"lr_warm_up_steps or lr_decay_fraction, or a larger n_steps\.$",
+    ):
+        _config(store_path, tmp_path / "run", n_steps=100, lr_warm_up_steps=90)
+    assert _config(store_path, tmp_path / "run", n_steps=100, lr_warm_up_steps=80).lr_decay_steps == 20
+    from crosslens.training.config import CrosscoderTrainerConfig
+
+    with pytest.raises(ValueError, match=r"^lr_warm_up_steps 90 and lr_decay_steps 20 exceed total_steps 100: "):
+        CrosscoderTrainerConfig(total_steps=100, lr_warm_up_steps=90)
+
+
+def test_a_run_json_reads_back_as_the_config_the_run_trained_with(store_path, tmp_path):
+    from crosslens.training.config import CrosscoderRunnerConfig
+
+    runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", n_steps=30))
+    runner.run()
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert {"world_size", "kernel_plan", "store_seal"} <= set(record)
+    assert CrosscoderRunnerConfig.from_dict(record) == runner.config

@@ -121,6 +121,17 @@ def test_a_streamed_run_trains_without_a_store_and_says_what_it_streamed(streame
     assert kinds == ["start", "checkpoint", "checkpoint", "checkpoint", "final", "evaluation"]
 
 
+def test_a_streamed_runs_run_json_reads_back_as_its_config(streamed):
+    """run.json holds, beside the settings, what the run streamed and how it was launched."""
+    from crosslens.training.config import CrosscoderRunnerConfig
+
+    out, _ = streamed
+    record = json.loads((out / "run.json").read_text())
+    config = CrosscoderRunnerConfig.from_dict(record)
+    assert {"stream", "world_size", "kernel_plan"} <= set(record)
+    assert (config.hook_name, config.n_steps, config.out_dir) == (HOOK, 6, str(out))
+
+
 def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed, inputs, tmp_path):
     """The table --stream prints is the one a store harvested with the same flags gives: the same
     held-out rows, the activations scaled by the training run's factors."""

@@ -43,6 +43,22 @@ revive latents, and BatchTopK then keeps latents that each carry parts of two fe
 (benchmarks/README.md, "Planted features recovered")."""
 
 
+def check_lr_schedule(names: tuple[str, str, str], warm_up: int, decay: tuple[float, int], total: int) -> None:
+    """Refuse a learning-rate warm-up and decay that together take more steps than the run.
+
+    ``names``: how the caller's settings name the warm-up, the decay and the run's length (a
+    field name becomes its flag on the command line); ``decay``: the decay as the setting gives
+    it (steps, or a fraction of the run) and in steps."""
+    given, steps = decay
+    if warm_up + steps > total:
+        warm_up_name, decay_name, total_name = names
+        in_steps = "" if given == steps else f" ({steps} steps)"
+        raise ValueError(
+            f"{warm_up_name} {warm_up} and {decay_name} {given}{in_steps} exceed {total_name} {total}: "
+            f"pass a smaller {warm_up_name} or {decay_name}, or a larger {total_name}."
+        )
+
+
 def dead_feature_window(run_tokens: int) -> int:
     """The default dead-feature window, in tokens, of a run of ``run_tokens`` tokens."""
     return max(1, min(DEAD_FEATURE_WINDOW_TOKENS, int(run_tokens * DEAD_FEATURE_WINDOW_SHARE)))
@@ -274,11 +290,12 @@ class CrosscoderTrainerConfig:
             self.lr_decay_steps = int(self.total_steps * LR_DECAY_FRACTION)
         if self.lr_warm_up_steps < 0 or self.lr_decay_steps < 0:
             raise ValueError("lr_warm_up_steps and lr_decay_steps must be >= 0.")
-        if self.lr_warm_up_steps + self.lr_decay_steps > self.total_steps:
-            raise ValueError(
-                f"lr_warm_up_steps ({self.lr_warm_up_steps}) + lr_decay_steps "
-                f"({self.lr_decay_steps}) exceed total_steps ({self.total_steps}); shorten them."
-            )
+        check_lr_schedule(
+            ("lr_warm_up_steps", "lr_decay_steps", "total_steps"),
+            self.lr_warm_up_steps,
+            (self.lr_decay_steps, self.lr_decay_steps),
+            self.total_steps,
+        )
         if self.lr_scheduler_name.lower() not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler_name must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_name!r}.")
         if self.lr_end is None and self.lr is not None:
@@ -342,6 +359,16 @@ RUN_STORE_SEAL = "store_seal"
 """run.json key beside the settings: the seal of the store the run trains on
 (``crosslens.activations.partners.store_seal``)."""
 
+RUN_STREAM = "stream"
+"""run.json key of a streamed run, in place of a store: what it streamed."""
+
+LAUNCH_KEYS = ("world_size", "kernel_plan")
+"""run.json keys of how the run was launched, not set by the config: how many processes train
+(torchrun decides it) and the kernels they run."""
+
+RUN_RECORD_KEYS = (RUN_STORE_SEAL, RUN_STREAM, *LAUNCH_KEYS)
+"""What run.json holds beside the runner config's fields."""
+
 
 @dataclass
 class CrosscoderRunnerConfig:
@@ -381,11 +408,12 @@ class CrosscoderRunnerConfig:
     autocast_dtype: str = field(default="auto", metadata={"flag": "--autocast", "choices": AUTOCAST_CHOICES})
     """Precision of the crosscoder step: "bfloat16" autocast (parameters and Adam stay float32),
     "none" (float32 throughout), or "auto": bfloat16 on CUDA, float32 elsewhere (bfloat16 is
-    slow on CPUs). run.json records the choice made."""
+    slow on CPUs). run.json records the choice made, which a resume left at auto keeps."""
     optimizer_state: str = field(default="auto", metadata={"choices": ("auto", *OPTIMIZER_STATES)})
     """Dtype of Adam's moments: "float32", "bfloat16" (half the memory; one process only), or
     "auto": bfloat16 when the step would not fit the CUDA device with float32 state (the
-    estimate `crosslens plan` prints). run.json records the choice made."""
+    estimate `crosslens plan` prints). run.json records the choice made, which a resume left at auto
+    keeps."""
     micro_batches: int = field(default=CrosscoderTrainerConfig.micro_batches, metadata={"min": 1})
     """Train each batch in this many equal micro-batches whose gradients add up to the batch's
     before the one optimizer step: the step's activations shrink N-fold (`crosslens plan
@@ -417,16 +445,28 @@ class CrosscoderRunnerConfig:
             )
         if self.lr is None:
             self.lr = defaults_for(self.sae.architecture).lr
+        check_lr_schedule(
+            ("lr_warm_up_steps", "lr_decay_fraction", "n_steps"),
+            self.lr_warm_up_steps,
+            (self.lr_decay_fraction, self.lr_decay_steps),
+            self.n_steps,
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> CrosscoderRunnerConfig:
-        """The config :func:`dataclasses.asdict` turned into ``values`` (``run.json``)."""
-        values = {key: value for key, value in values.items() if key != RUN_STORE_SEAL}  # a record, not a setting
+        """The config :func:`dataclasses.asdict` turned into ``values``, or a ``run.json`` (whose
+        records beside the settings, :data:`RUN_RECORD_KEYS`, are left out)."""
+        values = {key: value for key, value in values.items() if key not in RUN_RECORD_KEYS}
         nested = {
             "sae": ArchitectureConfig(**values.get("sae", {})),
             "logger": LoggingConfig(**values.get("logger", {})),
         }
         return cls(**{**values, **nested})
+
+    @property
+    def lr_decay_steps(self) -> int:
+        """The final steps of the learning rate's linear decay, ``lr_decay_fraction`` of ``n_steps``."""
+        return int(self.n_steps * self.lr_decay_fraction)
 
     @property
     def training_tokens(self) -> int:

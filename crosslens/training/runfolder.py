@@ -59,7 +59,7 @@ from crosslens.core.paths import (
 )
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.core.units import format_bytes
-from crosslens.training.config import RUN_STORE_SEAL, checkpoints_on_disk
+from crosslens.training.config import RUN_STORE_SEAL, RUN_STREAM, checkpoints_on_disk
 from crosslens.training.records import RECORD_NAME, record_problem
 
 RUN_SEAL_FORMAT = "crosslens.run/1"
@@ -437,7 +437,7 @@ def streamed_store_command(run_dir: Path | None) -> str | None:
     run in float32 there whatever ``--dtype`` the run gave them: the run recorded their float32
     weights (the resident models are loaded so, then cast), which the store must match."""
     try:
-        stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())["stream"]  # type: ignore[operator]
+        stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())[RUN_STREAM]  # type: ignore[operator]
         suite, tokens = stream["suite"], stream["tokens"]
         words = harvest_words(suite, suite.get("revisions") or [], suite["steps"], str(stream["hook"]))
         words += ["--n-tokens", str(int(stream["n_tokens"])), "--seq-len", str(int(stream["seq_len"]))]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -41,16 +40,23 @@ from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.activations.tokens import bos_prepended, position_record
 from crosslens.architectures import sparsity_coefficient_for, sparsity_warm_up_steps
 from crosslens.core.errors import StorageError, StoreChangedError, run_again
-from crosslens.core.launch import launched_by_torchrun, world_size
+from crosslens.core.launch import launched_by_torchrun
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.kernels.plan import KernelPlan
-from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
+from crosslens.training.config import (
+    LAUNCH_KEYS,
+    RUN_STORE_SEAL,
+    RUN_STREAM,
+    CrosscoderRunnerConfig,
+    CrosscoderTrainerConfig,
+)
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
-from crosslens.training.memory import checkpoint_bytes, choose_optimizer_state, fit_problem, parameter_counts
+from crosslens.training.memory import checkpoint_bytes, parameter_counts
+from crosslens.training.precision import precision_line, resolve_precision
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
     check_run_start,
@@ -84,7 +90,11 @@ class CrosscoderTrainingRunner:
         self.hook = self.store.resolve_hook(config.hook_name)
         self.out_dir = Path(config.out_dir)
         self.device = config.device
-        self.config = resolve_precision(config, self.store.n_snapshots, self.store.d_in_of(self.hook))
+        self.asked = config
+        """The config as given: :attr:`config` before its hook and "auto" precision are settled."""
+        self.shape = (self.store.n_snapshots, self.store.d_in_of(self.hook))
+        """``(n_snapshots, d_in)`` the precision is chosen for (d_in None: not known before training)."""
+        self.config = resolve_precision(replace(config, hook_name=self.hook), *self.shape)
         self.mesh = None
         """(layout, collectives) once :meth:`run` joins a torchrun job; None in a plain process."""
         self.finished_before = False
@@ -143,7 +153,7 @@ class CrosscoderTrainingRunner:
             total_steps=cfg.n_steps,
             lr=float(cfg.lr),
             lr_warm_up_steps=cfg.lr_warm_up_steps,
-            lr_decay_steps=int(cfg.n_steps * cfg.lr_decay_fraction),
+            lr_decay_steps=cfg.lr_decay_steps,
             device=self.device,
             seed=cfg.seed,
             checkpoint_dir=str(self.checkpoint_dir),
@@ -212,15 +222,17 @@ class CrosscoderTrainingRunner:
         return newest_verified_checkpoint(self.checkpoint_dir)
 
     def _check_resumable(self, checkpoint: Path, run_file: Path) -> None:
-        """Refuse other settings or another store before a single batch is read."""
+        """Refuse other settings or another store before a single batch is read. A setting left
+        "auto" first takes the choice the run sealed (:func:`resolve_precision`)."""
         record = read_record(checkpoint)
-        current, sealed = self._settings(), record.get("settings")
+        sealed, hook = record.get("settings"), record.get("store", {}).get("hook")
         if sealed is not None:  # compare what a resume may not change: a record may seal the rest too
-            sealed = _resume_settings(sealed)
-        if sealed is not None and ("stream" in sealed) != ("stream" in current):
+            sealed = _compared_settings(sealed, hook)
+        current = self._settings_against(sealed)
+        if sealed is not None and (RUN_STREAM in sealed) != (RUN_STREAM in current):
             how = (
                 "was streamed from resident models: resume it with `crosslens train --stream` and its flags"
-                if "stream" in sealed
+                if RUN_STREAM in sealed
                 else "trained on a store: resume it with --store, without --stream"
             )
             raise ValueError(f"{self.out_dir} holds a run that {how}, or pick a new --out.")
@@ -231,7 +243,7 @@ class CrosscoderTrainingRunner:
                 "resume with the same settings, pass --overwrite to start again, or pick a new --out."
             )
         try:
-            previous = _resume_settings(json.loads(run_file.read_text()))
+            previous = _compared_settings(json.loads(run_file.read_text()), hook)
         except (OSError, ValueError, AttributeError):
             previous = None
         if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
@@ -241,6 +253,18 @@ class CrosscoderTrainingRunner:
         same_store = started_on.get("content_sha256") == now["content_sha256"]
         if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
             raise StoreChangedError(_store_changed_message(started_on, now, checkpoint))
+
+    def _settings_against(self, sealed: dict[str, Any] | None) -> dict[str, Any]:
+        """This run's settings as a resume compares them with the ``sealed`` ones: a precision left
+        at "auto" takes the run's choice (:func:`resolve_precision`), and a hook left unnamed the
+        run's (the store's only hook: the store's identity, compared after, holds its hooks)."""
+        if sealed is None:
+            return self._settings()
+        self.config = resolve_precision(replace(self.asked, hook_name=self.hook), *self.shape, sealed=sealed)
+        current = self._settings()
+        if self.asked.hook_name is None:
+            current["hook_name"] = sealed.get("hook_name")
+        return current
 
     def _say_what_changes_the_bytes(self, run_file: Path) -> None:
         """Name the hardware settings a resume changes: each trains the same steps, but rounds
@@ -452,39 +476,6 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
         )
 
 
-def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: int | None) -> CrosscoderRunnerConfig:
-    """``config`` with its "auto" precision settings replaced by the choice for its device:
-    bfloat16 autocast on CUDA (float32 elsewhere: bfloat16 matmuls are slow on CPUs), and
-    bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones. A
-    step predicted not to fit the CUDA device even so is warned of, with the micro-batches that
-    fit (in one process; `crosslens plan --mesh` sizes a rank of a mesh). ``d_in`` None (a
-    streaming run, whose width is known once a model loads), or a mesh (whose ranks hold a
-    share each, and where bfloat16 moments are refused): float32 moments."""
-    kind = torch.device(config.device).type
-    on_cuda, autocast = kind == "cuda", resolved_autocast(config.autocast_dtype, kind)
-    state = config.optimizer_state
-    if d_in is None or world_size() > 1:
-        return replace(config, autocast_dtype=autocast, optimizer_state="float32" if state == "auto" else state)
-    device_bytes = torch.cuda.get_device_properties(torch.device(config.device)).total_memory if on_cuda else None
-    shape = (n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture)
-    if state == "auto":
-        state = choose_optimizer_state(*shape, device_bytes, config.micro_batches, autocast == "bfloat16")
-    if device_bytes is not None and world_size() == 1:  # a mesh rank holds a share of the batch or snapshots
-        problem = fit_problem(*shape, state, device_bytes, config.micro_batches, autocast == "bfloat16")
-        if problem is not None:
-            warnings.warn(problem, stacklevel=2)
-    return replace(config, autocast_dtype=autocast, optimizer_state=state)
-
-
-def precision_line(config: CrosscoderRunnerConfig) -> str:
-    """What the run computes in, as the run's printout says it."""
-    step = "bfloat16 autocast" if config.autocast_dtype == "bfloat16" else "float32"
-    return (
-        f"precision: crosscoder step in {step} (--autocast), float32 parameters, "
-        f"{config.optimizer_state} Adam state (--optimizer-state)"
-    )
-
-
 def data_line(config: CrosscoderRunnerConfig, store_tokens: int) -> str:
     """How many times the run reads its store, said so that many passes over a small one are seen."""
     tokens = config.n_steps * config.train_batch_size_tokens
@@ -495,7 +486,7 @@ def data_line(config: CrosscoderRunnerConfig, store_tokens: int) -> str:
     )
 
 
-BYTE_LAYOUT_SETTINGS = ("device", "snapshot_parallel", "micro_batches", "world_size", "kernel_plan")
+BYTE_LAYOUT_SETTINGS = ("device", "snapshot_parallel", "micro_batches", *LAUNCH_KEYS)
 """Settings a resume may change that round the same training otherwise (another device's
 kernels, another mesh's sums, another split of the batch, another plan's kernels)."""
 
@@ -517,6 +508,16 @@ def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
         "logger",
     )
     return {key: value for key, value in config.items() if key not in where}
+
+
+def _compared_settings(settings: dict[str, Any], hook: str | None) -> dict[str, Any]:
+    """What a resume compares of recorded ``settings``: :func:`_resume_settings`, with the hook the
+    run trained on (``hook``, from its record's store identity) where they name none (the store's
+    only hook, in a record written before the runner recorded the hook it resolved)."""
+    compared = _resume_settings(settings)
+    if compared.get("hook_name") is None and hook is not None:
+        compared["hook_name"] = hook
+    return compared
 
 
 def differing_settings(run: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:

@@ -44,10 +44,11 @@ from crosslens.core.metadata import CFG_NAME
 from crosslens.core.paths import TRAINED_ROWS_NAME
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
-from crosslens.training.config import CrosscoderRunnerConfig
+from crosslens.training.config import RUN_STREAM, CrosscoderRunnerConfig
 from crosslens.training.metrics import EVAL_TOKENS
+from crosslens.training.precision import resolve_precision
 from crosslens.training.records import read_record
-from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder, resolve_precision
+from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder
 
 
 class HeldoutActivations:
@@ -118,7 +119,8 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         for name, table in (("train_NL", train_NL), ("heldout_NL", heldout_NL)):
             if table.ndim != 2:
                 raise ValueError(f"{name} must be token rows [n, seq_len], got shape {tuple(table.shape)}.")
-        self.config, self.store, self.suite = resolve_precision(config, len(suite), None), None, suite
+        self.asked, self.shape = config, (len(suite), None)
+        self.config, self.store, self.suite = resolve_precision(config, *self.shape), None, suite
         self.hook, self.stream = config.hook_name, dict(stream)
         self.train_NL, self.heldout_NL = train_NL, heldout_NL
         self.model_dtype = model_dtype
@@ -220,7 +222,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
     # ------------------------------------------------------------ identity and records
     def run_record(self) -> dict[str, Any]:
         """The runner config and its launch and, in place of a store, what the run streamed."""
-        return {**self.config_record(), **self.launch_record(), "stream": self.stream}
+        return {**self.config_record(), **self.launch_record(), RUN_STREAM: self.stream}
 
     def store_identity(self) -> dict[str, Any]:
         """What this run trains on: the snapshots and the dtype their models run in, the
