@@ -109,6 +109,23 @@ def test_a_hook_the_architecture_lacks_says_why_not_a_wrong_block_count(suite, t
     assert "1 blocks" not in err and "--hook" in err and "blocks.0.hook_resid_pre" in err, err
 
 
+# ---------------------------------------------------------------------------- --dtype of a resumed harvest
+def test_a_store_harvested_in_another_dtype_is_resumed_by_the_flag_that_gives_it(suite, tmp_path, capsys):
+    """A harvest killed on a GPU (its models in bfloat16 by default) and run again on a CPU (float32
+    by default): the refusal names the flags, the store's own values first, not the spec's keys."""
+    out = tmp_path / "store"
+    argv = ["harvest", "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu", *TOKENS]
+    assert main([*argv, "--dtype", "bfloat16", "--store-dtype", "float16"]) == 0
+    err = cli_error(argv, capsys)
+    assert (
+        "holds an activation store built for other inputs (differs in: --dtype: bfloat16 there, float32 now; "
+        "--store-dtype: float16 there, float32 now); pass --dtype bfloat16 --store-dtype float16 to resume it, "
+        "use a new out_dir (`--out`)"
+    ) in err, err
+    assert "model_dtype" not in err, err
+    assert main([*argv, "--dtype", "bfloat16", "--store-dtype", "float16"]) == 0
+
+
 # ---------------------------------------------------------------------------- --dataset
 def test_a_dataset_that_cannot_be_loaded_offline_names_the_flag_and_the_fix(suite, offline_hf_home, tmp_path, capsys):
     argv = ["harvest", "--suite", str(suite), "--hook", HOOK, "--dataset", "foo:bar", "--out", str(tmp_path / "s")]

@@ -158,3 +158,52 @@ def test_dashboards_stream_reads_the_tokens_harvest_reads(suite, text, tmp_path)
     for table in ("features", "feature_snapshots", "contexts", "vocabulary", "snapshots"):
         first, second = (db.execute(f"SELECT * FROM {table}").fetchall() for db in databases)
         assert first == second and first, table
+
+
+def test_a_crosscoder_trained_on_a_store_records_where_its_tokens_came_from(suite, text, tmp_path):
+    """The harvest records its token source beside the spec; training reads it into the
+    crosscoder's dataset_path, as a streamed run's. A store that records none gives None."""
+    import json
+
+    from trust_fixtures import harvest, train
+
+    from crosslens.training.runner import training_data_metadata
+
+    config = HarvestConfig(
+        out_dir=str(tmp_path / "store"), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(256, 16)
+    )
+    store, _ = harvest_stores(config, CheckpointSuite.local(suite))
+    train(store.path, tmp_path / "run", n_steps=4, checkpoint_every=0)
+    metadata = json.loads((tmp_path / "run" / "final" / "cfg.json").read_text())["metadata"]
+    assert metadata["dataset_path"] == [str(text.resolve())]
+    assert store.token_source == {"kind": "text", "source": [str(text.resolve())]}
+    unrecorded = harvest(suite, tmp_path / "python")  # harvest_activations is given a token table, not its source
+    assert unrecorded.token_source is None and training_data_metadata(unrecorded)["dataset_path"] is None
+
+
+def test_a_harvest_resumed_on_another_kind_of_device_says_its_shards_mix_two(suite, tmp_path, capsys):
+    """A store records the kinds of device its shards were computed on; a harvest resumed on
+    another kind says, in one line, that the store's bytes are no longer one device's."""
+    import json
+
+    from trust_fixtures import harvest
+
+    from crosslens.activations.store import write_manifest
+
+    out = tmp_path / "store"
+    harvest(suite, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest.get("devices") == ["cpu"]
+    manifest["devices"] = ["cuda"]  # as a harvest on a GPU records it
+    write_manifest(out, manifest)
+    next(p for p in sorted((out / "acts").rglob("*.npy"))).unlink()  # killed before its last shard
+    capsys.readouterr()
+    harvest(suite, out)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"resuming {out}: its shards so far were computed on cuda, the rest are on cpu: the same activations to "
+        "float rounding, not the bytes one device would write (--overwrite harvests them all on cpu)"
+    ]
+    assert json.loads((out / "manifest.json").read_text())["devices"] == ["cuda", "cpu"]
+    harvest(suite, out)  # whole: nothing computed, nothing said
+    assert capsys.readouterr().out == ""

@@ -504,9 +504,15 @@ def test_train_recipe_without_a_store_harvests_what_plan_sizes(fake_hub, tmp_pat
     # the store belongs to the run folder: other token flags are refused there, saying what to do
     base = ["train", *flags, "--out", str(run), "--device", "cpu", "--n-tokens", "480"]
     err = one_line_exit_2([*base, "--overwrite"], capsys)
-    assert f"{run / 'activations'} holds a store harvested with other token or snapshot flags (differs in:" in err
+    assert f"{run / 'activations'} holds a store harvested with other flags (differs in: the tokens (" in err
     assert f"`crosslens harvest --recipe {recipe} --out {run / 'activations'} --overwrite` with these flags" in err
     assert "ends that run's --resume" in one_line_exit_2([*base, "--resume"], capsys)
+    # a run started on a GPU, whose models ran in bfloat16 by default, resumed on a CPU
+    err = one_line_exit_2(
+        ["train", *flags, "--out", str(run), "--device", "cpu", "--dtype", "bf16", "--resume"], capsys
+    )
+    assert "(differs in: --dtype: float32 there, bfloat16 now): pass --dtype float32 (--n-tokens" in err, err
+    assert "--dtype, whose default --device sets: bfloat16 on CUDA, else float32)" in err, err
 
 
 def test_train_recipe_takes_a_store_of_some_of_its_snapshots_as_harvest_recipe_steps_writes(fake_hub, tmp_path, capsys):

@@ -186,7 +186,8 @@ def _harvest_locked(
     rank's units of ``inputs`` in rounds, recording into it."""
     opened = None
     if team.is_main:
-        opened = HarvestManifest.open(root, inputs, overwrite=overwrite, verify_hashes=verify_hashes)
+        kind = torch.device(device).type
+        opened = HarvestManifest.open(root, inputs, overwrite=overwrite, verify_hashes=verify_hashes, device_kind=kind)
     manifest: HarvestManifest = team.share(opened)
     units = team.units(manifest.n_snapshots, manifest.n_shards)
     # Shards already on disk (a resumed or repeated harvest) start the bar, so that its rate

@@ -54,6 +54,9 @@ class HarvestInputs:
     is known loads only these (``CheckpointSuite.load``)."""
     batch_size: int
     """Sequences per forward pass."""
+    token_source: dict | None = None
+    """Where the token table's text came from (:meth:`~crosslens.activations.config.TokenSource.record`),
+    recorded in the manifest beside the spec (the token table's hash is in it); None: not known."""
 
     @classmethod
     def build(
@@ -69,11 +72,13 @@ class HarvestInputs:
         shard_tokens: int = SHARD_TOKENS,
         model_dtype: str | torch.dtype = "float32",
         identities: list[dict | None] | None = None,
+        token_source: dict | None = None,
     ) -> HarvestInputs:
         """The inputs of a harvest of ``hooks`` on ``token_ids_NL`` at every snapshot of ``suite``,
         checked; the arguments are :func:`~crosslens.activations.harvest.harvest_activations`'s.
         ``identities``: the snapshots' identities where the caller has read them (a held-out split of
-        the same suite: :attr:`identities` of its training rows' inputs); else they are read here."""
+        the same suite: :attr:`identities` of its training rows' inputs); else they are read here.
+        ``token_source``: where the tokens came from, for the manifest (:attr:`token_source`)."""
         check_storage_dtype(dtype)
         hooks = as_hook_list(hooks)
         token_ids_NL = _checked_token_table(token_ids_NL, batch_size=batch_size, shard_tokens=shard_tokens)
@@ -100,6 +105,7 @@ class HarvestInputs:
             reference_tokenizer=tokenizer if per_model_tokenizer else None,
             first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer),
             batch_size=batch_size,
+            token_source=token_source,
         )
 
     @property
@@ -161,6 +167,45 @@ def store_spec(
     return spec
 
 
+SPEC_FLAGS = {"model_dtype": "--dtype", "dtype": "--store-dtype", "hooks": "--hook", "seq_len": "--seq-len"}
+"""The spec's entries a harvest flag sets, in the order a refusal offers them: the flag given the
+value a store recorded resumes it."""
+
+SPEC_SETTINGS = {
+    "suite": "the snapshots (--suite, --steps, --n-snapshots)",
+    "token_ids_sha256": "the tokens (--n-tokens, --heldout-tokens, --text, --dataset)",
+    "n_seqs": "the tokens (--n-tokens, --heldout-tokens, --text, --dataset)",
+    "exclude_bos": "the tokens left out (exclude_bos=, exclude_token_ids= in Python)",
+    "exclude_token_ids": "the tokens left out (exclude_bos=, exclude_token_ids= in Python)",
+    "seqs_per_shard": "the shard size (shard_tokens= in Python)",
+}
+"""What sets each other entry of the spec, as a refusal names it."""
+
+
+def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """How a store's spec ``old`` differs from ``new``, named by what sets each entry: the
+    differences (``--dtype: bfloat16 there, float32 now``, ``the tokens (--n-tokens, ...)``), and
+    the flags that give the store's own values (``--dtype bfloat16``), which resume it."""
+    old, new = {"model_dtype": "float32", **old}, {"model_dtype": "float32", **new}  # absent: float32 (store_spec)
+    keys = [*SPEC_FLAGS, *sorted(set(old) | set(new))]
+    differs, fixes = [], []
+    for key in dict.fromkeys(keys):
+        was, now = old.get(key), new.get(key)
+        if was == now:
+            continue
+        if key in SPEC_FLAGS and was is not None and now is not None:
+            flag = SPEC_FLAGS[key]
+            differs.append(f"{flag}: {_flag_value(was)} there, {_flag_value(now)} now")
+            fixes.append(" ".join(f"{flag} {value}" for value in (was if isinstance(was, list) else [was])))
+        else:
+            differs.append(SPEC_SETTINGS.get(key, key))
+    return list(dict.fromkeys(differs)), fixes
+
+
+def _flag_value(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _provenance_without_hashes(provenance: dict) -> dict:
     # Weights hashes enter a suite's provenance as its snapshots get loaded; they are
     # checked per snapshot instead, so the fingerprint must not depend on what ran before.
@@ -168,4 +213,4 @@ def _provenance_without_hashes(provenance: dict) -> dict:
     return {**provenance, "snapshots": snapshots}
 
 
-__all__ = ["HarvestInputs", "as_hook_list", "store_spec"]
+__all__ = ["HarvestInputs", "as_hook_list", "spec_changes", "store_spec"]

@@ -48,7 +48,7 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
     heldout_path = heldout_store_path(out)
     needed = check_model_fits(suite.shape(), config.hook_names, budget, len(suite), store_dtype, [out, heldout_path])
     train_NL, heldout_NL = token_tables(config.tokens, budget, suite.tokenizer())
-    settings = dict(dtype=store_dtype, model_dtype=config.model_dtype)
+    settings = dict(dtype=store_dtype, model_dtype=config.model_dtype, token_source=config.tokens.record())
     splits, identities = [], None
     for path, table_NL in [(out, train_NL), (heldout_path, heldout_NL)]:
         if len(table_NL):  # the held-out rows run on the same snapshots: their identities are read once

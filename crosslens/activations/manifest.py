@@ -24,11 +24,14 @@ import torch
 from jaxtyping import Bool, Int
 from safetensors.torch import save_file
 
+from crosslens.activations.harvest_inputs import HarvestInputs, spec_changes
 from crosslens.activations.store import (
     ACTS_DIR,
+    DEVICES_KEY,
     LOCK_NAME,
     MANIFEST_NAME,
     STORE_FORMAT,
+    TOKEN_SOURCE_KEY,
     TOKENS_NAME,
     StoreMismatchError,
     file_problem,
@@ -40,7 +43,6 @@ from crosslens.activations.store import (
 from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError
 
 if TYPE_CHECKING:
-    from crosslens.activations.harvest_inputs import HarvestInputs
     from crosslens.activations.team import Unit
 
 
@@ -53,13 +55,17 @@ class HarvestManifest:
         self.data = data
 
     @classmethod
-    def open(cls, root: Path, inputs: HarvestInputs, *, overwrite: bool, verify_hashes: bool) -> HarvestManifest:
-        """The manifest of the store at ``root`` for ``inputs``: resumed (its snapshots' identities
+    def open(
+        cls, root: Path, inputs: HarvestInputs, *, overwrite: bool, verify_hashes: bool, device_kind: str
+    ) -> HarvestManifest:
+        """The manifest of the store at ``root`` for ``inputs``, whose missing shards a
+        ``device_kind`` device ("cuda", "cpu", ...) computes: resumed (its snapshots' identities
         checked against their files) or new, with the token tables written."""
         resumed = _resumable(root, inputs, overwrite=overwrite, verify_hashes=verify_hashes)
-        manifest = cls(root, _new_record(inputs) if resumed is None else resumed)
+        manifest = cls(root, _new_record(inputs, device_kind) if resumed is None else resumed)
         if resumed is not None:
             manifest._check_identities(inputs.identities)
+            manifest._resumed_on(device_kind, inputs.token_source)
         for s, entry in enumerate(inputs.suite.provenance().get("snapshots", [])):  # hashes of snapshots loaded earlier
             manifest._check_known_weights(s, entry.get("weights_sha256"), entry.get("revision"))
         if TOKENS_NAME not in manifest.files:
@@ -230,6 +236,31 @@ class HarvestManifest:
                 "overwrite=True (`--overwrite`) to harvest afresh, or use a new out_dir."
             )
 
+    def _resumed_on(self, kind: str, token_source: dict | None) -> None:
+        """Record what a resumed harvest adds: the token source where none is recorded, and the
+        ``kind`` of device that computes the shards still missing, saying so where shards on disk
+        were computed on another kind (another device's kernels and attention path round the
+        same activations otherwise)."""
+        if token_source is not None:
+            self.data.setdefault(TOKEN_SOURCE_KEY, token_source)
+        kinds = self.data.get(DEVICES_KEY)
+        if kinds is None:  # written before devices were recorded: what computed its shards is not known
+            return
+        if not any(rel.startswith(ACTS_DIR + "/") for rel in self.files):
+            self.data[DEVICES_KEY] = [kind]
+            return
+        if not any(self.missing(s, k) for s in range(self.n_snapshots) for k in range(self.n_shards)):
+            return  # nothing left to compute
+        others = [other for other in kinds if other != kind]
+        if others:
+            print(
+                f"resuming {self.root}: its shards so far were computed on {', '.join(others)}, the rest are on "
+                f"{kind}: the same activations to float rounding, not the bytes one device would write "
+                f"(--overwrite harvests them all on {kind})"
+            )
+        if kind not in kinds:
+            kinds.append(kind)
+
     def _check_known_weights(self, s: int, sha: str | None, revision: str | None) -> None:
         recorded = self.data["snapshots"][s].get("weights_sha256")
         if sha is not None and recorded is not None and recorded != sha:
@@ -252,8 +283,9 @@ def _changed_files(recorded: dict, now: dict) -> list[str]:
     return changed
 
 
-def _new_record(inputs: HarvestInputs) -> dict:
+def _new_record(inputs: HarvestInputs, device_kind: str) -> dict:
     spec, keep_NL = inputs.spec, inputs.keep_NL
+    token_source = {} if inputs.token_source is None else {TOKEN_SOURCE_KEY: inputs.token_source}
     return {
         "format": STORE_FORMAT,
         "fingerprint": inputs.fingerprint,
@@ -268,6 +300,8 @@ def _new_record(inputs: HarvestInputs) -> dict:
         ],
         "files": {},
         "complete": False,
+        DEVICES_KEY: [device_kind],
+        **token_source,
     }
 
 
@@ -293,11 +327,6 @@ def _write_tokens(root: Path, token_ids_NL: torch.Tensor, keep_NL: Bool[torch.Te
     os.replace(tmp, root / TOKENS_NAME)
     path = root / TOKENS_NAME
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-
-
-def _spec_differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [key for key in keys if old.get(key) != new.get(key)]
 
 
 def _clear_store_files(root: Path) -> None:
@@ -338,11 +367,18 @@ def _resumable(root: Path, inputs: HarvestInputs, *, overwrite: bool, verify_has
             # value, so a retry with corrected inputs starts afresh instead of being refused
             _clear_store_files(root)
             return None
-        differs = _spec_differences(manifest.get("spec", {}), inputs.spec) or ["format"]
+        differs, fixes = spec_changes(manifest.get("spec", {}), inputs.spec)
+        differs = differs or ["format"]
+        resume = ""
+        if fixes:
+            rest = "" if len(fixes) == len(differs) else " and the rest as it was harvested"
+            resume = f"pass {' '.join(fixes)}{rest} to resume it, "
         raise StoreMismatchError(
-            f"{root} holds an activation store built for other inputs (differs in: {', '.join(differs)}); "
-            "use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest --overwrite`) to replace it.",
+            f"{root} holds an activation store built for other inputs (differs in: {'; '.join(differs)}); "
+            f"{resume}use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest --overwrite`) "
+            "to replace it.",
             differs,
+            fixes,
         )
     files = manifest["files"]
     for rel in list(files):

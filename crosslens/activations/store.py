@@ -59,6 +59,11 @@ LOCK_NAME = "harvest.lock"
 ACTS_DIR = "acts"
 STORE_FORMAT = "crosslens.activations/2"
 MANIFEST_CHECKSUM = "manifest_sha256"
+TOKEN_SOURCE_KEY = "token_source"
+"""Manifest key beside the spec: where the tokens' text came from (absent where not known)."""
+DEVICES_KEY = "devices"
+"""Manifest key beside the spec: the kinds of device ("cuda", "cpu", ...) its shards were computed
+on, in order (absent in a store written before it was recorded)."""
 REBUILD_HINT = (
     "rebuild the store: run the same harvest again with overwrite=True "
     "(`crosslens harvest ... --overwrite`), or harvest into a new folder"
@@ -75,11 +80,14 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 class StoreMismatchError(CrosslensError):
     """A store folder was built for other inputs (suite, hooks, tokens, dtype, ...)."""
 
-    def __init__(self, message: str, differs: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, differs: Sequence[str] = (), fixes: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.differs = tuple(differs)
-        """The harvest's settings the store there was built with other values of (empty when the
-        folder holds no store of this format at all)."""
+        """The harvest's settings the store there was built with other values of, named by their
+        flags (``--dtype: bfloat16 there, float32 now``; empty when the folder holds no store of
+        this format at all)."""
+        self.fixes = tuple(fixes)
+        """The flags that give the store's own values of those settings (``--dtype bfloat16``)."""
 
 
 class CorruptShardError(CrosslensError):
@@ -300,6 +308,13 @@ class ActivationStore:
     def content_sha256(self) -> str:
         """Hash of everything the store serves (see :func:`store_content_sha256`)."""
         return store_content_sha256(self.manifest)
+
+    @property
+    def token_source(self) -> dict | None:
+        """Where the tokens' text came from, as the harvest recorded it (``{"kind": "dataset",
+        "source": "NAME:COLUMN"}``, see :meth:`~crosslens.activations.config.TokenSource.record`);
+        None where it is not known."""
+        return self.manifest.get(TOKEN_SOURCE_KEY)
 
     def norm_factors(self, hook: str) -> Float[torch.Tensor, " n_snapshots"]:
         """sqrt(d_in) / mean_t ||a_{t,s}|| per snapshot: multiply to give mean norm sqrt(d_in)."""

@@ -26,6 +26,7 @@ from crosslens.activations.config import HarvestConfig, TokenSource
 from crosslens.architectures import uses_k
 from crosslens.cli.common import (
     CLIError,
+    default_model_dtype,
     device_and_dtype,
     print_peak_memory,
     selected_suite,
@@ -181,18 +182,29 @@ def _harvest_for_recipe(
     except StoreMismatchError as error:  # train's --overwrite keeps the store by design: say what to do here
         if not error.differs:
             raise
-        replace = (
-            "the run there trained on it, so replacing it ends that run's --resume"
-            if args.resume
-            else f"to replace it, run `crosslens harvest --recipe {args.recipe} --out {out} --overwrite` "
-            "with these flags, then train with --overwrite"
-        )
-        raise CLIError(
-            f"{out} holds a store harvested with other token or snapshot flags (differs in: {', '.join(error.differs)}): "
-            f"pass the ones it was harvested with (--n-tokens, --seq-len, --heldout-tokens, --text, --dataset, "
-            f"--steps, --n-snapshots, --suite), or train in another --out; {replace}"
-        ) from None
+        raise CLIError(_store_differs(error, args, out)) from None
     return str(store.path)
+
+
+def _store_differs(error, args: argparse.Namespace, out: Path) -> str:
+    """What to do about the store in ``out`` that ``error`` says was harvested with other flags:
+    the flags that give its values first (not --store-dtype: train writes the recipe's)."""
+    fixes = [fix for fix in error.fixes if not fix.startswith("--store-dtype ")]
+    others = "the flags it was harvested with"
+    if fixes:
+        others = " and ".join([" ".join(fixes)] + ([] if len(fixes) == len(error.differs) else [f"the other {others}"]))
+    replace = (
+        "the run there trained on it, so replacing it ends that run's --resume"
+        if args.resume
+        else f"to replace it, run `crosslens harvest --recipe {args.recipe} --out {out} --overwrite` "
+        "with these flags, then train with --overwrite"
+    )
+    return (
+        f"{out} holds a store harvested with other flags (differs in: {'; '.join(error.differs)}): pass {others} "
+        "(--n-tokens, --seq-len, --heldout-tokens, --text, --dataset, --steps, --n-snapshots, --suite, --dtype, "
+        f"whose default --device sets: {default_model_dtype('cuda')} on CUDA, else {default_model_dtype('cpu')}), "
+        f"or train in another --out; {replace}"
+    )
 
 
 def _check_eval_store(store_path: str, eval_store: str, hook: str) -> None:

@@ -550,7 +550,8 @@ def training_data_metadata(store: ActivationStore, dataset_path: str | None = No
     """What SAELens's trainer records about the training data, read from the store:
     ``model_name``, ``model_class_name``, ``context_size``, ``prepend_bos``,
     ``exclude_special_tokens`` (the excluded token ids), ``seqpos_slice`` (position 0 dropped
-    or not) and ``dataset_path`` (None when the store does not record it)."""
+    or not) and ``dataset_path`` (the source of the store's tokens as its harvest recorded it,
+    as a streamed run's; None where the store records none)."""
     spec = store.manifest["spec"]
     excluded = [int(i) for i in spec.get("exclude_token_ids", [])]
     return {
@@ -559,7 +560,7 @@ def training_data_metadata(store: ActivationStore, dataset_path: str | None = No
         "context_size": int(spec["seq_len"]),
         "prepend_bos": bos_prepended(store.sequences, excluded),
         **position_record(exclude_bos=bool(spec.get("exclude_bos")), exclude_token_ids=excluded),
-        "dataset_path": dataset_path or spec.get("dataset_path") or spec.get("dataset"),
+        "dataset_path": dataset_path or (store.token_source or {}).get("source"),
     }
 
 
