@@ -167,45 +167,6 @@ def store_spec(
     return spec
 
 
-SPEC_FLAGS = {"model_dtype": "--dtype", "dtype": "--store-dtype", "hooks": "--hook", "seq_len": "--seq-len"}
-"""The spec's entries a harvest flag sets, in the order a refusal offers them: the flag given the
-value a store recorded resumes it."""
-
-SPEC_SETTINGS = {
-    "suite": "the snapshots (--suite, --steps, --n-snapshots)",
-    "token_ids_sha256": "the tokens (--n-tokens, --heldout-tokens, --text, --dataset)",
-    "n_seqs": "the tokens (--n-tokens, --heldout-tokens, --text, --dataset)",
-    "exclude_bos": "the tokens left out (exclude_bos=, exclude_token_ids= in Python)",
-    "exclude_token_ids": "the tokens left out (exclude_bos=, exclude_token_ids= in Python)",
-    "seqs_per_shard": "the shard size (shard_tokens= in Python)",
-}
-"""What sets each other entry of the spec, as a refusal names it."""
-
-
-def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """How a store's spec ``old`` differs from ``new``, named by what sets each entry: the
-    differences (``--dtype: bfloat16 there, float32 now``, ``the tokens (--n-tokens, ...)``), and
-    the flags that give the store's own values (``--dtype bfloat16``), which resume it."""
-    old, new = {"model_dtype": "float32", **old}, {"model_dtype": "float32", **new}  # absent: float32 (store_spec)
-    keys = [*SPEC_FLAGS, *sorted(set(old) | set(new))]
-    differs, fixes = [], []
-    for key in dict.fromkeys(keys):
-        was, now = old.get(key), new.get(key)
-        if was == now:
-            continue
-        if key in SPEC_FLAGS and was is not None and now is not None:
-            flag = SPEC_FLAGS[key]
-            differs.append(f"{flag}: {_flag_value(was)} there, {_flag_value(now)} now")
-            fixes.append(" ".join(f"{flag} {value}" for value in (was if isinstance(was, list) else [was])))
-        else:
-            differs.append(SPEC_SETTINGS.get(key, key))
-    return list(dict.fromkeys(differs)), fixes
-
-
-def _flag_value(value: Any) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
 def _provenance_without_hashes(provenance: dict) -> dict:
     # Weights hashes enter a suite's provenance as its snapshots get loaded; they are
     # checked per snapshot instead, so the fingerprint must not depend on what ran before.
@@ -213,4 +174,4 @@ def _provenance_without_hashes(provenance: dict) -> dict:
     return {**provenance, "snapshots": snapshots}
 
 
-__all__ = ["HarvestInputs", "as_hook_list", "spec_changes", "store_spec"]
+__all__ = ["HarvestInputs", "as_hook_list", "store_spec"]
