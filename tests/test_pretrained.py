@@ -103,6 +103,10 @@ def test_push_then_load_pretrained_offline(trained_run, pushed):
     assert meta.pretrained_release == RELEASE and meta.pretrained_id == HOOK
     same, suite = crosslens.from_pretrained(RELEASE, HOOK)  # a local suite's models: the caller's to give
     assert suite is None and torch.equal(same.W_dec, loaded.W_dec)
+    with pytest.raises(
+        CrosslensError, match=r"^force_download=True downloads .* again, which HF_HUB_OFFLINE=1 forbids; go online"
+    ):
+        crosslens.from_pretrained(RELEASE, HOOK, force_download=True)  # asked to download again, not the cache's
 
     # the uploaded folder is SAELens's layout, byte-identical weights to what was saved
     folder = LocalHubApi().repo_folder(REPO)

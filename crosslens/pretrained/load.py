@@ -73,6 +73,7 @@ def load_pretrained(
             cfg_overrides={**overrides, **(cfg_overrides or {})},
         )
 
+    refuse_offline_download(force_download, repo_id, folder)
     try:
         crosscoder = SAE.from_pretrained(
             repo_id, folder, device=device, dtype=dtype, force_download=force_download, converter=converter
@@ -143,6 +144,18 @@ def _check_cached_folder(repo_id: str, folder: str, release: str, crosscoder_id:
         Path(cfg).parent,
         fix=f"download it again (crosslens.load_pretrained({release!r}, {crosscoder_id!r}, force_download=True))",
     )
+
+
+def refuse_offline_download(force_download: bool, repo_id: str, folder: str) -> None:
+    """Refuse ``force_download`` where HF_HUB_OFFLINE=1 forbids any download, naming both fixes
+    (huggingface_hub raises a bare ValueError there)."""
+    from crosslens.checkpoints.hub import hub_offline
+
+    if force_download and hub_offline():
+        raise PretrainedRegistryError(
+            f"force_download=True downloads {repo_id}/{folder} again, which HF_HUB_OFFLINE=1 forbids; go online "
+            "(unset HF_HUB_OFFLINE), or leave force_download out to read the cached copy"
+        )
 
 
 def refuse_uncached(error: BaseException, repo_id: str, folder: str) -> None:

@@ -32,6 +32,7 @@ from crosslens.pretrained.load import (
     SAE_LENS_LOADER,
     check_against_registry,
     load_pretrained,
+    refuse_offline_download,
     refuse_uncached,
     registry_lookup,
 )
@@ -121,7 +122,13 @@ def checked_release(
         if check_models:
             _check_models(release_suite, entry.hook_name, what)
         folder = hub_folder(lookup.repo_id, entry.path, force_download=force_download) if as_folder else None
-        crosscoder = load_pretrained(lookup.release, entry.id, device=device, dtype=dtype or "float32")
+        crosscoder = load_pretrained(  # the folder, where asked for, was downloaded afresh just now
+            lookup.release,
+            entry.id,
+            device=device,
+            dtype=dtype or "float32",
+            force_download=force_download and not as_folder,
+        )
     else:
         folder = release_folder(lookup, entry, force_download=force_download, check_models=check_models)
         crosscoder = _load_folder(folder, device, dtype)
@@ -337,6 +344,8 @@ def hub_files(repo_id: str, folder: str, format_name: str | None, *, force_downl
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    refuse_offline_download(force_download, repo_id, folder)
+
     from crosslens.pretrained.formats import FORMATS
 
     names = [format_name] if format_name and format_name != SAE_LENS else [*FORMATS, SAE_LENS]
@@ -420,6 +429,7 @@ def hub_folder(repo_id: str, folder: str, *, force_download: bool = False) -> Pa
 
     from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 
+    refuse_offline_download(force_download, repo_id, folder)
     try:
         paths = [
             hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)
