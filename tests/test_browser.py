@@ -409,6 +409,27 @@ def test_pages_load_nothing_from_the_network_and_serve_the_report(server, run_di
         urllib.request.urlopen(forbidden)
 
 
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_another_sites_page_cannot_make_the_api_compute(server, site):
+    """A page elsewhere (or at another port of this machine) could not read the answers, but its
+    image or script tags could make the server load models and compute; the page itself can go
+    there (a link to a feature is followed), and a script, which sends no Sec-Fetch-Site, is answered."""
+    from crosslens.browser.server import CROSS_SITE
+
+    base = server.url.rstrip("/")
+    for path in ("/api/run", "/api/live/status?prepare=1", "/api/feature/3"):
+        request = urllib.request.Request(base + path, headers={"Sec-Fetch-Site": site})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        assert refused.value.code == 403 and json.loads(refused.value.read()) == {"error": CROSS_SITE}
+    for headers in ({"Sec-Fetch-Site": site}, {}):
+        with urllib.request.urlopen(urllib.request.Request(base + "/feature/3", headers=headers)) as page:
+            assert page.status == 200
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {}):
+        with urllib.request.urlopen(urllib.request.Request(base + "/api/feature/3", headers=headers)) as answer:
+            assert json.loads(answer.read())["feature"] == 3
+
+
 # --------------------------------------------------------------------------- in Chromium
 def _browser_missing() -> str | None:
     if importlib.util.find_spec("selenium") is None:

@@ -60,6 +60,10 @@ _TYPES = {
     ".txt": "text/plain; charset=utf-8",
 }
 _PAGES = {"/": "app.html"}
+CROSS_SITE = (
+    "a request from another site's page is refused: the API answers this server's own pages; "
+    "open the page at this address, or ask from a script (which sends no Sec-Fetch-Site)"
+)
 
 
 class Assets:
@@ -183,6 +187,8 @@ class BrowserHandler(BaseHTTPRequestHandler):
         except UnicodeDecodeError:
             return self._json({"error": "the request's parameters are not valid UTF-8: send text as UTF-8"}, 400)
         self.params = {key: values[-1] for key, values in query.items()}
+        if url.path.startswith("/api/") and not self._same_site():
+            return self._json({"error": CROSS_SITE}, HTTPStatus.FORBIDDEN)
         if url.path in _PAGES:
             return self._static(_PAGES[url.path])
         for pattern, name in self._ROUTES:
@@ -206,6 +212,13 @@ class BrowserHandler(BaseHTTPRequestHandler):
         127.0.0.1 (DNS rebinding) cannot read the database through the visitor's browser."""
         host = self.headers.get("Host")
         return host is None or host.rsplit(":", 1)[0] in (HOST, "localhost", "[::1]")
+
+    def _same_site(self) -> bool:
+        """Whether the request did not come from another site's page: a browser says where a request
+        comes from (``Sec-Fetch-Site``); a script or ``curl`` sends nothing. The API is for the pages
+        this server serves: a page elsewhere could not read its answers, but could make the server
+        load the snapshot models and compute (an image whose address is a steering request)."""
+        return self.headers.get("Sec-Fetch-Site") in (None, "same-origin", "none")
 
     # ----------------------------------------------------------------- API
     def _api_run(self) -> None:
