@@ -224,6 +224,24 @@ def test_a_staged_suite_is_built_again_at_its_recorded_steps(hub, tmp_path):
         suite_from_record(broken)
 
 
+@pytest.mark.parametrize(
+    ("family", "model_id", "revisions"),
+    [
+        ("pythia", "EleutherAI/pythia-14m", ["step0", "step1000"]),
+        ("bloom", "bigscience/bloom-560m-intermediate", ["global_step1000", "global_step10000"]),
+    ],
+)
+def test_a_record_of_revisions_alone_is_built_again_at_those_revisions(family, model_id, revisions):
+    """A registry release may list a suite's revisions without their steps: the suite built again is
+    at those snapshots, not at every one the family published (Pythia's 154)."""
+    from crosslens.checkpoints.records import suite_from_record
+
+    suite = suite_from_record({"family": family, "model_id": model_id, "revisions": revisions})
+    assert suite.revisions == tuple(revisions)
+    with pytest.raises(ValueError, match=r"^the suite's revision 'main' names no training step; record its steps$"):
+        suite_from_record({"family": family, "model_id": model_id, "revisions": ["main"]})
+
+
 def test_mixed_ingredients_are_refused_listing_them(hub, capsys):
     with pytest.raises(MixedIngredientsError) as caught:
         CheckpointSuite.olmo(OLMO2_REPO)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.checkpoints.models import chosen_processing, models_layout
+from crosslens.checkpoints.snapshot import parse_step
 from crosslens.checkpoints.suite import CheckpointSuite
 from crosslens.checkpoints.trajectory import StageStart, place_on_trajectory
 from crosslens.core.model_specs import MODELS_FAMILY
@@ -46,6 +47,17 @@ def recorded_stage_starts(record: Mapping[str, Any]) -> dict[int, StageStart] | 
         ) from None
 
 
+def _revision_steps(revisions: list[str]) -> list[int]:
+    """The steps that revisions named by their step (``step1000``, ``global_step1000``) stand for,
+    where a record lists revisions and no steps: a record's snapshots, not the family's every one."""
+    steps = [parse_step(revision) for revision in revisions]
+    if None in steps:
+        raise ValueError(
+            f"the suite's revision {revisions[steps.index(None)]!r} names no training step; record its steps"
+        )
+    return [int(step) for step in steps if step is not None]
+
+
 def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> CheckpointSuite:
     """The suite ``record`` names, at its snapshots. ``check``: compare a suite of models'
     architectures now (reads their configs; off where the models may not be on this machine)."""
@@ -65,7 +77,7 @@ def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> Check
     elif family == "local" or root:
         raise FileNotFoundError(f"its folder {root} is gone")
     elif family == "pythia" or "pythia" in model_id.lower():
-        return CheckpointSuite.pythia(model_id, steps=steps or None)
+        return CheckpointSuite.pythia(model_id, steps=steps or _revision_steps(revisions) or None)
     elif family == "olmo" or "olmo" in model_id.lower():
         starts = recorded_stage_starts(record)
         if starts is None or not revisions:
@@ -74,7 +86,7 @@ def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> Check
             refs, placed = place_on_trajectory(revisions, family="olmo", model_id=model_id, starts=starts)
             suite = CheckpointSuite("olmo", model_id, refs, stage_starts=placed)
     elif family == "bloom" or "bloom" in model_id.lower():
-        return CheckpointSuite.bloom(model_id, steps=steps or None)
+        return CheckpointSuite.bloom(model_id, steps=steps or _revision_steps(revisions) or None)
     else:
         raise ValueError(f"{model_id or 'no model id'} names no suite crosslens can load")
     return suite.select(steps=steps) if steps and list(suite.steps) != steps else suite
