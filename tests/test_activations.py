@@ -366,9 +366,13 @@ def test_store_built_for_other_inputs_is_never_reused(store, suite, token_ids, t
     copy = tmp_path / "copy"
     shutil.copytree(store.path, copy)
     kwargs = dict(shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
-    with pytest.raises(StoreMismatchError, match="hooks.*overwrite=True"):
+    with pytest.raises(
+        StoreMismatchError, match=r"differs in: --hook: .* there, .* now\); pass --hook .* to resume it.*overwrite=True"
+    ):
         harvest_activations(suite, HOOK, token_ids, copy, **kwargs)
-    with pytest.raises(StoreMismatchError, match="token_ids_sha256"):
+    with pytest.raises(
+        StoreMismatchError, match=r"differs in: the tokens \(--n-tokens, --heldout-tokens, --text, --dataset\)\);"
+    ):
         harvest_activations(suite, HOOKS, token_ids.flip(0), copy, **kwargs)
     with pytest.raises(StoreMismatchError, match="dtype"):
         harvest_activations(suite, HOOKS, token_ids, copy, dtype="float16", **kwargs)

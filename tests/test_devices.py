@@ -227,7 +227,9 @@ def test_harvest_in_bfloat16_records_the_model_dtype_and_refuses_a_float32_resum
     x32, x16 = full.read(hook, idx, normalize=False), half.read(hook, idx, normalize=False)
     assert not torch.equal(x32, x16)  # the models really ran in bfloat16 ...
     assert torch.allclose(x32, x16, rtol=0.05, atol=0.05)  # ... on the same inputs
-    with pytest.raises(StoreMismatchError, match="model_dtype"):
+    with pytest.raises(
+        StoreMismatchError, match=r"--dtype: bfloat16 there, float32 now\); pass --dtype bfloat16 to resume"
+    ):
         harvest_activations(suite, hook, tokens, tmp_path / "bf16", progress=False)
     assert ActivationStore.open(tmp_path / "bf16").manifest["spec"]["model_dtype"] == "bfloat16"
 

@@ -188,8 +188,9 @@ def test_many_live_requests_while_the_models_load_are_each_answered_once(run):
             assert status == 200 or (status == 409 and "a newer " in payload["error"]), payload
         assert all(any(answers[i][0] == 200 for i in kind) for kind in (range(6), range(6, 8), [8]))
         assert sorted(held.loaded) == [0, 1, 2]  # each snapshot model loaded once
-        readings = [answers[i][1]["readings"] for i in (0, 2, 5) if answers[i][0] == 200]
-        assert readings and all(r == readings[0] for r in readings)
+        for i in range(6):  # which texts were computed depends on the threads' order; each is the text's own
+            if answers[i][0] == 200:
+                assert get(server, paths[i])[1]["readings"] == answers[i][1]["readings"]
     finally:
         held.gate.set()
         server.shutdown()
