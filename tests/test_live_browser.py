@@ -231,19 +231,29 @@ def steering_with_one_waiting(server, ask, name: str, path: str) -> tuple[thread
 
 
 def test_a_newer_request_of_a_kind_replaces_the_one_still_waiting_its_turn(run):
-    """Requests queued behind a long one were each computed in turn, the page's stale ones too."""
+    """Requests queued behind a long one were each computed in turn, the page's stale ones too; a
+    newer one replaces only its own asker's (another tab's, and a script's, are answered)."""
     held, server, answers, ask = held_server(run)
     try:
-        steering, first = steering_with_one_waiting(server, ask, "first", "/api/live/text?" + query(text=TEXT))
-        second = ask("second", "/api/live/text?" + query(text=PROMPT))
+        mine = "/api/live/text?" + query(text=TEXT, asker="tab1")
+        steering, first = steering_with_one_waiting(server, ask, "first", mine)
+        other = ask("other", "/api/live/text?" + query(text=TEXT, asker="tab2"))
+        script = ask("script", "/api/live/text?" + query(text=TEXT))
+        until_waiting(server, 3)
+        second = ask("second", "/api/live/text?" + query(text=PROMPT, asker="tab1"))
         first.join(30)
         assert not held.gate.is_set() and answers["first"][0] == 409, answers
         line = answers["first"][1]["error"]
-        assert line == "a newer text question was asked before this one's turn came; it is answered instead"
+        assert (
+            line
+            == "a newer question of its kind, from the same asker, came before this one's turn; it is answered instead"
+        )
         held.gate.set()
-        for thread in (steering, second):
+        for thread in (steering, other, script, second):
             thread.join(120)
         assert answers["steer"][0] == 200 and answers["second"][0] == 200 and answers["second"][1]["text"] == PROMPT
+        assert answers["other"][0] == 200 and answers["script"][0] == 200, answers
+        assert get(server, "/api/live/text?" + query(text=TEXT, asker="a b"))[0] == 400
     finally:
         held.gate.set()
         server.shutdown()

@@ -14,7 +14,7 @@ before the backend is asked, so a bad request loads nothing:
   each snapshot's continuation of P, without and with the feature steered.
 
 Errors are ``{"error": "one line"}``: 400 for a bad parameter, 404 for an unknown feature or route,
-409 for a request a newer one of its kind replaced while it waited its turn, 503 where the live models cannot be loaded or made (a bad ``--device`` or ``--dtype`` too; the stored
+409 for a request a newer one of its kind from the same ``asker=`` (a page) replaced while it waited its turn, 503 where the live models cannot be loaded or made (a bad ``--device`` or ``--dtype`` too; the stored
 pages keep working) or where their crosscoder is not the one the feature database was computed for
 (:class:`PairedLive` compares them before the first answer).
 """
@@ -44,11 +44,11 @@ class LiveBackend(Protocol):
 
     def prepare(self) -> None: ...
 
-    def text(self, text: str) -> dict[str, Any]: ...
+    def text(self, text: str, asker: str | None = None) -> dict[str, Any]: ...
 
-    def heatmap(self, text: str, feature: int) -> dict[str, Any]: ...
+    def heatmap(self, text: str, feature: int, asker: str | None = None) -> dict[str, Any]: ...
 
-    def steer(self, feature: int, prompt: str, **settings: Any) -> dict[str, Any]: ...
+    def steer(self, feature: int, prompt: str, asker: str | None = None, **settings: Any) -> dict[str, Any]: ...
 
     def crosscoder(self) -> dict[str, Any]:
         """What identifies the crosscoder it answers with: ``run``, ``weights_sha256`` (of its weights
@@ -93,17 +93,17 @@ class PairedLive:
         self.backend.prepare()
         self._check()
 
-    def text(self, text: str) -> dict[str, Any]:
+    def text(self, text: str, asker: str | None = None) -> dict[str, Any]:
         self._check()
-        return self.backend.text(text)
+        return self.backend.text(text, asker)
 
-    def heatmap(self, text: str, feature: int) -> dict[str, Any]:
+    def heatmap(self, text: str, feature: int, asker: str | None = None) -> dict[str, Any]:
         self._check()
-        return self.backend.heatmap(text, feature)
+        return self.backend.heatmap(text, feature, asker)
 
-    def steer(self, feature: int, prompt: str, **settings: Any) -> dict[str, Any]:
+    def steer(self, feature: int, prompt: str, asker: str | None = None, **settings: Any) -> dict[str, Any]:
         self._check()
-        return self.backend.steer(feature, prompt, **settings)
+        return self.backend.steer(feature, prompt, asker, **settings)
 
     def crosscoder(self) -> dict[str, Any]:
         return self.backend.crosscoder()
@@ -179,7 +179,7 @@ def _status(backend: LiveBackend, database: Database, params: Mapping[str, str])
 
 
 def _text(backend: LiveBackend, database: Database, params: Mapping[str, str]) -> dict[str, Any]:
-    answer = backend.text(_text_param(backend.status()["limits"], params, "text"))
+    answer = backend.text(_text_param(backend.status()["limits"], params, "text"), _asker(params))
     features = sorted({row[0] for rows in answer["readings"].values() for row in rows})
     with database.connection() as connection:
         answer["rows"] = {str(row["feature"]): row for row in feature_rows(connection, features)}
@@ -188,7 +188,7 @@ def _text(backend: LiveBackend, database: Database, params: Mapping[str, str]) -
 
 def _heatmap(backend: LiveBackend, database: Database, params: Mapping[str, str], feature: str) -> dict[str, Any]:
     chosen = checked_feature(feature, database.facts)
-    return backend.heatmap(_text_param(backend.status()["limits"], params, "text"), chosen)
+    return backend.heatmap(_text_param(backend.status()["limits"], params, "text"), chosen, _asker(params))
 
 
 def _steer(backend: LiveBackend, database: Database, params: Mapping[str, str], feature: str) -> dict[str, Any]:
@@ -203,6 +203,7 @@ def _steer(backend: LiveBackend, database: Database, params: Mapping[str, str], 
     return backend.steer(
         chosen,
         prompt,
+        _asker(params),
         strength=strength,
         mode=mode,
         n_tokens=_whole(params, "tokens", given["tokens"], 1, int(limits["max_new_tokens"])),
@@ -220,6 +221,15 @@ _ROUTES: tuple[tuple[re.Pattern[str], Callable[..., dict[str, Any]]], ...] = (
 
 
 # --------------------------------------------------------------------------- parameters
+def _asker(params: Mapping[str, str]) -> str | None:
+    """Who asks (``asker=``, a page names itself): a newer question of one asker replaces its older
+    one of the same sort while that waits; None (a script's request) is always answered."""
+    asker = params.get("asker")
+    if asker is not None and not re.fullmatch(r"[\w:-]{1,64}", asker):
+        raise QueryError(f"asker={asker[:40]}: name the asking page with 1 to 64 letters, digits, '_', '-' or ':'")
+    return asker
+
+
 def _text_param(limits: Mapping[str, Any], params: Mapping[str, str], name: str) -> str:
     """The text or prompt ``name`` of a request, checked against the backend's ``limits``."""
     text = params.get(name, "")

@@ -84,14 +84,14 @@ class DeferredLive:
         if self._backend is not None:
             self._backend.close()
 
-    def text(self, text: str) -> dict[str, Any]:
-        return self._get().text(text)
+    def text(self, text: str, asker: str | None = None) -> dict[str, Any]:
+        return self._get().text(text, asker)
 
-    def heatmap(self, text: str, feature: int) -> dict[str, Any]:
-        return self._get().heatmap(text, feature)
+    def heatmap(self, text: str, feature: int, asker: str | None = None) -> dict[str, Any]:
+        return self._get().heatmap(text, feature, asker)
 
-    def steer(self, feature: int, prompt: str, **settings: Any) -> dict[str, Any]:
-        return self._get().steer(feature, prompt, **settings)
+    def steer(self, feature: int, prompt: str, asker: str | None = None, **settings: Any) -> dict[str, Any]:
+        return self._get().steer(feature, prompt, asker, **settings)
 
 
 def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:

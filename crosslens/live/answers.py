@@ -57,11 +57,12 @@ class LiveAnswers:
     def close(self) -> None:
         self.models.close()
 
-    def text(self, text: str) -> dict[str, Any]:
+    def text(self, text: str, asker: str | None = None) -> dict[str, Any]:
         """The features firing most on ``text`` in every reading: ``[feature, activation, token]``
-        each, strongest first."""
+        each, strongest first. ``asker``: who asks (a page of the browser); a newer text question of
+        the same asker replaces this one while it waits its turn."""
         started = time.perf_counter()
-        acts = self.models.activations(text, kind="text")
+        acts = self.models.activations(text, kind=_kind("text", asker))
         self._announce()
         readings = {
             str(reading): [[f, _round(a), t] for f, a, t in acts.top(reading, self.top)]
@@ -74,11 +75,11 @@ class LiveAnswers:
             "ms": round(1000 * (time.perf_counter() - started), 1),
         }
 
-    def heatmap(self, text: str, feature: int) -> dict[str, Any]:
+    def heatmap(self, text: str, feature: int, asker: str | None = None) -> dict[str, Any]:
         """One feature's activation on each token of ``text``: one row per reading, the crosscoder's
-        code first (``rows`` names them)."""
+        code first (``rows`` names them). ``asker``: as :meth:`text`'s."""
         started = time.perf_counter()
-        acts = self.models.activations(text, kind="heatmap")
+        acts = self.models.activations(text, kind=_kind("heatmap", asker))
         self._announce()
         if not 0 <= feature < acts.crosscoder_NF.shape[1]:
             raise LiveInputError(
@@ -95,11 +96,11 @@ class LiveAnswers:
             "ms": round(1000 * (time.perf_counter() - started), 1),
         }
 
-    def steer(self, feature: int, prompt: str, **settings: Any) -> dict[str, Any]:
+    def steer(self, feature: int, prompt: str, asker: str | None = None, **settings: Any) -> dict[str, Any]:
         """Each snapshot's continuation of ``prompt``, without and with ``feature`` steered (``settings``:
-        :meth:`LiveModels.steer`'s keywords)."""
+        :meth:`LiveModels.steer`'s keywords; ``asker``: as :meth:`text`'s)."""
         started = time.perf_counter()
-        steering = self.models.steer(feature, prompt, **settings, kind="steer")
+        steering = self.models.steer(feature, prompt, **settings, kind=_kind("steer", asker))
         self._announce()
         return {
             "feature": steering.feature,
@@ -122,3 +123,9 @@ class LiveAnswers:
             ],
             "ms": round(1000 * (time.perf_counter() - started), 1),
         }
+
+
+def _kind(question: str, asker: str | None) -> str | None:
+    """The kind a question supersedes within: one asker's questions of one sort (another page's, or
+    a script's, which names no asker, are each answered)."""
+    return None if asker is None else f"{question}:{asker}"

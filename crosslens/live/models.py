@@ -136,7 +136,9 @@ class LiveModels:
         """Load the crosscoder and find its suite, checked against its record (no snapshot model
         loads yet). Raises :class:`~crosslens.core.errors.LiveUnavailableError` naming the fix: where
         the suite was found not to be the crosscoder's (:class:`~crosslens.core.errors.LiveMismatchError`),
-        the same again on every later question; where a file could not be read, this once."""
+        the same again on every later question; where a file could not be read, this once. With the
+        models already open it clears the last question's failure to load: a page prepares before it
+        offers the panels again, and the next question loads afresh what that one could not."""
         if self._refusal is not None:
             raise LiveMismatchError(self._refusal)
         if self._opened is None:
@@ -167,7 +169,7 @@ class LiveModels:
                 superseded = future in self._superseded
             if superseded:
                 raise LiveSupersededError(
-                    f"a newer {kind} question was asked before this one's turn came; it is answered instead"
+                    "a newer question of its kind, from the same asker, came before this one's turn; it is answered instead"
                 ) from None
             raise LiveUnavailableError(
                 "the live models were closed before this question's turn came; ask again"
@@ -182,7 +184,8 @@ class LiveModels:
     def _answer(self, question: Callable[[_Opened], T]) -> T:
         """On the worker: the models opened, ``config.threads`` CPU threads; a suite found not to be
         the crosscoder's makes every later question refused the same way, a failure to load only
-        this one (the status says it until a question gets through)."""
+        this one (the status says it until a question gets through, or :meth:`prepare` finds the
+        models open)."""
         with self._lock:
             try:
                 opened = self._open()

@@ -14,6 +14,8 @@ const Live = {
   featureToken: 0,
   steerToken: 0,
   built: {},
+  // This tab's name for the server: a newer question of its own replaces one still waiting, never another tab's.
+  tab: Math.random().toString(36).slice(2, 12),
 };
 
 Live.params = function () {
@@ -161,7 +163,7 @@ Live.runList = async function () {
   panel.dataset.state = "running";
   Live.waiting(line, "running your text through every snapshot");
   try {
-    const answer = await CL.fetchJSON("/api/live/text?" + new URLSearchParams({ text }).toString());
+    const answer = await CL.fetchJSON("/api/live/text?" + new URLSearchParams({ text, asker: Live.tab }).toString());
     if (mine !== Live.listToken) return;
     Live.listAnswer = answer;
     Live.say(line, `${answer.tokens.length} tokens through ${CL.run.n_snapshots} snapshots in ${CL.fmt(answer.ms, 3)} ms`);
@@ -243,7 +245,7 @@ Live.showChosen = async function () {
   const mine = ++Live.listToken;
   panel.dataset.state = "running";
   try {
-    const heat = await CL.fetchJSON(`/api/live/feature/${chosen}/text?` + new URLSearchParams({ text: answer.text }).toString());
+    const heat = await CL.fetchJSON(`/api/live/feature/${chosen}/text?` + new URLSearchParams({ text: answer.text, asker: `${Live.tab}:list` }).toString());
     if (mine !== Live.listToken) return;
     document.getElementById("live-heatmap-title").replaceChildren(
       document.createTextNode(`Feature #${chosen} on your text, at every snapshot `),
@@ -321,7 +323,7 @@ Live.runHeatmap = async function (feature) {
   panel.dataset.state = "running";
   Live.waiting(line, "running your text through every snapshot");
   try {
-    const heat = await CL.fetchJSON(`/api/live/feature/${feature}/text?` + new URLSearchParams({ text }).toString());
+    const heat = await CL.fetchJSON(`/api/live/feature/${feature}/text?` + new URLSearchParams({ text, asker: `${Live.tab}:feature` }).toString());
     if (mine !== Live.featureToken) return;
     document.getElementById("live-feature-heatmap").replaceChildren(Live.heatmap(heat));
     const firing = heat.rows.filter((_, r) => heat.acts[r].some((a) => a > 0)).map((reading) => Live.readingLabel(reading));
@@ -347,6 +349,7 @@ Live.runSteering = async function (feature) {
   const params = Live.params();
   const query = new URLSearchParams();
   for (const key of Live.STEER_FIELDS) if (params.get(key) !== null) query.set(key, params.get(key));
+  query.set("asker", Live.tab);
   const mine = ++Live.steerToken;
   panel.dataset.state = "running";
   Live.waiting(line, "steering every snapshot");
