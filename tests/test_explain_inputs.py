@@ -348,12 +348,13 @@ def test_a_neuronpedia_source_of_another_hook_is_refused(tmp_path):
     run = write_planted_database(tmp_path / "run").parent  # reads blocks.0.hook_resid_post
     settings = ExplainConfig(progress=False)
     for source in ("1-res-crosslens__step200", "0-mlp-crosslens__step200"):
-        file = tmp_path / f"{source}.jsonl"
-        file.write_text(json.dumps(neuronpedia_row(5, source, "boats")) + "\n")
-        with pytest.raises(ExplainError) as refused:
-            import_explanations(run, file, settings)
-        message = str(refused.value)
-        assert repr(source) in message and HOOK in message and "0-res-crosslens__REVISION" in message, message
+        for type_name in ("np_max-act-logits", "crosslens-explain-1-code"):  # a code explanation's row too
+            file = tmp_path / f"{source}.jsonl"
+            file.write_text(json.dumps(neuronpedia_row(5, source, "boats", type_name)) + "\n")
+            with pytest.raises(ExplainError) as refused:
+                import_explanations(run, file, settings)
+            message = str(refused.value)
+            assert repr(source) in message and HOOK in message and "0-res-crosslens__REVISION" in message, message
     assert not (run / EXPLANATIONS_NAME).exists()
     named = tmp_path / "named.jsonl"  # crosslens export --set-name names the set as it likes
     named.write_text(json.dumps(neuronpedia_row(5, "0-my-set__step200", "boats")) + "\n")

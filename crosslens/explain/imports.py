@@ -238,13 +238,12 @@ def read_neuronpedia(path: Path, names: Snapshots) -> tuple[list[Imported], int]
             continue
         type_name = str(row.get("typeName") or "neuronpedia")
         feature = names.feature(row["index"], where)
+        snapshot = names.of_source(str(row["layer"]), where)  # of this hook's layer and set, and a snapshot of the run
         if type_name.endswith(CODE_TYPE_SUFFIX):
             snapshot = ALL_SNAPSHOTS
             if (feature, text) in code_seen:
                 continue  # every snapshot's source carries the crosscoder's own code explanation
             code_seen.add((feature, text))
-        else:
-            snapshot = names.of_source(str(row["layer"]), where)
         source = "crosslens" if type_name.startswith("crosslens-explain") else "neuronpedia"
         model = row.get("explanationModelName")
         found.append(Imported(feature, snapshot, source, text, str(model) if model else None, type_name))
