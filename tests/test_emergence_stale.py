@@ -25,7 +25,7 @@ from crosslens.browser import BrowseConfig, make_server
 from crosslens.browser.database import DatabaseProblem
 from crosslens.cli import main
 from crosslens.core.hashing import file_sha256
-from crosslens.core.paths import EMERGENCE_NAME, REPORT_NAME
+from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, REPORT_NAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsInterrupted, StaleDatabaseError, compute_dashboards, schema
 from crosslens.dashboards import compute as compute_module
@@ -161,6 +161,11 @@ def test_a_report_without_the_store_keeps_the_check_measured_with_it(tmp_path, c
     assert (run / EMERGENCE_NAME).read_bytes() == saved
     page = (run / REPORT_NAME).read_text()
     assert SCALED in page and "Latent scaling was not run" not in page
+    (run / EMERGENCE_TENSORS_NAME).unlink()  # a check whose tables are gone is not said to be kept
+    main(["report", str(run), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "kept" not in printed and "the check latent scaling measured on a store could not be read" in printed
+    assert "Latent scaling was not run" in (run / REPORT_NAME).read_text() and read_emergence(run).check is None
 
 
 def test_the_database_and_a_report_without_the_store_class_dead_latents_as_the_check_did(tmp_path, capsys):

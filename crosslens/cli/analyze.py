@@ -114,7 +114,7 @@ def write_report(
     report.write(out_path)
     _print_summary(analysis, emergence)
     if final:
-        _save_emergence(run_dir, emergence, opened)
+        _save_emergence(run_dir, emergence, opened, kept=kept is not None)
     if store is None:
         _say_no_store(run_dir, read_firing=analysis.frequency is not None)
     if sections:
@@ -242,20 +242,30 @@ def _agreement_line(emergence: Any) -> str:
     return agreement_line(agreement.against, emergence.lineage.events, agreement.agreement, agreement.line)
 
 
-def _save_emergence(run_dir: Path, result: Any, store: Any) -> None:
+def _save_emergence(run_dir: Path, result: Any, store: Any, kept: bool) -> None:
     """Save the emergence check and lineage of the run's final crosscoder into the run folder
     (``crosslens dashboards`` reads them from there); without a store, a record latent scaling
-    measured on one is kept as it is, saying so."""
+    measured on one, which this analysis reused (``kept``), stays as it is, saying so. One that
+    could not be read is replaced, saying that."""
     from crosslens.analysis.emergence_record import save_run_emergence
     from crosslens.core.paths import EMERGENCE_NAME
 
-    if store is None and _store_measured(run_dir) is not None:
+    if store is None and kept:
         print(
             f"emergence check and lineage: kept {run_dir / EMERGENCE_NAME}, which latent scaling measured on a store "
             "(this analysis read none; pass --store to measure it again)"
         )
         return
-    print(f"emergence check and lineage: {save_run_emergence(run_dir, result, store)}")
+    unreadable = store is None and _store_measured(run_dir) is not None
+    saved = save_run_emergence(run_dir, result, store)
+    if unreadable:
+        print(
+            f"emergence check and lineage: the check latent scaling measured on a store could not be read (its "
+            f"tables are missing or altered, or an older crosslens wrote it); replaced by this analysis's, without "
+            f"latent scaling: {saved}; pass --store to measure it again"
+        )
+        return
+    print(f"emergence check and lineage: {saved}")
 
 
 def _say_no_store(run_dir: Path | None, read_firing: bool = False) -> None:
