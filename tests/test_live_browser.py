@@ -439,19 +439,20 @@ def test_a_bad_device_or_dtype_flag_makes_the_live_api_answer_503_in_one_line(ru
 
 def test_the_page_and_live_models_run_the_snapshot_models_in_one_dtype_per_device(run):
     """On CUDA the page ran the snapshot models in bfloat16 and ``LiveModels(run)`` in float32, so one
-    text gave two sets of numbers: both resolve the dtype through ``live_dtype`` now (CUDA itself is
+    text gave two sets of numbers: both resolve the dtype through ``model_dtype`` now (CUDA itself is
     checked through that function, on a machine without one)."""
     from crosslens.cli import build_parser
     from crosslens.cli.browse import live_answers
-    from crosslens.live.config import LiveConfig, live_dtype
+    from crosslens.core.devices import model_dtype
+    from crosslens.live.config import LiveConfig
 
     for device, want in (("cuda", "bfloat16"), ("cuda:1", "bfloat16"), ("cpu", "float32"), ("mps", "float32")):
-        assert live_dtype(device) == want and live_dtype(device, "fp16") == "float16"
+        assert model_dtype(device) == want and model_dtype(device, "fp16") == "float16"
     for flags, dtype in (([], None), (["--dtype", "bf16"], "bf16")):
         args = build_parser().parse_args(["browse", str(run), "--device", "cpu", *flags])
         page = live_answers(args, LiveConfig()).models.dtype
         assert page == LiveModels(run, device="cpu", dtype=dtype).dtype
-        assert str(page) == "torch." + live_dtype("cpu", dtype)
+        assert str(page) == "torch." + model_dtype("cpu", dtype)
 
 
 class Lines:

@@ -18,7 +18,7 @@ from crosslens.activations.budget import TokenBudget
 from crosslens.activations.config import TokenSource
 from crosslens.cli.flags import build, explicit
 from crosslens.cli.options import DEFAULT_SUITE, TokenBudgetFlags
-from crosslens.core.devices import default_model_dtype, dtype_name, peak_memory_line, resolve_device
+from crosslens.core.devices import model_dtype, peak_memory_line, resolve_device
 from crosslens.core.errors import UnknownRevisionError
 from crosslens.core.model_specs import is_models_spec, models_spec, parse_models
 from crosslens.core.paths import looks_like_path
@@ -37,9 +37,7 @@ def device_and_dtype(args: argparse.Namespace, produces_activations: bool = Fals
     bfloat16 on CUDA (:func:`~crosslens.core.devices.default_model_dtype`; README, "bf16 snapshot
     models"); everywhere else, and on a CPU, in float32."""
     device = str(resolve_device(args.device))
-    if args.dtype:
-        return device, dtype_name(args.dtype)
-    return device, default_model_dtype(device, produces_activations)
+    return device, model_dtype(device, args.dtype, produces_activations)
 
 
 def print_peak_memory(device: str) -> None:

@@ -18,7 +18,7 @@ from crosslens.architectures import ARCHITECTURE_NAMES
 from crosslens.cli.common import CLIError, missing_path_error, pico_listing, select_snapshots
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.options import DEFAULT_SUITE, DeviceFlags, SuiteFlags, TokenBudgetFlags
-from crosslens.core.devices import DTYPE_BYTES, default_model_dtype, dtype_name
+from crosslens.core.devices import DTYPE_BYTES, model_dtype
 from crosslens.core.paths import looks_like_path
 from crosslens.core.units import format_bytes
 from crosslens.training.config import AUTOCAST_CHOICES, ArchitectureConfig, CrosscoderRunnerConfig
@@ -105,7 +105,7 @@ def plan(args: argparse.Namespace) -> int:
         return 0
     device, suite = args.device or PlanConfig.device, args.suite or DEFAULT_SUITE
     # the snapshot models' dtype as harvest and train --stream would take it on this device
-    model_dtype = dtype_name(args.dtype) if args.dtype else default_model_dtype(device)
+    snapshot_dtype = model_dtype(device, args.dtype)
     recipe = load_recipe(args.recipe) if args.recipe else None
     n_snapshots = len(args.steps) if args.steps else args.n_snapshots
     if n_snapshots is None and recipe is not None:
@@ -147,7 +147,7 @@ def plan(args: argparse.Namespace) -> int:
         device=device,
         tflops=args.tflops,
         link_gbps=args.link_gbps,
-        model_dtype=model_dtype,
+        model_dtype=snapshot_dtype,
         **({} if args.gpu is None else {"gpu": args.gpu}),
     )
     if recipe is not None:

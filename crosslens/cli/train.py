@@ -26,7 +26,6 @@ from crosslens.activations.config import HarvestConfig, TokenSource
 from crosslens.architectures import uses_k
 from crosslens.cli.common import (
     CLIError,
-    default_model_dtype,
     device_and_dtype,
     print_peak_memory,
     selected_suite,
@@ -44,7 +43,7 @@ from crosslens.cli.options import (
     data_flags_given,
     data_flags_refusal,
 )
-from crosslens.core.devices import DTYPE_BYTES, RESIDENT_MEMORY_FRACTION, reset_peak_memory
+from crosslens.core.devices import DTYPE_BYTES, RESIDENT_MEMORY_FRACTION, default_model_dtype, reset_peak_memory
 from crosslens.core.errors import run_again
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
 from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME

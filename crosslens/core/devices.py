@@ -233,6 +233,13 @@ def default_model_dtype(device: str, produces_activations: bool = True) -> str:
     return "bfloat16" if produces_activations and device.startswith("cuda") else "float32"
 
 
+def model_dtype(device: str, dtype: str | torch.dtype | None = None, produces_activations: bool = True) -> str:
+    """The snapshot models' dtype on ``device``: ``dtype`` where given, else
+    :func:`default_model_dtype`'s (one rule for the command line, ``plan`` and the live models, so
+    that one text gives one set of numbers from the page and from Python)."""
+    return dtype_name(dtype) if dtype else default_model_dtype(device, produces_activations)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
     """The ``torch.dtype`` for ``dtype`` (None: float32); accepts float32/fp32,
     bfloat16/bf16 and float16/fp16."""

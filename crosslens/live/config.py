@@ -4,14 +4,9 @@ fields are also ``crosslens browse``'s flags. Nothing here imports torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from crosslens.core.bounds import check_bounds
-from crosslens.core.devices import default_model_dtype, device_spelling, dtype_name
 from crosslens.core.errors import CrosslensError
-
-if TYPE_CHECKING:
-    import torch
 
 RETRY = "ask again: the next question loads it again"
 """How a refusal for a file that could not be read ends: the suite is not at fault, so no other is named."""
@@ -60,14 +55,6 @@ class LiveConfig:
         if self.resident_models < 1:
             raise CrosslensError(f"--resident-models {self.resident_models}: keep at least 1 snapshot model resident.")
         check_bounds(self)  # the rest: threads 0 and cached_texts -1 failed at the first question
-
-
-def live_dtype(device: str, dtype: str | torch.dtype | None = None) -> str:
-    """The snapshot models' dtype on ``device``, for :class:`crosslens.live.LiveModels` and the live
-    panels of ``crosslens browse`` alike (one text gives one set of numbers in both): ``dtype`` where
-    given, else a harvest's on that device (bfloat16 on CUDA: the activations the crosscoder was
-    trained on; :func:`~crosslens.core.devices.default_model_dtype`)."""
-    return dtype_name(dtype) if dtype is not None else default_model_dtype(device_spelling(device))
 
 
 def limits(config: LiveConfig) -> dict[str, object]:

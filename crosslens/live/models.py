@@ -33,7 +33,7 @@ from crosslens.activations.partners import crosscoder_record_problem, snapshot_p
 from crosslens.activations.tokens import MAX_UNKNOWN_SHARE, unknown_share, unknown_words
 from crosslens.checkpoints.identity import snapshot_identity
 from crosslens.core.bounds import whole_number
-from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
+from crosslens.core.devices import model_dtype, resident_bytes, resolve_device, resolve_dtype
 from crosslens.core.errors import (
     CrosslensError,
     LiveInputError,
@@ -59,7 +59,6 @@ from crosslens.live.config import (
     STEER_TOKENS,
     LiveConfig,
     limits,
-    live_dtype,
 )
 from crosslens.live.resident import ResidentModels
 from crosslens.live.steering import SteeredSnapshot, Steering, continue_twice, direction, steering_hook
@@ -93,7 +92,7 @@ class LiveModels:
             default: the one the crosscoder records. Its snapshots must be the crosscoder's.
         device: where the models and the crosscoder run (default: CUDA when there is a GPU).
         dtype: the snapshot models' dtype (default: bfloat16 on CUDA, as a harvest's, else float32:
-            :func:`~crosslens.live.config.live_dtype`, which ``crosslens browse`` reads too); the
+            :func:`~crosslens.core.devices.model_dtype`, which ``crosslens browse`` reads too); the
             crosscoder stays float32.
         config: the bound on resident models and the requests' limits (:class:`~crosslens.live.LiveConfig`).
         fix: the advice a suite that cannot be loaded ends with.
@@ -112,7 +111,7 @@ class LiveModels:
         self.run_dir = Path(run_dir)
         self.config = config if config is not None else LiveConfig()
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(live_dtype(str(self.device), dtype))
+        self.dtype = resolve_dtype(model_dtype(str(self.device), dtype))
         self.fix = fix
         self._suite = suite
         self._lock = threading.Lock()
