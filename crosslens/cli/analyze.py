@@ -91,16 +91,19 @@ def write_report(
         )
     against = _lineage_run(lineage_against, folder, opened, hook)
     final = run_dir is not None and is_final_crosscoder(folder, run_dir)
-    kept = _measured_check(run_dir) if final and opened is None else None  # what a store measured, reused
+    # without a store, the final crosscoder's check as a store measured it: (the check, or None where it
+    # cannot be read, and that store's seal); None where the run holds no such record
+    measured = _measured_check(run_dir) if final and opened is None else None
+    kept = measured[0] if measured is not None else None
     analysis, report = analyze_crosscoder(
         crosscoder,
         store=opened,
         tokenizer=suite_tokenizer(record) if store else None,
         title=suite_title(record, hook),
         device=device,
-        emergence=True if kept is None else kept[0],
+        emergence=True if kept is None else kept,
     )
-    seal = store_seal(opened) if opened is not None else None if kept is None else kept[1]
+    seal = store_seal(opened) if opened is not None else None if kept is None else measured[1]
     emergence = _with_agreement(folder, run_dir, analysis, against, device, opened, seal)
     if emergence.agreement is not None:
         report.extend(_agreement_section(emergence, analysis.steps))
@@ -114,7 +117,7 @@ def write_report(
     report.write(out_path)
     _print_summary(analysis, emergence)
     if final:
-        _save_emergence(run_dir, emergence, opened, kept=kept is not None)
+        _save_emergence(run_dir, emergence, opened, measured)
     if store is None:
         _say_no_store(run_dir, read_firing=analysis.frequency is not None)
     if sections:
@@ -160,19 +163,21 @@ def _print_summary(analysis: Any, emergence: Any) -> None:
 
 
 def _measured_check(run_dir: Path) -> tuple[Any, dict] | None:
-    """The emergence check the run's record holds for its final crosscoder where latent scaling
-    measured it on a store, without its agreement (which :func:`_with_agreement` decides again),
-    and that store's seal; None where there is none, or it cannot be read."""
+    """Where the run's record holds an emergence check of its final crosscoder that latent scaling
+    measured on a store: that check, without its agreement (which :func:`_with_agreement` decides
+    again), or None where it cannot be read; and that store's seal. None where there is no such record."""
     from dataclasses import replace
 
     from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
 
     seal = _store_measured(run_dir)
-    try:
-        result = None if seal is None else read_emergence(run_dir, crosscoder_sha256(run_dir))
-    except EmergenceRecordError:
+    if seal is None:
         return None
-    return None if result is None or result.check is None else (replace(result, agreement=None), seal)
+    try:
+        result = read_emergence(run_dir, crosscoder_sha256(run_dir))
+    except EmergenceRecordError:
+        return None, seal
+    return (None if result is None or result.check is None else replace(result, agreement=None)), seal
 
 
 def _store_measured(run_dir: Path) -> dict | None:
@@ -242,21 +247,21 @@ def _agreement_line(emergence: Any) -> str:
     return agreement_line(agreement.against, emergence.lineage.events, agreement.agreement, agreement.line)
 
 
-def _save_emergence(run_dir: Path, result: Any, store: Any, kept: bool) -> None:
+def _save_emergence(run_dir: Path, result: Any, store: Any, measured: tuple[Any, dict] | None) -> None:
     """Save the emergence check and lineage of the run's final crosscoder into the run folder
     (``crosslens dashboards`` reads them from there); without a store, a record latent scaling
-    measured on one, which this analysis reused (``kept``), stays as it is, saying so. One that
-    could not be read is replaced, saying that."""
+    measured on one (``measured``: :func:`_measured_check`'s), which this analysis reused, stays as
+    it is, saying so. One that could not be read is replaced, saying that."""
     from crosslens.analysis.emergence_record import save_run_emergence
     from crosslens.core.paths import EMERGENCE_NAME
 
-    if store is None and kept:
+    if store is None and measured is not None and measured[0] is not None:
         print(
             f"emergence check and lineage: kept {run_dir / EMERGENCE_NAME}, which latent scaling measured on a store "
             "(this analysis read none; pass --store to measure it again)"
         )
         return
-    unreadable = store is None and _store_measured(run_dir) is not None
+    unreadable = store is None and measured is not None
     saved = save_run_emergence(run_dir, result, store)
     if unreadable:
         print(
