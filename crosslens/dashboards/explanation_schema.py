@@ -28,11 +28,11 @@ snapshot's per-snapshot reading, -1 the crosscoder's own code. :data:`FORMAT` na
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+from crosslens.core.hooks import block_index
 from crosslens.dashboards.schema import TABLES as FEATURE_TABLES
 
 FORMAT = "crosslens.explanations/1"
@@ -247,8 +247,8 @@ def hook_kind(hook: str) -> str:
 def neuronpedia_layer(hook: str) -> int:
     """The layer a Neuronpedia source id of a crosscoder reading ``hook`` starts with: its block's
     number (0 where it names none)."""
-    match = re.search(r"blocks\.(\d+)\.", hook)
-    return int(match.group(1)) if match else 0
+    block = block_index(hook)
+    return 0 if block is None else block
 
 
 def neuronpedia_set(hook: str) -> str:
