@@ -344,13 +344,15 @@ SPEC_SETTINGS = {
 """What sets each other entry of the spec, as a refusal names it."""
 
 
-def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+def spec_changes(old: dict, new: dict) -> tuple[list[str], dict[str, str]]:
     """How a store's spec ``old`` differs from ``new``, named by what sets each entry: the
     differences (``--dtype: bfloat16 there, float32 now``, ``the tokens (--n-tokens, ...)``), and
-    the flags that give the store's own values (``--dtype bfloat16``), which resume it."""
+    each flag that gives the store's own value, with how (``{"--dtype": "--dtype bfloat16"}``),
+    which resumes it."""
     old, new = {"model_dtype": "float32", **old}, {"model_dtype": "float32", **new}  # absent: float32 (store_spec)
     keys = [*SPEC_FLAGS, *sorted(set(old) | set(new))]
-    differs, fixes = [], []
+    differs: list[str] = []
+    fixes: dict[str, str] = {}
     for key in dict.fromkeys(keys):
         was, now = old.get(key), new.get(key)
         if was == now:
@@ -358,7 +360,7 @@ def spec_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
         if key in SPEC_FLAGS and was is not None and now is not None:
             flag = SPEC_FLAGS[key]
             differs.append(f"{flag}: {_flag_value(was)} there, {_flag_value(now)} now")
-            fixes.append(" ".join(f"{flag} {value}" for value in (was if isinstance(was, list) else [was])))
+            fixes[flag] = " ".join(f"{flag} {value}" for value in (was if isinstance(was, list) else [was]))
         else:
             differs.append(SPEC_SETTINGS.get(key, key))
     return list(dict.fromkeys(differs)), fixes
@@ -411,7 +413,7 @@ def _resumable(root: Path, inputs: HarvestInputs, *, overwrite: bool, verify_has
         resume = ""
         if fixes:
             rest = "" if len(fixes) == len(differs) else " and the rest as it was harvested"
-            resume = f"pass {' '.join(fixes)}{rest} to resume it, "
+            resume = f"pass {' '.join(fixes.values())}{rest} to resume it, "
         raise StoreMismatchError(
             f"{root} holds an activation store built for other inputs (differs in: {'; '.join(differs)}); "
             f"{resume}use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest --overwrite`) "

@@ -80,14 +80,15 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 class StoreMismatchError(CrosslensError):
     """A store folder was built for other inputs (suite, hooks, tokens, dtype, ...)."""
 
-    def __init__(self, message: str, differs: Sequence[str] = (), fixes: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, differs: Sequence[str] = (), fixes: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.differs = tuple(differs)
         """The harvest's settings the store there was built with other values of, named by their
         flags (``--dtype: bfloat16 there, float32 now``; empty when the folder holds no store of
         this format at all)."""
-        self.fixes = tuple(fixes)
-        """The flags that give the store's own values of those settings (``--dtype bfloat16``)."""
+        self.fixes = dict(fixes or {})
+        """Each flag that gives the store's own value of one of those settings, and how
+        (``{"--dtype": "--dtype bfloat16"}``)."""
 
 
 class CorruptShardError(CrosslensError):

@@ -188,7 +188,7 @@ def _harvest_for_recipe(
 def _store_differs(error, args: argparse.Namespace, out: Path) -> str:
     """What to do about the store in ``out`` that ``error`` says was harvested with other flags:
     the flags that give its values first (not --store-dtype: train writes the recipe's)."""
-    fixes = [fix for fix in error.fixes if not fix.startswith("--store-dtype ")]
+    fixes = [fix for flag, fix in error.fixes.items() if flag != "--store-dtype"]
     others = "the flags it was harvested with"
     if fixes:
         others = " and ".join([" ".join(fixes)] + ([] if len(fixes) == len(error.differs) else [f"the other {others}"]))
