@@ -162,8 +162,8 @@ def snapshot_sae(
 
     Args:
         crosscoder: any crosslens crosscoder (inference or training class).
-        snapshot: index into the crosscoder's snapshots, ``0 <= snapshot < n_snapshots``
-            (negative indices count from the end).
+        snapshot: index into the crosscoder's snapshots, ``-n_snapshots <= snapshot <
+            n_snapshots`` (negative indices count from the end: -1 is the last).
         norm_factors: per-snapshot normalisation factors, as for :class:`SnapshotCodec`;
             default: the metadata's, unless folded.
         hook_name: the hook the SAE attaches to; default: the crosscoder's ``hook_name``
