@@ -5,10 +5,12 @@ their index, ``config.json``) and, for hub snapshots, the commit its revision re
 to. The Hugging Face cache gives the hashes for free: a cached file is a link to
 ``blobs/<hash>`` (the sha256 of an LFS file such as ``model.safetensors``, the git blob
 id of a small one). Files that are not such links (local suites, copied caches) are
-hashed. Activation stores record identities so that a re-pushed branch or an edited
-folder is never mistaken for the snapshot the store was built from;
-:func:`snapshot_identities` compares them across a suite's snapshots, so duplicates are refused
-before anything is written.
+hashed. A hub snapshot's weights files are those ``from_pretrained`` reads (its
+safetensors where it has both formats), so that its identity read from the hub's
+metadata before it is downloaded equals the one read from the cache after. Activation
+stores record identities so that a re-pushed branch or an edited folder is never mistaken
+for the snapshot the store was built from; :func:`snapshot_identities` compares them across
+a suite's snapshots, so duplicates are refused before anything is written.
 
 Weight files are also checked for truncation here (a safetensors header names every
 tensor's byte range, so a short file shows without reading the data).
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 
@@ -32,6 +35,8 @@ from crosslens.core.weightfiles import safetensors_problem
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 """Files holding (or indexing) a checkpoint's weights."""
+SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.index.json")
+"""The weights files ``from_pretrained`` reads where a snapshot has any."""
 IDENTITY_FILES = ("config.json",)
 """Other files that change what a snapshot computes."""
 TOKENIZER_FILES = (
@@ -66,6 +71,14 @@ def is_weight_file(name: str) -> bool:
 
 def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_weight_file(p.name))
+
+
+def loaded_weight_names(names: Iterable[str]) -> list[str]:
+    """The weights files among ``names`` that ``from_pretrained`` reads: the safetensors ones (a
+    file, or an index and its shards) where there are any, else every weights file. A hub repo
+    may hold its weights in two formats, of which transformers downloads only the one it reads."""
+    weights = sorted(name for name in names if is_weight_file(name))
+    return [name for name in weights if name.endswith(SAFETENSORS_SUFFIXES)] or weights
 
 
 def tokenizer_files(folder: Path | None) -> dict[str, str]:
@@ -148,36 +161,51 @@ def identity_from_files(files: dict[str, str], commit: str | None) -> dict[str, 
     }
 
 
-def _folder_files(folder: Path, *, revision: str, model_id: str) -> dict[str, str]:
+def _folder_files(folder: Path, *, revision: str, model_id: str, hub: bool) -> dict[str, str]:
     """Name -> identity (:func:`file_identity`) of the files in ``folder`` that decide the
-    snapshot's activations; refuses damaged weight files, and a folder without any."""
+    snapshot's activations; refuses damaged weight files, and a folder without any. A hub
+    snapshot's cached folder counts the weights files `from_pretrained` reads (what its hub
+    metadata counts); a local folder's identity covers every weights file in it."""
     check_weight_files(folder, revision=revision, model_id=model_id)
-    paths = weight_files(folder) + [folder / name for name in IDENTITY_FILES if (folder / name).is_file()]
-    if not any(is_weight_file(p.name) for p in paths):
+    weights = weight_files(folder)
+    if hub:
+        weights = [folder / name for name in loaded_weight_names(p.name for p in weights)]
+    if not weights:
         raise CorruptCheckpointError(
             f"snapshot {revision!r} of {model_id}: {folder} holds no weights file (model.safetensors, "
             "pytorch_model.bin, ...); restore it or drop the snapshot with suite.select(...)"
         )
+    paths = weights + [folder / name for name in IDENTITY_FILES if (folder / name).is_file()]
     return {p.name: file_identity(p) for p in paths}
 
 
 def _hub_files(model_id: str, revision: str) -> tuple[dict[str, str], str] | None:
     """The identity files' hashes and the commit, from the hub's file metadata (online, for a
-    revision not yet cached)."""
+    revision not yet cached): the files the cache will hold once the snapshot loads, each under
+    the hash the cache's folder gives it (:func:`_folder_files`)."""
     try:
-        from huggingface_hub import HfApi
-
         info = HfApi().model_info(model_id, revision=revision, files_metadata=True)
     except Exception:  # no network or no such revision: loading will say which
         return None
+    top = {sibling.rfilename: sibling for sibling in info.siblings or [] if "/" not in sibling.rfilename}
     files = {}
-    for sibling in info.siblings or []:
-        name = sibling.rfilename
-        if "/" in name or not (is_weight_file(name) or name in IDENTITY_FILES):
-            continue
-        lfs = getattr(sibling, "lfs", None)
-        files[name] = (lfs.sha256 if lfs is not None else None) or sibling.blob_id
+    for name in [*loaded_weight_names(top), *(name for name in IDENTITY_FILES if name in top)]:
+        lfs = getattr(top[name], "lfs", None)
+        sha = lfs.sha256 if lfs is not None and lfs.sha256 else _fetched_identity(model_id, info.sha, name)
+        if sha is None:
+            return None
+        files[name] = sha
     return (files, info.sha) if files else None
+
+
+def _fetched_identity(model_id: str, commit: str, name: str) -> str | None:
+    """The identity of a small file the hub keeps outside LFS (``config.json``), fetched into the
+    cache: its git blob id, the metadata's hash, names it only in a cache that links files to
+    blobs; a cache without links (HF_HUB_DISABLE_SYMLINKS, Windows) holds the bytes, hashed."""
+    try:
+        return file_identity(Path(hf_hub_download(model_id, name, revision=commit)))
+    except Exception:  # no network: the identity is unknown before loading, as without metadata
+        return None
 
 
 class SnapshotFiles(Protocol):
@@ -214,12 +242,12 @@ def _identity_files(suite: SnapshotFiles, ref: SnapshotRef) -> tuple[dict[str, s
     Hugging Face cache's), else from the hub's file metadata; None when neither can say."""
     local = suite.local_folder(ref)
     if local is not None:
-        return _folder_files(local, revision=ref.revision, model_id=suite.model_id), None
+        return _folder_files(local, revision=ref.revision, model_id=suite.model_id, hub=False), None
     repo, revision = suite.repo_revision(ref)
     cached = _cached_with_weights(repo, revision)
     if cached is not None:
         commit, folder = cached
-        return _folder_files(folder, revision=revision, model_id=repo), commit
+        return _folder_files(folder, revision=revision, model_id=repo, hub=True), commit
     if hub_constants.HF_HUB_OFFLINE:
         raise uncached_revision_error(repo, revision)
     return _hub_files(repo, revision)
