@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerFast
 
 import crosslens.checkpoints.suite_tokenizer as suite_tokenizer
 from crosslens.checkpoints import CheckpointSuite, MixedIngredientsError, list_revisions
+from crosslens.checkpoints.hub import remember_stage_ends
 from crosslens.checkpoints.trajectory import (
     group_by_stage,
     parse_ingredient,
@@ -33,7 +34,7 @@ from crosslens.checkpoints.trajectory import (
 )
 from crosslens.cli import main
 from crosslens.cli.common import resolve_suite
-from crosslens.core.errors import UnknownRevisionError
+from crosslens.core.errors import CrosslensError, UnknownRevisionError
 from crosslens.tasks import (
     MinimalPairFormatError,
     get_task,
@@ -73,6 +74,8 @@ def _family_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
     for repo, revisions in fakes.items():
         write_fake_hub_repo(hf_home, repo, revisions, tokenizer)
+    # As listing the repo online once leaves it: offline, the cache cannot say where stage 1 ended.
+    remember_stage_ends(OLMO2_REPO, OLMO2_REVISIONS)
     # As on the hub: the intermediate repo's checkpoints ship no usable tokenizer (one a
     # tokenizer_config.json without tokenizer.json, one nothing) and it has no `main`;
     # the released model's repo has the tokenizer.
@@ -172,7 +175,9 @@ def test_stage_parsers_and_trajectory_order():
     assert parse_stage("stage2-ingredient3-step100-tokens1B") == 2 and parse_ingredient("stage2-ingredient3-step1") == 3
     assert parse_stage("step1000-tokens4B") is None and parse_ingredient("stage1-step1000-tokens3B") is None
     refs, starts = place_on_trajectory(
-        ["stage2-ingredient1-step1000-tokens3B", "stage1-step1000-tokens3B", "stage1-step500-tokens2B"], family="olmo"
+        ["stage2-ingredient1-step1000-tokens3B", "stage1-step1000-tokens3B", "stage1-step500-tokens2B"],
+        family="olmo",
+        known=["stage1-step500-tokens2B", "stage1-step1000-tokens3B"],
     )
     assert [(r.index, r.revision, r.step, r.tokens_seen) for r in refs] == [
         (0, "stage1-step500-tokens2B", 500, 2 * 10**9),
@@ -212,16 +217,51 @@ def test_a_staged_suite_is_built_again_at_its_recorded_steps(hub, tmp_path):
     fakes = {r: hub["models"][OLMO2_REPO][r] for r in revisions}
     with offline_hf_home_at(tmp_path / "elsewhere") as elsewhere:
         write_fake_hub_repo(elsewhere, OLMO2_REPO, fakes, hub["tokenizer"])
-        listed_here = CheckpointSuite.olmo(OLMO2_REPO, revisions)
-        assert listed_here.steps == (1000, 2000)  # this one, only up to step 1000
+        # placed by the stage-1 revisions this cache holds, only up to step 1000
+        refs, starts = place_on_trajectory(revisions, family="olmo", known=revisions, model_id=OLMO2_REPO)
+        placed_here = CheckpointSuite("olmo", OLMO2_REPO, refs, stage_starts=starts)
+        assert placed_here.steps == (1000, 2000)
         again = suite_from_record(record)
         assert again.steps == (1000, 3000) and again.revisions == tuple(revisions)
         assert again.provenance()["stage_starts"] == record["stage_starts"]
-        problem = snapshot_problem(record["snapshots"], listed_here.provenance()["snapshots"], require_identity=False)
+        problem = snapshot_problem(record["snapshots"], placed_here.provenance()["snapshots"], require_identity=False)
         assert problem == "snapshot stage2-ingredient1-step1000-tokens3B is at step 3000 vs 2000"
     broken = {**record, "stage_starts": {"2": {"step": 2000}}}
     with pytest.raises(ValueError, match=r"^the suite's record of where its stages start cannot be read"):
         suite_from_record(broken)
+
+
+def test_offline_a_later_stage_is_placed_only_where_the_hub_said_where_stage_1_ends(hub, tmp_path, monkeypatch):
+    """Offline, the cache lists only the revisions downloaded: stage 1's last cached revision is not
+    where stage 1 ended. Before the repo was listed online a later stage is refused, naming the fix;
+    listing it online once keeps its stage ends, and offline placement then matches the hub's."""
+    import huggingface_hub
+
+    import crosslens.checkpoints.hub as hub_module
+
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "never-online"))
+    revisions = ["stage1-step1000-tokens3B", "stage2-ingredient1-step1000-tokens3B"]
+    with offline_hf_home_at(tmp_path / "partial") as partial:  # stage 1 cached only up to step 1000
+        write_fake_hub_repo(partial, OLMO2_REPO, {r: hub["models"][OLMO2_REPO][r] for r in revisions}, None)
+        for build in (lambda: CheckpointSuite.olmo(OLMO2_REPO, revisions), lambda: CheckpointSuite.olmo(OLMO2_REPO)):
+            with pytest.raises(CrosslensError) as refused:
+                build()
+            message = str(refused.value)
+            assert message.startswith(f"{OLMO2_REPO}: cannot place 'stage2-ingredient1-step1000-tokens3B' on the")
+            assert "go online once (unset HF_HUB_OFFLINE" in message and "suite_from_record" in message
+            assert "\n" not in message
+        # online once: the hub lists every branch (huggingface_hub's answer, as the hub gives it)
+        branches = [type("Branch", (), {"name": r})() for r in ("main", *OLMO2_REVISIONS)]
+        with monkeypatch.context() as online:
+            online.setattr(hub_module, "hub_offline", lambda: False)
+            online.setattr(huggingface_hub, "list_repo_refs", lambda repo: type("Refs", (), {"branches": branches}))
+            assert list_revisions(OLMO2_REPO) == list(OLMO2_REVISIONS)
+        ends = json.loads((tmp_path / "never-online" / "stage-ends" / "allenai--OLMo-2-0425-1B.json").read_text())
+        assert ends["stage_ends"] == [OLMO2_REVISIONS[2], OLMO2_REVISIONS[4], OLMO2_REVISIONS[5]]
+        suite = CheckpointSuite.olmo(OLMO2_REPO, revisions)  # offline again, same partial cache
+        assert suite.steps == (1000, 3000) and [r.tokens_seen for r in suite.snapshots] == [3 * 10**9, 9 * 10**9]
+        assert suite.provenance()["stage_starts"]["2"]["after"] == ["stage1-step2000-tokens6B"]
+        assert CheckpointSuite.olmo(OLMO2_REPO, ingredient=1).steps == (1000, 3000)
 
 
 @pytest.mark.parametrize(
@@ -309,9 +349,14 @@ def test_local_folders_of_a_staged_run(hub, tmp_path):
     fakes = hub["models"][OLMO2_REPO]
     kept = [r for r in OLMO2_REVISIONS if parse_ingredient(r) != 2]
     write_local_suite(tmp_path / "run", {r: fakes[r] for r in kept}, hub["tokenizer"])
+    # which of stage 1's revisions is its last, the folder cannot tell: the steps along the run are given
+    with pytest.raises(CrosslensError, match=r"'stage2-ingredient1-step1000-tokens3B' is of a later .*suite\.json"):
+        CheckpointSuite.local(tmp_path / "run")
+    steps = {r: step for r, step in zip(kept, (0, 1000, 2000, 3000, 4000))}
+    snapshots = [{"revision": r, "step": step} for r, step in steps.items()]
+    (tmp_path / "run" / "suite.json").write_text(json.dumps({"model_id": OLMO2_REPO, "snapshots": snapshots}))
     suite = CheckpointSuite.local(tmp_path / "run")
     assert suite.revisions == tuple(kept) and suite.steps == (0, 1000, 2000, 3000, 4000)
-    assert suite.provenance()["stage_starts"]["2"]["after"] == ["stage1-step2000-tokens6B"]
     assert_matches_hf(suite.load(3), fakes["stage2-ingredient1-step1000-tokens3B"], fakes["stage1-step1000-tokens3B"])
     with pytest.raises(MixedIngredientsError):  # the cached repo holds both ingredients
         CheckpointSuite.local(repo_folder(hub["hf_home"], OLMO2_REPO))

@@ -4,8 +4,10 @@ local HF cache (or, for Pythia, crosslens's table of published steps) when offli
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import huggingface_hub
@@ -15,7 +17,8 @@ from crosslens.checkpoints.schedules import PYTHIA_STEPS, PYTHIA_V0_STEPS
 from crosslens.checkpoints.snapshot import parse_step, pythia_revision
 from crosslens.checkpoints.trajectory import trajectory_key
 from crosslens.core.errors import CrosslensError
-from crosslens.core.paths import looks_like_path
+from crosslens.core.paths import crosslens_home, looks_like_path
+from crosslens.core.sealed import write_json_atomically
 
 
 def hub_offline() -> bool:
@@ -144,6 +147,8 @@ def list_revisions(model_id: str | os.PathLike) -> list[str]:
     * online: the repo's branches on the hub (``huggingface_hub.list_repo_refs``);
     * offline: crosslens's table for Pythia (``step0`` ... ``step143000``), else the
       revisions already in the local HF cache.
+
+    Listing a staged run online remembers where each of its stages ends (`placing_revisions`).
     """
     if Path(model_id).expanduser().exists() or looks_like_path(str(model_id)):  # refused there if no folder
         from crosslens.checkpoints.local import scan_local_suite
@@ -151,7 +156,9 @@ def list_revisions(model_id: str | os.PathLike) -> list[str]:
         return [ref.revision for ref in scan_local_suite(Path(model_id)).snapshots]
     model_id = str(model_id)
     if not hub_offline():
-        return hub_revisions(model_id)
+        listed = hub_revisions(model_id)
+        remember_stage_ends(model_id, listed)
+        return listed
     if is_pythia(model_id) and PYTHIA_NAME.match(model_id):
         return [pythia_revision(step) for step in pythia_steps_for(model_id)]
     cached = cached_revisions(model_id)
@@ -166,3 +173,55 @@ def list_revisions(model_id: str | os.PathLike) -> list[str]:
             "cache that holds it"
         )
     return cached
+
+
+def stage_ends_file(model_id: str) -> Path:
+    """Where crosslens keeps the last revision of each stage of ``model_id``'s staged run, as the
+    hub last listed them (``$CROSSLENS_HOME/stage-ends/ORG--NAME.json``)."""
+    return crosslens_home() / "stage-ends" / (model_id.replace("/", "--") + ".json")
+
+
+def stage_ends(revisions: Sequence[str]) -> list[str]:
+    """The last revision of each stage, per ingredient, among ``revisions`` (none for unstaged names)."""
+    last: dict[tuple[int, int], str] = {}
+    for revision in sort_by_step(list(revisions)):
+        stage, ingredient, _ = trajectory_key(revision)
+        if stage:
+            last[(stage, ingredient)] = revision
+    return [last[key] for key in sorted(last)]
+
+
+def remember_stage_ends(model_id: str, revisions: Sequence[str]) -> None:
+    """Keep the stage ends among the hub's whole list of ``model_id``'s revisions, so that its
+    stages are placed offline too, where the cache lists only the revisions downloaded."""
+    ends = stage_ends(revisions)
+    if not ends:
+        return
+    path = stage_ends_file(model_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two listings at once write apart
+        write_json_atomically(path, {"model_id": model_id, "stage_ends": ends}, tmp=tmp)
+    except OSError:  # a home that cannot be written: the listing stands, offline placement is refused
+        return
+
+
+def remembered_stage_ends(model_id: str) -> list[str] | None:
+    """The stage ends the hub last listed for ``model_id`` (None when it was never listed online,
+    or its record cannot be read)."""
+    try:
+        ends = json.loads(stage_ends_file(model_id).read_text())["stage_ends"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(end) for end in ends] if isinstance(ends, list) else None
+
+
+def placing_revisions(model_id: str, listed: Sequence[str]) -> list[str] | None:
+    """The revisions that say where each stage of ``model_id``'s staged run ends, for
+    `crosslens.checkpoints.trajectory.stage_starts`: ``listed``, the hub's whole list online;
+    offline, the cached ones ``listed`` plus the stage ends the hub last listed. None where they
+    cannot be had: offline before any online listing, or a listing that failed."""
+    if not hub_offline():
+        return list(listed) or None
+    ends = remembered_stage_ends(model_id)
+    return None if ends is None else [*listed, *ends]

@@ -11,7 +11,10 @@ Three layouts are understood, tried in this order:
    ``global_step1000``, ``step1000-tokens4B``, ``checkpoint-500``), sorted by step.
 
 Names of staged runs (``stage1-step...``, ``stage2-ingredient1-step...``) in layouts 2 and 3
-are placed on the training trajectory (`crosslens.checkpoints.trajectory`).
+are placed on the training trajectory (`crosslens.checkpoints.trajectory`) while they are all of
+stage 1. A later stage starts where stage 1 ended, which only the repo's whole list of revisions
+says (a folder may hold any of stage 1's): it is refused there, and a ``suite.json`` gives each
+snapshot's step along the whole run.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosslens.checkpoints.snapshot import SnapshotRef, parse_step
-from crosslens.checkpoints.trajectory import StageStart, place_on_trajectory
+from crosslens.checkpoints.trajectory import StageStart, check_one_ingredient, parse_stage, place_on_trajectory
 from crosslens.core.bounds import whole_number
+from crosslens.core.errors import CrosslensError
 
 SUITE_FILE = "suite.json"
 """A local suite's manifest: its snapshots (revision, step) and, for a pico suite, how it was built."""
@@ -121,7 +125,7 @@ def _from_cache_repo(root: Path) -> LocalLayout:
         folders[ref_file.name] = root / "snapshots" / ref_file.read_text().strip()
     if not folders:
         raise ValueError(f"the cached repo {root} has no refs named by step (like 'step1000'); nothing to load")
-    refs, starts = place_on_trajectory(list(folders), family="local", model_id=model_id)
+    refs, starts = _on_trajectory(list(folders), model_id, root)
     return LocalLayout(model_id=model_id, snapshots=_ordered(refs, root), folders=folders, stage_starts=starts)
 
 
@@ -135,5 +139,20 @@ def _from_step_folders(root: Path) -> LocalLayout:
             f"found no snapshots in {root}: expected a {SUITE_FILE}, or sub-folders named by step "
             "(step0/, step1000/, ...) each holding a Hugging Face checkpoint"
         )
-    refs, starts = place_on_trajectory(list(folders), family="local", model_id=root.name)
+    refs, starts = _on_trajectory(list(folders), root.name, root)
     return LocalLayout(model_id=root.name, snapshots=_ordered(refs, root), folders=folders, stage_starts=starts)
+
+
+def _on_trajectory(names: list[str], model_id: str, root: Path) -> tuple[list[SnapshotRef], dict[int, StageStart]]:
+    """The snapshots named ``names`` placed on the training trajectory; a later training stage is
+    refused (see the module docstring)."""
+    check_one_ingredient(names, model_id)
+    later = [name for name in names if (parse_stage(name) or 1) > 1]
+    if later:
+        raise CrosslensError(
+            f"local suite {root}: {later[0]!r} is of a later training stage, and where stage 1 ended (so where "
+            "it starts) only the repo's whole list of revisions says; write "
+            f'{root / SUITE_FILE} giving each snapshot its step along the whole run: {{"model_id": NAME, '
+            '"snapshots": [{"revision": NAME, "path": FOLDER, "step": N, "tokens_seen": T}, ...]}'
+        )
+    return place_on_trajectory(names, family="local", model_id=model_id)

@@ -21,7 +21,7 @@ from crosslens.checkpoints.convert import (
     processing_flags,
     quiet_loading,
 )
-from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
+from crosslens.checkpoints.hub import list_revisions, placing_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import cached_snapshot, snapshot_identity, weight_file_errors
 from crosslens.checkpoints.local import scan_local_suite
 from crosslens.checkpoints.models import (
@@ -173,10 +173,11 @@ class CheckpointSuite(SuiteTokenizer):
 
         Without `revisions`, takes every revision the hub (or, offline, the HF cache) lists,
         or those at `steps`. Staged revisions are placed on one training trajectory (see
-        `crosslens.checkpoints.trajectory`): ``step`` and ``tokens_seen`` count on across
-        stages, and `steps` are such trajectory steps. `ingredient` keeps the stage-1
-        revisions and one stage-2 ingredient's; a suite mixing ingredients is refused.
-        ``tokens_seen`` is read from the revision names (``tokens4B`` -> 4 * 10**9).
+        `crosslens.checkpoints.trajectory`; offline, only once the repo was listed online):
+        ``step`` and ``tokens_seen`` count on across stages, and `steps` are such trajectory
+        steps. `ingredient` keeps the stage-1 revisions and one stage-2 ingredient's; a suite
+        mixing ingredients is refused. ``tokens_seen`` is read from the revision names
+        (``tokens4B`` -> 4 * 10**9).
         """
         if revisions is not None and steps is not None:
             raise ValueError("pass revisions or steps, not both")
@@ -192,8 +193,9 @@ class CheckpointSuite(SuiteTokenizer):
             if listed:
                 check_revisions(revisions, name, listed)
             revisions = of_ingredient(revisions, ingredient)
+        known = placing_revisions(name, listed)
         refs, starts = place_on_trajectory(
-            revisions, family="olmo", known=of_ingredient(listed, ingredient), model_id=name
+            revisions, family="olmo", known=None if known is None else of_ingredient(known, ingredient), model_id=name
         )
         if steps is not None:
             refs = refs_at_steps(steps, refs, name)

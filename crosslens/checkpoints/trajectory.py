@@ -14,9 +14,12 @@ crosslens places every revision on the trajectory it belongs to:
   ``select(steps=...)``, the analysis' x axis) works across stages unchanged;
 * ``tokens_seen`` likewise adds the tokens of the earlier stages' last revisions.
 
-An earlier stage's end is its last revision among those *known*: the repo's list of
-revisions when it can be had (the hub online, the HF cache offline), plus the suite's
-own. It is recorded in `CheckpointSuite.provenance` (``"stage_starts"``). Two ingredients
+An earlier stage's end is its last revision among those *known*: the repo's whole list of
+revisions (the hub's, online; offline, the stage ends remembered from the last online listing,
+`crosslens.checkpoints.hub.placing_revisions`), plus the suite's own. Without that list a later
+stage is refused rather than placed after whichever stage-1 revisions happen to be at hand (the
+cached ones, a folder's). The stage starts are recorded in `CheckpointSuite.provenance`
+(``"stage_starts"``), and a suite built again from a record starts its stages there. Two ingredients
 are parallel runs from one stage-1 endpoint, not one trajectory, so a suite mixing them
 is refused (`check_one_ingredient`).
 """
@@ -114,14 +117,26 @@ def check_one_ingredient(revisions: Sequence[str], model_id: str) -> int | None:
     )
 
 
-def stage_starts(revisions: Sequence[str], known: Iterable[str] = (), *, model_id: str = "") -> dict[int, StageStart]:
+def stage_starts(
+    revisions: Sequence[str], known: Iterable[str] | None = None, *, model_id: str = ""
+) -> dict[int, StageStart]:
     """For each stage after the first among `revisions`, where it starts: the sum of the
     earlier stages' ends, each the last revision of that stage among `revisions` and
-    `known` (of the suite's ingredient, where a stage has ingredients)."""
+    `known` (of the suite's ingredient, where a stage has ingredients). `known`: revisions
+    that include each earlier stage's last one (the repo's whole list); None refuses a
+    later stage, whose start the suite's own revisions cannot tell."""
     stages = sorted({parse_stage(r) for r in revisions if parse_stage(r) is not None})
     if len(stages) == 0 or stages[-1] == stages[0] == 1:
         return {}
     ingredient = check_one_ingredient(revisions, model_id)
+    if known is None:
+        later = next(r for r in revisions if (parse_stage(r) or 1) > 1)
+        raise CrosslensError(
+            f"{model_id + ': ' if model_id else ''}cannot place {later!r} on the training trajectory: which is stage 1's last revision "
+            "only the repo's whole list of revisions says, and offline the cache lists only those downloaded; go "
+            "online once (unset HF_HUB_OFFLINE: crosslens then remembers where each stage ends), or build the "
+            "suite from a store's or crosscoder's record (crosslens.checkpoints.records.suite_from_record)"
+        )
     pool = {r for r in (*revisions, *known) if parse_stage(r) is not None and parse_step(r) is not None}
     starts: dict[int, StageStart] = {}
     step, tokens, after = 0, 0, ()
@@ -153,14 +168,14 @@ def place_on_trajectory(
     revisions: Sequence[str],
     *,
     family: str,
-    known: Iterable[str] = (),
+    known: Iterable[str] | None = None,
     model_id: str = "",
     starts: Mapping[int, StageStart] | None = None,
 ) -> tuple[list[SnapshotRef], dict[int, StageStart]]:
     """`SnapshotRef`s for `revisions`, in training order, with trajectory steps and tokens
     (see the module docstring), and the stage starts used: `starts` where given (a suite's
-    record of them), else found from `revisions` and `known`. Unstaged revisions keep the
-    step and tokens their names give (Pythia: ``step * 2,097,152`` tokens; BLOOM: None)."""
+    record of them), else found from `revisions` and `known` (`stage_starts`). Unstaged
+    revisions keep the step and tokens their names give (Pythia: ``step * 2,097,152`` tokens; BLOOM: None)."""
     if starts is None:
         starts = stage_starts(revisions, known, model_id=model_id) if is_staged(revisions) else {}
     missing = sorted({parse_stage(r) for r in revisions} - {None, 1} - set(starts))
