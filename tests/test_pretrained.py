@@ -405,6 +405,24 @@ def test_processing_outside_a_suite_of_models_is_refused_where_it_is_registered(
     assert "processed" not in pretrained_directory()
 
 
+def test_config_overrides_of_a_release_in_another_format_are_refused_where_it_is_registered():
+    """A converted release's cfg.json is written by its conversion, which never read config_overrides:
+    they were dropped without a word."""
+    suite = {"family": "pythia", "model_id": "EleutherAI/pythia-14m", "revisions": ["step0", "step1"]}
+    spec = {"repo_id": "me/cc", "model": "EleutherAI/pythia-14m", "suite": suite, "saes": [{"id": HOOK, "path": ""}]}
+    with pytest.raises(PretrainedRegistryError) as info:
+        register_release("kissane-overridden", {**spec, "format": "kissane", "config_overrides": {"d_sae": 4}})
+    message = str(info.value)
+    assert message.startswith(
+        "register_release(): release 'kissane-overridden': config_overrides apply to a release in SAELens's "
+        "layout; format 'kissane' is converted without them: drop config_overrides"
+    )
+    assert len(message.splitlines()) == 1 and "kissane-overridden" not in pretrained_directory()
+    for release in ({**spec, "config_overrides": {"d_sae": 4}}, {**spec, "format": "sae_lens", "config_overrides": {}}):
+        register_release("saelens-overridden", release)
+        unregister_release("saelens-overridden")
+
+
 def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_hf_home, monkeypatch):
     from crosslens.pretrained.releases import pretrained_folder
 

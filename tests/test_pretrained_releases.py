@@ -277,8 +277,9 @@ def test_an_unregistered_folder_is_checked_against_the_suite_and_hook_given(fake
         crosslens.from_pretrained(fits, suite=suite)
 
 
-def register_saelens_release(name: str, folder: Path) -> None:
-    """``folder`` uploaded to the offline cache as ``someone/NAME`` and registered as a release of the two Gemmas."""
+def register_saelens_release(name: str, folder: Path, **release) -> None:
+    """``folder`` uploaded to the offline cache as ``someone/NAME`` and registered as a release of the
+    two Gemmas (with the ``release`` fields given)."""
     from crosslens.pretrained import LocalHubApi
 
     api = LocalHubApi(constants.HF_HUB_CACHE)
@@ -286,7 +287,9 @@ def register_saelens_release(name: str, folder: Path) -> None:
     api.upload_folder(folder_path=folder, path_in_repo=HOOK_13, repo_id=f"someone/{name}")
     suite = {"family": "models", "models": [GEMMA_BASE, GEMMA_CHAT]}
     entry = {"id": HOOK_13, "path": HOOK_13, "hook_name": HOOK_13, "architecture": "crosscoder"}
-    register_release(name, {"repo_id": f"someone/{name}", "model": GEMMA_BASE, "suite": suite, "saes": [entry]})
+    register_release(
+        name, {"repo_id": f"someone/{name}", "model": GEMMA_BASE, "suite": suite, "saes": [entry], **release}
+    )
 
 
 def test_a_release_run_and_release_id_are_checked_as_from_pretrained_checks_them(fake_releases, tmp_path, capsys):
@@ -329,3 +332,40 @@ def test_norm_factors_are_measured_only_on_a_store_of_the_crosscoders_models(fak
     store = ActivationStore.open(tmp_path / "store")
     factors = crosslens.pretrained.measure_norm_factors(crosscoder, store)
     assert factors == store.norm_factors(hook).tolist() and crosscoder.cfg.metadata.activation_norm_factors == factors
+
+
+def test_a_release_s_config_overrides_hold_wherever_it_is_read(fake_releases, tmp_path):
+    """load_pretrained applies a release's config_overrides; its run folder and its RELEASE/ID folder
+    carry them too, so all three give the same codes (the hub's cfg.json as it is gives others), and a
+    re-pushed release gets a folder of its new weights."""
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.pretrained.releases import resolve_crosscoder_path
+
+    overrides = {"apply_b_dec_to_input": True}
+    register_saelens_release("overridden", saved_crosscoder(tmp_path / "cc", D_MODEL), config_overrides=overrides)
+    try:
+        loaded = crosslens.load_pretrained("overridden", HOOK_13)
+        run = crosslens.pretrained.release_run("overridden", out=tmp_path / "run")
+        folder = Path(resolve_crosscoder_path(f"overridden/{HOOK_13}"))
+        hub = Path(hf_hub_download("someone/overridden", f"{HOOK_13}/cfg.json")).parent
+        assert json.loads((hub / "cfg.json").read_text())["apply_b_dec_to_input"] is False
+        assert loaded.cfg.apply_b_dec_to_input is True
+        x = torch.randn(64, 2, D_MODEL, generator=torch.Generator().manual_seed(1)) * 2
+        with torch.no_grad():
+            codes = loaded.encode(x)
+            assert (codes != 0).any() and not torch.equal(load_crosscoder_folder(hub).encode(x), codes)
+            for where in (run / "final", folder):
+                assert json.loads((where / "cfg.json").read_text())["apply_b_dec_to_input"] is True, where
+                torch.testing.assert_close(load_crosscoder_folder(where).encode(x), codes, rtol=0, atol=0)
+
+        changed = load_crosscoder_folder(tmp_path / "cc")
+        with torch.no_grad():
+            changed.b_dec.add_(1.0)
+        changed.save_model(tmp_path / "changed")
+        unregister_release("overridden")
+        register_saelens_release("overridden", tmp_path / "changed", config_overrides=overrides)
+        again = Path(resolve_crosscoder_path(f"overridden/{HOOK_13}"))
+        assert again != folder and json.loads((again / "cfg.json").read_text())["apply_b_dec_to_input"] is True
+        torch.testing.assert_close(load_crosscoder_folder(again).b_dec, changed.b_dec, rtol=0, atol=0)
+    finally:
+        unregister_release("overridden")

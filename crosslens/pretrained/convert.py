@@ -14,6 +14,11 @@ provenance it records, so the same files convert to the same folder, and changed
 repo) to another. The
 folder is built under a temporary name and renamed into place, under a lock: a conversion that
 fails or is killed leaves nothing a later load could mistake for a finished one.
+
+A release in SAELens's layout with ``config_overrides`` is read as a folder (``crosslens pretrained
+run``, ``--crosscoder RELEASE/ID``) from ``$CROSSLENS_HOME/pretrained/overrides-<key>/``
+(:func:`overridden_folder`): its weights, and its cfg.json updated by the overrides as SAELens's
+loader updates it, so that the folder reads as ``load_pretrained`` does.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from crosslens.core.errors import DamagedCrosscoderError
-from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.hashing import file_sha256, json_sha256, remembered_file_sha256
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 from crosslens.core.paths import crosslens_home
@@ -93,6 +98,55 @@ def convert_once(
             shutil.rmtree(scratch, ignore_errors=True)
             raise
     return target
+
+
+def overridden_folder(folder: Path, overrides: Mapping[str, Any]) -> Path:
+    """``folder`` (a crosscoder in SAELens's layout) with its cfg.json's top-level keys replaced by
+    ``overrides``, as SAELens's loader applies a release's ``config_overrides``: built once under
+    crosslens's cache, the weights hard-linked (copied across disks), keyed by the cfg's and weights'
+    sha256 and the overrides, so a re-pushed release or other overrides get another folder."""
+    cfg_path, weights = folder / CFG_NAME, folder / WEIGHTS_NAME
+    key = json_sha256(
+        {
+            "cfg": remembered_file_sha256(cfg_path),
+            "weights": remembered_file_sha256(weights),
+            "overrides": dict(overrides),
+        }
+    )
+    target = converted_root() / f"overrides-{key[:40]}"
+    if _complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(target.with_name(target.name + ".lock")):
+        if _complete(target):  # another process built it while this one waited
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        scratch = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            cfg.update(overrides)
+            (scratch / CFG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+            link_or_copy(weights, scratch / WEIGHTS_NAME)
+            os.replace(scratch, target)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+    return target
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a crosscoder (it is renamed into place only once it does)."""
+    return all((folder / name).is_file() for name in (CFG_NAME, WEIGHTS_NAME))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the two share a disk (a converted Gemma crosscoder is 600 MB), else a copy."""
+    try:
+        os.link(Path(source).resolve(), target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _write(

@@ -9,7 +9,7 @@ needs on top. A release, in YAML::
       repo_id: ORG/NAME                    # Hugging Face repo        (SAELens)
       model: EleutherAI/pythia-160m        # the model                (SAELens)
       conversion_func: null                # SAELens loader name      (SAELens, default "sae_lens")
-      config_overrides: null               # cfg.json overrides       (SAELens)
+      config_overrides: null               # cfg.json overrides       (SAELens; its layout only)
       suite:                               # the snapshots, in training order (crosslens)
         family: pythia
         model_id: EleutherAI/pythia-160m
@@ -374,6 +374,13 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
     overrides = value.get("config_overrides")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise fail("config_overrides must be a mapping.")
+    fields = parse_source_fields(value, fail)
+    if overrides and fields["format"] not in (None, "sae_lens"):  # a conversion writes its own cfg.json
+        raise fail(
+            f"config_overrides apply to a release in SAELens's layout; format {fields['format']!r} is converted "
+            "without them: drop config_overrides (a converted release is set by its entries' "
+            f"{' and '.join(CONVERSION_KEYS)})."
+        )
     return PretrainedCrosscoderRelease(
         release=release,
         repo_id=value["repo_id"],
@@ -382,7 +389,7 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
         entries=entries,
         conversion_func=value.get("conversion_func"),
         config_overrides=dict(overrides) if overrides else None,
-        **parse_source_fields(value, fail),
+        **fields,
         source=source,
         raw=dict(value),
     )

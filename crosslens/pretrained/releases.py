@@ -26,7 +26,7 @@ from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import hook_problem, hook_width, recorded_hook
 from crosslens.core.paths import looks_like_path
 from crosslens.pretrained.card import converted_card
-from crosslens.pretrained.convert import convert_once
+from crosslens.pretrained.convert import convert_once, overridden_folder
 from crosslens.pretrained.formats import SAE_LENS, SourceFiles, layouts, local_files, recognised
 from crosslens.pretrained.load import (
     SAE_LENS_LOADER,
@@ -114,7 +114,7 @@ def checked_release(
     """A registered crosscoder and its suite, checked against its release and (``check_models``)
     against the models it reads; and the folder it was read from: a release in another format's
     converted folder, a release in SAELens's layout its downloaded folder where ``as_folder`` asks
-    (else None)."""
+    (else None), or where the release has ``config_overrides`` that folder with them applied."""
     release_suite = _release_suite(lookup)
     check_models = check_models and release_suite is not None
     what = f"release {lookup.release}"
@@ -129,6 +129,8 @@ def checked_release(
             dtype=dtype or "float32",
             force_download=force_download and not as_folder,
         )
+        if folder is not None and lookup.config_overrides:  # the folder reads as load_pretrained did
+            folder = overridden_folder(folder, lookup.config_overrides)
     else:
         folder = release_folder(lookup, entry, force_download=force_download, check_models=check_models)
         crosscoder = _load_folder(folder, device, dtype)

@@ -19,7 +19,7 @@ from typing import Any
 from crosslens.core.errors import CrosslensError
 from crosslens.core.metadata import CFG_NAME
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME
-from crosslens.pretrained.convert import SOURCE_RECORD, source_record
+from crosslens.pretrained.convert import SOURCE_RECORD, link_or_copy, source_record
 from crosslens.pretrained.registry import get_release
 from crosslens.pretrained.releases import only_entry
 from crosslens.training.records import write_record
@@ -48,7 +48,7 @@ def release_run(
     try:
         for path in sorted(Path(folder).iterdir()):
             if path.is_file() and path.name != CFG_NAME:
-                _link_or_copy(path, scratch / FINAL_DIRNAME / path.name)
+                link_or_copy(path, scratch / FINAL_DIRNAME / path.name)
         _write_checked_cfg(folder / CFG_NAME, scratch / FINAL_DIRNAME / CFG_NAME, crosscoder)
         provenance = _provenance(lookup.release, entry.id, folder)
         write_record(scratch / FINAL_DIRNAME, pretrained=provenance)
@@ -80,11 +80,3 @@ def _write_checked_cfg(source: Path, target: Path, crosscoder: Any) -> None:
     cfg = json.loads(source.read_text())
     cfg["metadata"] = crosscoder.cfg.to_dict()["metadata"]
     target.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where the two share a disk (a converted Gemma crosscoder is 600 MB), else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
