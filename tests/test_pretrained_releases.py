@@ -369,3 +369,42 @@ def test_a_release_s_config_overrides_hold_wherever_it_is_read(fake_releases, tm
         torch.testing.assert_close(load_crosscoder_folder(again).b_dec, changed.b_dec, rtol=0, atol=0)
     finally:
         unregister_release("overridden")
+
+
+def test_push_refuses_a_crosscoder_others_published_naming_where_it_is(fake_releases, tmp_path, capsys):
+    """A `crosslens pretrained run` folder went up as "A `crosscoder` trained with crosslens", its
+    source's licence, credit and repo dropped; it is refused before anything is uploaded."""
+    from crosslens.pretrained import LocalHubApi
+    from crosslens.pretrained.push import push_to_hub
+    from crosslens.pretrained.releases import pretrained_folder
+
+    kissane_id = "blocks.14.hook_resid_pre"
+    register_saelens_release("republished", saved_crosscoder(tmp_path / "cc", D_MODEL))
+    try:
+        runs = [
+            (KISSANE, kissane_id, "ckkissane/crosscoder-gemma-2-2b-model-diff"),
+            ("republished", HOOK_13, "someone/republished"),
+        ]
+        api = LocalHubApi(constants.HF_HUB_CACHE)
+        for release, crosscoder_id, repo in runs:
+            run = crosslens.pretrained.release_run(release, out=tmp_path / release)
+            for given in (run, run / "final"):
+                with pytest.raises(CrosslensError) as info:
+                    push_to_hub(given, "me/again", api=api)
+                message = str(info.value)
+                assert message.startswith(
+                    f"{run / 'final'} holds crosscoder {crosscoder_id!r} of release {release!r}, published at {repo}, "
+                    f"not one trained with crosslens: cite it and load it from there "
+                    f"(crosslens.from_pretrained({release!r}, {crosscoder_id!r}))"
+                )
+                assert len(message.splitlines()) == 1
+        converted = pretrained_folder(KISSANE, kissane_id)  # the cached conversion itself, without a run
+        with pytest.raises(
+            CrosslensError, match=rf"holds crosscoder '{kissane_id}' of release '{KISSANE}', published at"
+        ):
+            push_to_hub(converted, "me/again", api=api)
+        err = one_line_exit_2(["push", str(tmp_path / KISSANE), "--repo", "me/again"], capsys)
+        assert "published at ckkissane/crosscoder-gemma-2-2b-model-diff, not one trained with crosslens" in err
+        assert not api.repo_folder("me/again").exists()
+    finally:
+        unregister_release("republished")

@@ -44,7 +44,8 @@ from crosslens.pretrained.card import (
     run_diffing,
     saved_emergence,
 )
-from crosslens.pretrained.registry import is_release_name
+from crosslens.pretrained.convert import SOURCE_RECORD, source_record
+from crosslens.pretrained.registry import get_release, is_release_name, pretrained_directory
 from crosslens.training.metrics import EVAL_TOKENS
 
 if TYPE_CHECKING:
@@ -163,7 +164,9 @@ def push_to_hub(
 
     Per-snapshot explained variance and L0 are measured on ``n_eval_tokens`` tokens of the
     activation store (``store_path``, default the run's ``run.json`` store) when it is at
-    hand; the card says which tokens. ``api`` defaults to ``huggingface_hub.HfApi()``.
+    hand; the card says which tokens. ``api`` defaults to ``huggingface_hub.HfApi()``. A crosscoder
+    others published (``crosslens pretrained run``'s folder, a converted one) is refused, naming
+    where it is published.
     """
     from crosslens.analysis.diffing import is_diffing
     from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -173,6 +176,7 @@ def push_to_hub(
     check_push_names(crosscoder_id, release, store_path, n_eval_tokens)
     run_dir = Path(run_dir)
     folder, run_config = find_final_crosscoder(run_dir)
+    refuse_republishing(folder, run_config)
     crosscoder = load_crosscoder_folder(folder)
     meta = crosscoder.cfg.metadata
     crosscoder_id = crosscoder_id or meta.get("hook_name") or "crosscoder"
@@ -241,6 +245,30 @@ def find_final_crosscoder(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
     raise FileNotFoundError(
         f"{run_dir} holds no trained crosscoder (neither final/cfg.json nor cfg.json with "
         "sae_weights.safetensors); pass the --out folder of `crosslens train` after it finished."
+    )
+
+
+def refuse_republishing(folder: Path, run_config: dict[str, Any] | None) -> None:
+    """Refuse a crosscoder published by others (a ``crosslens pretrained run`` folder, a converted
+    one): pushed, it would go out as trained with crosslens, without its licence, credit and source."""
+    pretrained = (run_config or {}).get("pretrained")
+    if pretrained is None and (folder / SOURCE_RECORD).is_file():
+        pretrained = source_record(folder)
+    if pretrained is None:
+        return
+    release, crosscoder_id, source = (pretrained.get(key) for key in ("release", "crosscoder_id", "source"))
+    source = source or {}
+    registered = get_release(release).repo_id if release in pretrained_directory() else None
+    repo = source.get("repo_id") or registered or source.get("path")
+    if release:
+        what, load = f"crosscoder {crosscoder_id!r} of release {release!r}", f"{release!r}, {crosscoder_id!r}"
+    else:
+        where = (source["repo_id"], source.get("path") or "") if source.get("repo_id") else (repo,)
+        what, load = "a converted crosscoder", ", ".join(map(repr, where))
+    raise CrosslensError(
+        f"{folder} holds {what}, published at {repo}, not one trained with crosslens: cite it and load it from "
+        f"there (crosslens.from_pretrained({load})) rather than pushing it again; crosslens push publishes the "
+        "runs of `crosslens train`"
     )
 
 
