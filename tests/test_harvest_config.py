@@ -175,10 +175,24 @@ def test_a_crosscoder_trained_on_a_store_records_where_its_tokens_came_from(suit
     store, _ = harvest_stores(config, CheckpointSuite.local(suite))
     train(store.path, tmp_path / "run", n_steps=4, checkpoint_every=0)
     metadata = json.loads((tmp_path / "run" / "final" / "cfg.json").read_text())["metadata"]
-    assert metadata["dataset_path"] == [str(text.resolve())]
+    assert metadata["dataset_path"] == str(text.resolve())  # one string, as SAELens defines it
     assert store.token_source == {"kind": "text", "source": [str(text.resolve())]}
     unrecorded = harvest(suite, tmp_path / "python")  # harvest_activations is given a token table, not its source
     assert unrecorded.token_source is None and training_data_metadata(unrecorded)["dataset_path"] is None
+
+
+def test_dataset_path_is_one_string_whatever_the_token_source(tmp_path):
+    """SAELens's dataset_path is one string; several --text files gave a list."""
+    from crosslens.activations.config import recorded_dataset_path
+
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for path in files:
+        path.write_text("some words\n")
+    record = TokenSource(text=[str(p) for p in files]).record()
+    assert recorded_dataset_path(record) == f"{files[0].resolve()}, {files[1].resolve()}"
+    assert recorded_dataset_path(TokenSource(text=[str(files[0])]).record()) == str(files[0].resolve())
+    assert recorded_dataset_path({"kind": "dataset", "source": "org/name:text"}) == "org/name:text"
+    assert recorded_dataset_path(None) is None
 
 
 def test_a_harvest_resumed_on_another_kind_of_device_says_its_shards_mix_two(suite, tmp_path, capsys):

@@ -121,6 +121,12 @@ def test_a_streamed_run_trains_without_a_store_and_says_what_it_streamed(streame
     assert kinds == ["start", "checkpoint", "checkpoint", "checkpoint", "final", "evaluation"]
 
 
+def test_a_streamed_run_records_its_text_as_one_dataset_path(streamed, inputs):
+    """SAELens's dataset_path is one string; the streamed run's --text gave a list."""
+    out, _ = streamed
+    assert json.loads((out / "final" / "cfg.json").read_text())["metadata"]["dataset_path"] == str(inputs[1])
+
+
 def test_a_streamed_runs_run_json_reads_back_as_its_config(streamed):
     """run.json holds, beside the settings, what the run streamed and how it was launched."""
     from crosslens.training.config import CrosscoderRunnerConfig

@@ -94,6 +94,19 @@ class TokenSource:
         return tokens
 
 
+DATASET_PATH_SEPARATOR = ", "
+"""What joins several text files' paths into one ``dataset_path``."""
+
+
+def recorded_dataset_path(tokens: dict[str, Any] | None) -> str | None:
+    """SAELens's ``dataset_path`` (one string) of a :meth:`TokenSource.record`: the dataset's
+    ``NAME[:COLUMN]``, or the text files' paths joined by ``", "``; None where nothing is recorded."""
+    source = (tokens or {}).get("source")
+    if source is None or isinstance(source, str):
+        return source
+    return DATASET_PATH_SEPARATOR.join(str(path) for path in source)
+
+
 @dataclass
 class HarvestConfig:
     """Everything a harvest of one suite needs: which hooks, which tokens and how many, where the

@@ -426,7 +426,9 @@ class CrosscoderRunnerConfig:
     verify_store: bool = field(default=True, metadata={"flag": "--no-verify"})
     """Re-hash every store file against its manifest before training (--no-verify checks sizes only)."""
     dataset_path: str | None = field(default=None, metadata={"cli": False})
-    """Where the store's tokens came from (recorded in the crosscoder's metadata); None: the store's record."""
+    """Where the store's tokens came from, one string (the crosscoder's metadata.dataset_path, which
+    SAELens defines as one string); None: the store's record, as its dataset's NAME:COLUMN or its text
+    files' paths joined by ", " (`crosslens.activations.config.recorded_dataset_path`)."""
     progress: bool = field(default=True, metadata={"cli": False})
     """Show a progress bar."""
     logger: LoggingConfig = field(default_factory=LoggingConfig)

@@ -36,6 +36,7 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
+from crosslens.activations.config import recorded_dataset_path
 from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.activations.tokens import bos_prepended, position_record
 from crosslens.architectures import sparsity_coefficient_for, sparsity_warm_up_steps
@@ -550,8 +551,9 @@ def training_data_metadata(store: ActivationStore, dataset_path: str | None = No
     """What SAELens's trainer records about the training data, read from the store:
     ``model_name``, ``model_class_name``, ``context_size``, ``prepend_bos``,
     ``exclude_special_tokens`` (the excluded token ids), ``seqpos_slice`` (position 0 dropped
-    or not) and ``dataset_path`` (the source of the store's tokens as its harvest recorded it,
-    as a streamed run's; None where the store records none)."""
+    or not) and ``dataset_path`` (the source of the store's tokens as its harvest recorded it, one
+    string as a streamed run's: :func:`~crosslens.activations.config.recorded_dataset_path`; None where
+    the store records none)."""
     spec = store.manifest["spec"]
     excluded = [int(i) for i in spec.get("exclude_token_ids", [])]
     return {
@@ -560,7 +562,7 @@ def training_data_metadata(store: ActivationStore, dataset_path: str | None = No
         "context_size": int(spec["seq_len"]),
         "prepend_bos": bos_prepended(store.sequences, excluded),
         **position_record(exclude_bos=bool(spec.get("exclude_bos")), exclude_token_ids=excluded),
-        "dataset_path": dataset_path or (store.token_source or {}).get("source"),
+        "dataset_path": dataset_path or recorded_dataset_path(store.token_source),
     }
 
 

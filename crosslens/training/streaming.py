@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 
 from crosslens.activations.budget import chunk_seqs_for
+from crosslens.activations.config import recorded_dataset_path
 from crosslens.activations.forward import harvest_rows
 from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
@@ -216,7 +217,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
             "context_size": int(self.train_NL.shape[1]),
             "prepend_bos": bos_prepended(self.train_NL, excluded),
             **position_record(exclude_bos=True, exclude_token_ids=excluded),
-            "dataset_path": self.config.dataset_path or self.stream.get("tokens", {}).get("source"),
+            "dataset_path": self.config.dataset_path or recorded_dataset_path(self.stream.get("tokens")),
         }
 
     # ------------------------------------------------------------ identity and records
