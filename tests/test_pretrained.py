@@ -289,6 +289,37 @@ def test_push_refuses_what_would_publish_wrong_before_uploading(trained_run, stu
     assert [path for path in offline_hf_home.rglob("*") if "refused" in path.name]
 
 
+def test_a_pushed_crosscoder_names_local_files_by_their_names_only(offline_hf_home, tmp_path):
+    """A --text run's dataset_path (its files' absolute paths) and a local suite's root went up in
+    cfg.json and the card as this machine's paths; a hub dataset's id goes up as it is."""
+    from tiny_crosscoders import random_crosscoder
+
+    snapshots = [{"index": 0, "revision": "a", "step": 0}, {"index": 1, "revision": "b", "step": 1}]
+    suite = {"family": "local", "model_id": "m", "root": str(tmp_path / "my_suite"), "snapshots": snapshots}
+    cases = [
+        (
+            f"{tmp_path / 'notes.txt'}, {tmp_path / 'more.txt'}",
+            "notes.txt, more.txt",
+            "local files: notes.txt, more.txt",
+        ),
+        ([str(tmp_path / "notes.txt")], "notes.txt", "local files: notes.txt"),  # as runs recorded it before
+        ("org/corpus:text", "org/corpus:text", "org/corpus:text"),
+    ]
+    api = LocalHubApi()
+    for i, (recorded, published, shown) in enumerate(cases):
+        crosscoder = random_crosscoder(n_snapshots=2, d_in=8, d_sae=16, hook=HOOK)
+        crosscoder.cfg.metadata.dataset_path, crosscoder.cfg.metadata.suite = recorded, suite
+        crosscoder.save_model(tmp_path / f"cc{i}")
+        result = push_to_hub(tmp_path / f"cc{i}", f"someone/local{i}", api=api)
+        snapshot = api.repo_folder(f"someone/local{i}") / "snapshots"
+        uploaded = {p.name: p.read_text() for p in snapshot.rglob("*") if p.suffix in (".json", ".md")}
+        assert set(uploaded) == {"cfg.json", "README.md"} and uploaded["README.md"] == result.card
+        assert not [name for name, text in uploaded.items() if str(tmp_path) in text]
+        metadata = json.loads(uploaded["cfg.json"])["metadata"]
+        assert metadata["dataset_path"] == published and metadata["suite"]["root"] == "my_suite"
+        assert f"| dataset_path | {shown} |" in result.card
+
+
 def test_push_offline_says_it_needs_the_hub_before_measuring(trained_run, offline_hf_home, capsys, monkeypatch):
     import crosslens.pretrained.push as push_module
 

@@ -1,15 +1,17 @@
 """The model card of a converted crosscoder: where it came from, under which licence, what the
 conversion did, and how to load it (written beside the weights, as ``README.md``); and the parts
 cards share: front matter, the loading snippet, a two-model crosscoder's diffing section and a
-multi-snapshot crosscoder's emergence check."""
+multi-snapshot crosscoder's emergence check; and what of a crosscoder's metadata names this machine's
+files, as it is published (their names, not their paths)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
 
+from crosslens.activations.config import DATASET_PATH_SEPARATOR
 from crosslens.pretrained.formats import FORMATS
 
 NO_LICENCE = (
@@ -202,3 +204,32 @@ def diffing_section(diffing: Any) -> list[str]:
     for name, counts in diffing.verdict_counts().items():  # in DIFFING_VERDICTS' order, as the header
         lines.append(f"| {name} | {sum(counts.values())} | {' | '.join(map(str, counts.values()))} |")
     return lines + [""]
+
+
+def public_dataset_path(value: Any) -> tuple[str | None, bool]:
+    """A crosscoder's ``dataset_path`` as it is published: each local file's absolute path as its
+    file name (several joined by ", ", a list as runs before one string recorded), and whether it
+    named local files; a hub dataset's id as it is."""
+    if value is None:
+        return None, False
+    parts = [str(p) for p in value] if isinstance(value, (list, tuple)) else str(value).split(DATASET_PATH_SEPARATOR)
+    names = [_local_name(part) for part in parts]
+    return DATASET_PATH_SEPARATOR.join(name or part for name, part in zip(names, parts)), any(names)
+
+
+def publish_local_paths(metadata: Any) -> None:
+    """Give ``metadata`` (a crosscoder's, about to be uploaded) the names of this machine's files it
+    names, not their paths: ``dataset_path``'s local files and a local suite's ``root``."""
+    if metadata.get("dataset_path") is not None:
+        metadata.dataset_path = public_dataset_path(metadata.dataset_path)[0]
+    suite = metadata.get("suite")
+    if isinstance(suite, dict) and suite.get("root"):
+        metadata.suite = {**suite, "root": _local_name(str(suite["root"])) or suite["root"]}
+
+
+def _local_name(text: str) -> str | None:
+    """The file name of an absolute local path (POSIX or Windows); None for anything else."""
+    for path in (PurePosixPath(text), PureWindowsPath(text)):
+        if path.is_absolute():
+            return path.name
+    return None

@@ -41,6 +41,8 @@ from crosslens.pretrained.card import (
     emergence_section,
     front_matter,
     load_section,
+    public_dataset_path,
+    publish_local_paths,
     run_diffing,
     saved_emergence,
 )
@@ -165,8 +167,7 @@ def push_to_hub(
     Per-snapshot explained variance and L0 are measured on ``n_eval_tokens`` tokens of the
     activation store (``store_path``, default the run's ``run.json`` store) when it is at
     hand; the card says which tokens. ``api`` defaults to ``huggingface_hub.HfApi()``. A crosscoder
-    others published (``crosslens pretrained run``'s folder, a converted one) is refused, naming
-    where it is published.
+    others published is refused (:func:`refuse_republishing`); no local path goes up.
     """
     from crosslens.analysis.diffing import is_diffing
     from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -174,8 +175,7 @@ def push_to_hub(
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo id must be ORG/NAME, got {repo_id!r}; pass --repo ORG/NAME.")
     check_push_names(crosscoder_id, release, store_path, n_eval_tokens)
-    run_dir = Path(run_dir)
-    folder, run_config = find_final_crosscoder(run_dir)
+    folder, run_config = find_final_crosscoder(Path(run_dir))
     refuse_republishing(folder, run_config)
     crosscoder = load_crosscoder_folder(folder)
     meta = crosscoder.cfg.metadata
@@ -207,6 +207,7 @@ def push_to_hub(
     )
     card, entry = model_card(publication), registry_entry(publication)
 
+    publish_local_paths(crosscoder.cfg.metadata)  # after the card, which says which names were local files
     with tempfile.TemporaryDirectory() as tmp:
         crosscoder.save_model(tmp)
         api.upload_folder(
@@ -491,8 +492,9 @@ def _training_settings(cfg: Any, meta: Any, hook: str, run_config: dict[str, Any
         ("normalisation folded into the weights", bool(meta.get("activation_norm_factors_folded"))),
     ]
     for key in ("context_size", "prepend_bos", "dataset_path", "exclude_special_tokens", "l0", "num_dead_features"):
-        if meta.get(key) is not None:
-            settings.append((key, meta.get(key)))
+        value = meta.get(key)
+        if value is not None:
+            settings.append((key, _dataset_path_shown(value) if key == "dataset_path" else value))
     if run_config:  # run.json: the runner config, with the architecture's settings under "sae"
         sae = run_config.get("sae") or {}
         steps, batch = run_config.get("n_steps"), run_config.get("train_batch_size_tokens")
@@ -509,6 +511,12 @@ def _training_settings(cfg: Any, meta: Any, hook: str, run_config: dict[str, Any
         if steps and batch:
             settings.append(("training tokens", int(steps) * int(batch)))
     return settings
+
+
+def _dataset_path_shown(value: Any) -> str | None:
+    """The card's dataset_path: a local file by its name, saying it is one; a hub dataset by its id."""
+    shown, local = public_dataset_path(value)
+    return f"local files: {shown}" if local else shown
 
 
 def wandb_link(meta: Any) -> str | None:
