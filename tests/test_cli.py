@@ -390,6 +390,21 @@ def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
     assert "--force" in err and "--root" in err and "force=True" not in err
 
 
+def test_suite_build_refuses_a_root_holding_a_suite_it_did_not_build(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    root = tmp_path / "mine"
+    (root / "step0").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (root / "step0" / name).write_text("{}")
+    (root / "suite.json").write_text(json.dumps({"model_id": "me/model", "snapshots": [{"revision": "step0"}]}))
+    (root / "NOTES.txt").write_text("keep me")
+    for extra in ([], ["--force"], [*TINY_BUILD, "--force"]):
+        err = one_line_error(["suite", "build", "--root", str(root), *extra], capsys)
+        assert f"--root {root} holds files but no pico suite" in err and "choose another --root" in err, err
+        assert "add --force" not in err and "KeyError" not in err, err
+        assert (root / "NOTES.txt").read_text() == "keep me" and (root / "step0" / "config.json").is_file()
+
+
 def test_harvest_takes_a_text_file_given_as_dataset(tmp_path):
     from crosslens.cli.harvest import harvest_config
 

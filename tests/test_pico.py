@@ -285,6 +285,37 @@ def test_force_rebuilds_and_other_configs_are_refused(tiny_suite: Path, tmp_path
     assert (foreign / "notes.txt").exists()
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def _write_local_suite_of_ones_own(root: Path) -> dict[str, bytes]:
+    """A complete-looking local checkpoint suite a user wrote (no pico build record), plus notes;
+    returns its files' bytes."""
+    (root / "step0").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (root / "step0" / name).write_text("{}")
+    snapshots = [{"revision": "step0", "step": 0}]
+    (root / "suite.json").write_text(json.dumps({"model_id": "me/model", "snapshots": snapshots}))
+    (root / "NOTES.txt").write_text("keep me")
+    return _files(root)
+
+
+def test_force_never_deletes_a_suite_it_did_not_build(tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    before = _write_local_suite_of_ones_own(root)
+    for force in (False, True):
+        with pytest.raises(ValueError, match="empty or new folder"):
+            build_pico_suite(tiny_config(), root=root, force=force, progress=False)
+        assert _files(root) == before
+    assert not is_built(root)  # a suite.json without a pico build record is not a pico suite
+    # Nor one that only borrows the pico model id.
+    (root / "suite.json").write_text(json.dumps({"model_id": "crosslens/pico", "snapshots": []}))
+    with pytest.raises(ValueError, match="empty or new folder"):
+        build_pico_suite(tiny_config(), root=root, force=True, progress=False)
+    assert (root / "NOTES.txt").read_text() == "keep me"
+
+
 def test_interrupted_build_resumes_to_the_same_weights(
     tiny_suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

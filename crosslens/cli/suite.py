@@ -18,7 +18,14 @@ from crosslens.cli.common import CLIError, missing_path_error, pico_listing
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_folder
 from crosslens.core.paths import looks_like_path
-from crosslens.pico.config import PicoConfig, default_root, is_built, pythia_like_schedule
+from crosslens.pico.config import (
+    PicoConfig,
+    default_root,
+    foreign_folder,
+    is_built,
+    pico_manifest,
+    pythia_like_schedule,
+)
 
 
 @dataclass
@@ -181,9 +188,14 @@ def suite_build(args: argparse.Namespace) -> int:
         check_output_folder(args.root, "--root", "the suite's checkpoints")
     config, configured = _build_config(args)
     root = Path(args.root) if args.root else default_root(config)
+    if foreign_folder(root):  # a user's own checkpoint suite, or any other files: never ours to overwrite
+        raise CLIError(
+            f"--root {root} holds files but no pico suite (a {SUITE_FILE} that `crosslens suite build` did not "
+            "write, or other files); the build writes only into a new or empty folder or a pico suite's, and "
+            "--force deletes no other folder: choose another --root"
+        )
     if args.root and is_built(root) and not configured:  # a suite built earlier, maybe with other flags: use it
-        recorded = json.loads((root / SUITE_FILE).read_text())["build"]["config"]
-        config = PicoConfig(**recorded)
+        config = PicoConfig(**pico_manifest(root)["build"]["config"])
     if (root / SUITE_FILE).is_file() and not is_built(root, config) and not args.force:
         raise CLIError(
             f"--root {root} holds a pico suite built with other settings; add --force to rebuild it there "

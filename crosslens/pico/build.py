@@ -23,9 +23,19 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from crosslens.checkpoints.local import SUITE_FILE
+from crosslens.core.errors import CrosslensError
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.sealed import write_json_atomically
-from crosslens.pico.config import FORMAT_VERSION, MODEL_ID, PicoConfig, default_root, is_built
+from crosslens.pico.config import (
+    FORMAT_VERSION,
+    MODEL_ID,
+    STATE_DIR,
+    PicoConfig,
+    default_root,
+    foreign_folder,
+    is_built,
+    pico_manifest,
+)
 from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
 from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
@@ -36,25 +46,22 @@ from crosslens.tasks.grammar import PicoGrammar
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
 
-STATE_DIR = "_build"
-
 
 def _check_root(root: Path, config: PicoConfig, force: bool) -> None:
-    if not root.exists() or not any(root.iterdir()):
-        return
-    ours = (root / SUITE_FILE).exists() or (root / STATE_DIR).exists()
-    if not ours:
-        raise ValueError(
-            f"{root} is a non-empty folder that holds no pico suite; refusing to write (or delete) there. "
+    if foreign_folder(root):
+        raise CrosslensError(
+            f"{root} is a non-empty folder that holds no pico suite (no suite.json written by a pico build, "
+            "no interrupted build); refusing to write (or delete) there, even with force=True. "
             "Pass an empty or new folder as root"
         )
-    if force:
+    manifest = pico_manifest(root)
+    if force and root.is_dir():
         shutil.rmtree(root)
         return
-    if (root / SUITE_FILE).exists():
-        built = json.loads((root / SUITE_FILE).read_text()).get("build", {}).get("config_hash")
+    if manifest is not None:
+        built = manifest["build"]["config_hash"]
         if built != config.config_hash():
-            raise ValueError(
+            raise CrosslensError(
                 f"{root} holds a pico suite built from another config (hash {built}, this one "
                 f"{config.config_hash()}); pass force=True (the CLI's --force) to rebuild it there, "
                 "or choose another root (--root)"

@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 
 MODEL_ID = "crosslens/pico"
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+STATE_DIR = "_build"
+"""Sub-folder of a suite's root holding an unfinished build's state (``state.pt``)."""
 
 
 def pythia_like_schedule(n_steps: int, log_until: int, every: int) -> tuple[int, ...]:
@@ -177,14 +179,38 @@ def default_root(config: PicoConfig) -> Path:
     return crosslens_home() / "suites" / f"pico-{config.config_hash()}"
 
 
+def pico_manifest(root: str | Path) -> dict | None:
+    """``root``'s suite.json when a pico build wrote it (its ``model_id`` and a ``build`` record
+    with the config hash), else None: a suite.json of any other local suite is not ours to
+    rebuild or delete."""
+    try:
+        manifest = json.loads((Path(root) / SUITE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("model_id") != MODEL_ID:
+        return None
+    build = manifest.get("build")
+    if not isinstance(build, dict) or not isinstance(build.get("config_hash"), str):
+        return None
+    return manifest
+
+
+def foreign_folder(root: str | Path) -> bool:
+    """Whether ``root`` is a non-empty folder holding neither a pico suite nor an interrupted pico
+    build: a build writes nothing there and, even when forced, deletes nothing."""
+    root = Path(root)
+    if not root.is_dir() or not any(root.iterdir()):
+        return False
+    return pico_manifest(root) is None and not (root / STATE_DIR / "state.pt").is_file()
+
+
 def is_built(root: str | Path, config: PicoConfig | None = None) -> bool:
     """Whether ``root`` holds a complete pico suite (built from ``config``, when given)."""
     root = Path(root)
-    try:
-        manifest = json.loads((root / SUITE_FILE).read_text())
-    except (OSError, ValueError):
+    manifest = pico_manifest(root)
+    if manifest is None:
         return False
-    if config is not None and manifest.get("build", {}).get("config_hash") != config.config_hash():
+    if config is not None and manifest["build"]["config_hash"] != config.config_hash():
         return False
     return all(
         (root / snapshot["revision"] / name).is_file()
