@@ -316,6 +316,28 @@ def test_force_never_deletes_a_suite_it_did_not_build(tmp_path: Path) -> None:
     assert (root / "NOTES.txt").read_text() == "keep me"
 
 
+def test_a_refused_or_failed_forced_rebuild_keeps_the_old_suite(
+    tiny_suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "suite"
+    shutil.copytree(tiny_suite, root)
+    before = _files(root)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="hold no text"):  # refused input: nothing is touched
+        build_pico_suite(tiny_config(corpus=[str(empty)]), root=root, force=True, progress=False)
+    assert _files(root) == before
+
+    def broken_training(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pico_build, "train", broken_training)
+    with pytest.raises(RuntimeError, match="disk full"):  # a rebuild that fails halfway
+        build_pico_suite(tiny_config(seed=1), root=root, force=True, progress=False)
+    assert _files(root) == before and is_built(root, tiny_config())
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".suite.lock", "empty.txt", "suite"]
+
+
 def test_interrupted_build_resumes_to_the_same_weights(
     tiny_suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

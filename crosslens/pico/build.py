@@ -4,7 +4,9 @@ Layout (docs/DESIGN.md): ``<root>/step{N}/`` full Hugging Face checkpoints (weig
 tokenizer), then ``<root>/suite.json``. ``suite.json`` is written last and atomically, so
 its presence is the completion marker. While building, ``<root>/_build/state.pt`` holds
 the weights, optimizer state and eval rows of the last saved checkpoint; an interrupted
-build restarts from there.
+build restarts from there. A forced rebuild of an existing suite is built in a scratch
+folder beside it and swapped in once complete, so a refused or failed rebuild leaves the
+old suite as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +58,7 @@ def _check_root(root: Path, config: PicoConfig, force: bool) -> None:
             "Pass an empty or new folder as root"
         )
     manifest = pico_manifest(root)
-    if force and root.is_dir():
-        shutil.rmtree(root)
-        return
-    if manifest is not None:
+    if manifest is not None and not force:
         built = manifest["build"]["config_hash"]
         if built != config.config_hash():
             raise CrosslensError(
@@ -124,6 +124,32 @@ def _prepare_data(config: PicoConfig) -> tuple[Any, GrammarCorpus | TextCorpus]:
     return tokenizer, corpus
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What a build reads before it writes anything: a corpus, tokenizer or pairs file that is
+    refused is refused while the root is untouched."""
+
+    tokenizer: Any
+    corpus: GrammarCorpus | TextCorpus
+    evaluator: PicoEvaluator
+    started: float
+    """``time.perf_counter()`` when the build began (its wall time is recorded)."""
+
+
+def _read_inputs(config: PicoConfig) -> _Inputs:
+    started = time.perf_counter()
+    tokenizer, corpus = _prepare_data(config)
+    evaluator = PicoEvaluator(
+        tokenizer,
+        corpus.heldout(config.n_eval_sequences),
+        n_pairs=config.n_eval_pairs,
+        seed=config.seed,
+        extra_tasks=_eval_tasks(config.eval_pairs),
+        max_tokens=config.model_context,
+    )
+    return _Inputs(tokenizer, corpus, evaluator, started)
+
+
 def _torch_threads(n: int) -> ExitStack:
     """``n`` torch threads until the returned context exits, then the previous count again."""
     restore = ExitStack()
@@ -143,9 +169,10 @@ def build_pico_suite(
     """Train the pico suite from scratch and save its checkpoints; return its folder.
 
     Returns at once when ``root`` already holds a complete build of ``config``;
-    ``force=True`` deletes it and rebuilds. An interrupted build resumes from its last
-    saved checkpoint. With ``progress``, prints a progress bar, one eval row per
-    checkpoint and whether the learning targets were met.
+    ``force=True`` rebuilds it, replacing the pico suite there only once the new one is
+    complete. A non-empty ``root`` that holds no pico suite is refused, forced or not. An
+    interrupted build resumes from its last saved checkpoint. With ``progress``, prints a
+    progress bar, one eval row per checkpoint and whether the learning targets were met.
 
     ``threads`` is torch's CPU thread count during the build. One is the default: the
     model is so small that a step is mostly overhead, a second thread gains little when
@@ -161,11 +188,33 @@ def build_pico_suite(
         if not force and is_built(root, config):
             return root  # another process built it while we waited
         _check_root(root, config, force)
-        root.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # torch owns the cores
         with _torch_threads(threads):
-            _build(config, root, progress)
+            inputs = _read_inputs(config)
+            if force and root.is_dir() and any(root.iterdir()):
+                _rebuild_beside(config, root, inputs, progress)
+            else:
+                root.mkdir(parents=True, exist_ok=True)
+                _build(config, root, inputs, progress)
     return root
+
+
+def _rebuild_beside(config: PicoConfig, root: Path, inputs: _Inputs, progress: bool) -> None:
+    """Build into a scratch folder beside ``root``, then swap it in: until the new suite is
+    complete, the old one stays whole at ``root``."""
+    scratch = root.with_name(f".{root.name}.rebuild")
+    old = root.with_name(f".{root.name}.old")
+    for leftover in (scratch, old):  # a crashed rebuild's (root's lock is held, so no one is using them)
+        shutil.rmtree(leftover, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        _build(config, scratch, inputs, progress, shown=root)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    os.replace(root, old)
+    os.replace(scratch, root)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
@@ -190,18 +239,11 @@ def _eval_tasks(path: str | None) -> dict[str, Any]:
     return load_task_file(path)
 
 
-def _build(config: PicoConfig, root: Path, progress: bool) -> None:
-    started = time.perf_counter()
-
-    tokenizer, corpus = _prepare_data(config)
-    evaluator = PicoEvaluator(
-        tokenizer,
-        corpus.heldout(config.n_eval_sequences),
-        n_pairs=config.n_eval_pairs,
-        seed=config.seed,
-        extra_tasks=_eval_tasks(config.eval_pairs),
-        max_tokens=config.model_context,
-    )
+def _build(config: PicoConfig, root: Path, inputs: _Inputs, progress: bool, shown: Path | None = None) -> None:
+    """Train and save the suite into ``root``; ``shown`` is the folder named in the progress lines
+    (the suite's own root, when ``root`` is a scratch folder swapped in afterwards)."""
+    tokenizer, corpus, evaluator = inputs.tokenizer, inputs.corpus, inputs.evaluator
+    shown = root if shown is None else shown
     model = make_model(config, vocab_size=len(tokenizer))
     optimizer = make_optimizer(config, model)
     rows: list[dict[str, Any]] = []
@@ -216,7 +258,7 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
     if progress:
         for note in evaluator.notes:
             tqdm.write(f"pico: {note}")
-        tqdm.write(f"pico: building {root} ({len(config.checkpoint_steps)} checkpoints)")
+        tqdm.write(f"pico: building {shown} ({len(config.checkpoint_steps)} checkpoints)")
         if start_step:
             tqdm.write(f"pico: resuming at step {start_step}")
         tqdm.write(format_eval_table(rows, evaluator.extra_columns, grammar=config.corpus is None))
@@ -250,7 +292,7 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
             "config_hash": config.config_hash(),
             "format_version": FORMAT_VERSION,
             "vocab_size": len(tokenizer),
-            "wall_time_s": round(time.perf_counter() - started, 1),
+            "wall_time_s": round(time.perf_counter() - inputs.started, 1),
             "resumed_from_step": start_step,
             "torch_threads": torch.get_num_threads(),
             "notes": evaluator.notes,
@@ -263,7 +305,7 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
     if progress:
         if targets is not None:
             tqdm.write(format_targets(targets))
-        tqdm.write(f"pico: built {root} in {manifest['build']['wall_time_s']} s")
+        tqdm.write(f"pico: built {shown} in {manifest['build']['wall_time_s']} s")
 
 
 def pico_suite(
