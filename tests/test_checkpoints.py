@@ -282,6 +282,21 @@ def test_different_tokenizer_is_refused(tmp_path):
     assert caught.value.revision == "step1" and "zebra" in str(caught.value)
 
 
+def test_an_unreadable_tokenizer_is_refused_and_a_missing_one_skipped(tmp_path):
+    models = {f"step{s}": tiny_neox(seed=s) for s in (0, 1, 2)}
+    write_local_suite(tmp_path, models, make_word_tokenizer())
+    (tmp_path / "step2" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CrosslensError) as caught:
+        CheckpointSuite.local(tmp_path).check_same_tokenizer()
+    message = str(caught.value)
+    assert "'step2'" in message and "tokenizer.json" in message and "cannot be read" in message
+    assert "save_pretrained" in message and len(message.splitlines()) == 1
+    # A snapshot that ships no vocabulary (a tokenizer_config.json alone, as BLOOM's intermediate
+    # checkpoints) has nothing to compare: skipped.
+    (tmp_path / "step2" / "tokenizer.json").unlink()
+    assert CheckpointSuite.local(tmp_path).check_same_tokenizer() == ("step0", "step1")
+
+
 # ---------------------------------------------------------------- schedules and selection
 def test_pythia_steps_table():
     assert len(PYTHIA_STEPS) == 154

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from crosslens.checkpoints.hub import cached_revisions, hub_offline, not_in_cache
-from crosslens.checkpoints.identity import tokenizer_files
+from crosslens.checkpoints.identity import TOKENIZER_FILES, tokenizer_files
 from crosslens.checkpoints.snapshot import SnapshotRef
 from crosslens.core.errors import CrosslensError, TokenizerMismatchError
 
@@ -20,6 +20,9 @@ _TOKENIZER_FALLBACK_LOGGED: set[str] = set()
 """Repos whose tokenizer fallback was already announced in this process (said once)."""
 _NO_BOS_ARCHITECTURES = ("OlmoForCausalLM", "OlmoeForCausalLM", "Olmo2ForCausalLM")
 """TransformerLens gives these models their tokenizer as is, not re-loaded to prepend BOS."""
+_SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+"""Tokenizer files that hold no vocabulary: a folder with only these ships no tokenizer (BLOOM's
+intermediate checkpoints keep a tokenizer_config.json without the tokenizer.json it needs)."""
 
 
 class SuiteTokenizer:
@@ -89,8 +92,9 @@ class SuiteTokenizer:
     def check_same_tokenizer(self) -> tuple[str, ...]:
         """Check each snapshot's tokenizer has the same vocabulary as `tokenizer()`; raise
         `TokenizerMismatchError` naming the first that differs. Snapshots that ship no
-        tokenizer are skipped; returns the revisions compared. For hub suites this fetches
-        each revision's tokenizer files."""
+        tokenizer (no vocabulary file: at most a tokenizer_config.json and special tokens) are
+        skipped; one whose tokenizer files are there but cannot be read is refused, naming them.
+        Returns the revisions compared. For hub suites this fetches each revision's tokenizer files."""
         reference = self.tokenizer().get_vocab()
         first = self.snapshots[0]
         read_first = self._tokenizer_source == self._hf_source(first)  # tokenizer() read the first snapshot's files
@@ -102,7 +106,8 @@ class SuiteTokenizer:
                 continue
             try:
                 vocab = self._tokenizer_at(ref).get_vocab()
-            except (OSError, ValueError):  # no tokenizer files, or a config without tokenizer.json
+            except (OSError, ValueError) as error:
+                self._check_ships_no_tokenizer(ref, error)
                 continue
             if vocab != reference:
                 only_here = sorted(set(vocab) - set(reference))[:5]
@@ -118,6 +123,21 @@ class SuiteTokenizer:
                 )
             checked.append(ref.revision)
         return tuple(checked)
+
+    def _check_ships_no_tokenizer(self, ref: SnapshotRef, error: Exception) -> None:
+        """Refuse ``ref`` when its folder holds a vocabulary file that did not load (a hub
+        snapshot not in the local cache: nothing to look at, so it counts as shipping none)."""
+        folder = self.snapshot_folder(ref)
+        if folder is None:
+            return
+        shipped = [name for name in TOKENIZER_FILES if name not in _SETTINGS_FILES and (folder / name).is_file()]
+        if shipped:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CrosslensError(
+                f"snapshot {ref.revision!r} of {self.model_id} has tokenizer files that cannot be read "
+                f"({', '.join(shipped)} in {folder}: {reason}); re-save its tokenizer (tokenizer.save_pretrained) "
+                "or delete those files, or drop the snapshot with suite.select(...)"
+            )
 
     def _tokenizer_sources(self) -> list[tuple[str, dict[str, str]]]:
         sources = [self._hf_source(self.snapshots[0])]
