@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef, list_revisions, spaced_steps
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
-from crosslens.checkpoints.snapshot import parse_step, parse_tokens
+from crosslens.checkpoints.snapshot import has_step_marker, parse_step, parse_tokens
 from crosslens.core.devices import DeviceError
 from crosslens.core.errors import (
     CrosslensError,
@@ -117,6 +117,30 @@ def test_local_step_folders(tmp_path):
     assert list_revisions(tmp_path / "run") == ["step0", "step20", "step100"]
     with pytest.raises(FileNotFoundError, match=rf"^local suite folder {tmp_path / 'rnu'} does not exist"):
         list_revisions(str(tmp_path / "rnu"))  # a mistyped folder was looked up on the hub as a model id
+
+
+def test_local_folders_numbered_without_a_step_marker_are_refused_beside_marked_ones(tmp_path):
+    from crosslens.checkpoints.local import scan_local_suite
+
+    root = tmp_path / "run"
+    for name in ("step0", "step128", "step256", "pythia-160m-final", "backup_v2"):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+    with pytest.raises(CrosslensError) as caught:
+        scan_local_suite(root)
+    message = str(caught.value)
+    assert "(backup_v2, pythia-160m-final)" in message and "(step0, step128, step256)" in message
+    assert "move those out" in message and "suite.json" in message and len(message.splitlines()) == 1
+    # Without any marked folder, the first integer is the step, as documented.
+    numbered = tmp_path / "numbered"
+    for name in ("export_100", "000200", "run-300"):
+        (numbered / name).mkdir(parents=True)
+        (numbered / name / "config.json").write_text("{}")
+    assert [(r.revision, r.step) for r in scan_local_suite(numbered).snapshots] == [
+        ("export_100", 100),
+        ("000200", 200),
+        ("run-300", 300),
+    ]
 
 
 def test_local_suite_json(tmp_path):
@@ -365,6 +389,8 @@ def test_revision_parsers():
     assert parse_step("step1000") == parse_step("global_step1000") == 1000
     assert parse_step("stage1-step1000-tokens4B") == 1000 and parse_step("checkpoint-500") == 500
     assert parse_step("main") is None
+    assert has_step_marker("global_step10") and has_step_marker("checkpoint-500") and has_step_marker("ckpt_000100")
+    assert not has_step_marker("backup_v2") and not has_step_marker("pythia-160m-final")
     assert parse_tokens("step1000-tokens4B") == 4_000_000_000
     assert parse_tokens("step5-tokens21M") == 21_000_000 and parse_tokens("step1000") is None
 

@@ -8,7 +8,10 @@ Three layouts are understood, tried in this order:
 2. a Hugging Face cache repo folder (``models--ORG--NAME`` with ``refs/`` and
    ``snapshots/``): every ref except ``main`` is a snapshot;
 3. sub-folders holding a ``config.json`` whose names carry the step (``step1000``,
-   ``global_step1000``, ``step1000-tokens4B``, ``checkpoint-500``), sorted by step.
+   ``global_step1000``, ``step1000-tokens4B``, ``checkpoint-500``), sorted by step. A name
+   without such a marker is read by its first integer (``000100/``) only when no folder has
+   one: beside ``step0/`` and ``step128/``, a ``backup_v2/`` is refused rather than taken as
+   step 2.
 
 Names of staged runs (``stage1-step...``, ``stage2-ingredient1-step...``) in layouts 2 and 3
 are placed on the training trajectory (`crosslens.checkpoints.trajectory`) while they are all of
@@ -23,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslens.checkpoints.snapshot import SnapshotRef, parse_step
+from crosslens.checkpoints.snapshot import SnapshotRef, has_step_marker, parse_step
 from crosslens.checkpoints.trajectory import StageStart, check_one_ingredient, parse_stage, place_on_trajectory
 from crosslens.core.bounds import whole_number
 from crosslens.core.errors import CrosslensError
@@ -138,6 +141,15 @@ def _from_step_folders(root: Path) -> LocalLayout:
         raise ValueError(
             f"found no snapshots in {root}: expected a {SUITE_FILE}, or sub-folders named by step "
             "(step0/, step1000/, ...) each holding a Hugging Face checkpoint"
+        )
+    marked = [name for name in folders if has_step_marker(name)]
+    unmarked = [name for name in folders if not has_step_marker(name)]
+    if marked and unmarked:
+        named = ", ".join(marked[:3]) + (", ..." if len(marked) > 3 else "")
+        raise CrosslensError(
+            f"{root} has snapshot folders named by step ({named}) and checkpoint folders "
+            f"whose names only hold a number ({', '.join(unmarked)}), which would be read as that step; move "
+            f"those out of {root}, or list the snapshots in a {SUITE_FILE}"
         )
     refs, starts = _on_trajectory(list(folders), root.name, root)
     return LocalLayout(model_id=root.name, snapshots=_ordered(refs, root), folders=folders, stage_starts=starts)

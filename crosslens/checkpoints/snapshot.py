@@ -13,6 +13,7 @@ _TOKEN_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 _STEP_PATTERN = re.compile(r"(?:^|[^a-z])(?:global_)?step[_-]?(\d+)", re.IGNORECASE)
 _TOKENS_PATTERN = re.compile(r"tokens[_-]?(\d+(?:\.\d+)?)([KMBT]?)", re.IGNORECASE)
 _INTEGER_PATTERN = re.compile(r"\d+")
+_CHECKPOINT_PATTERN = re.compile(r"(?:checkpoint|ckpt)[_-]?\d+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,21 @@ def parse_step(revision: str) -> int | None:
 
     ``step1000``, ``global_step1000``, ``step1000-tokens4B`` and ``stage1-step1000-tokens4B``
     all give 1000; a name without a ``step`` marker gives its first integer
-    (``checkpoint-500`` -> 500, ``ckpt_000100`` -> 100); ``main`` gives None.
+    (``checkpoint-500`` -> 500, ``ckpt_000100`` -> 100, but also ``backup_v2`` -> 2: see
+    `has_step_marker`); ``main`` gives None.
     """
     match = _STEP_PATTERN.search(revision)
     if match is not None:
         return int(match.group(1))
     integer = _INTEGER_PATTERN.search(revision)
     return int(integer.group()) if integer else None
+
+
+def has_step_marker(revision: str) -> bool:
+    """Whether a name says which number is its step: a ``step``/``global_step`` marker, or a
+    ``checkpoint-``/``ckpt_`` prefix. Other numbers (``backup_v2``, ``pythia-160m-final``) may
+    be anything."""
+    return _STEP_PATTERN.search(revision) is not None or _CHECKPOINT_PATTERN.match(revision) is not None
 
 
 def pythia_revision(step: int) -> str:
