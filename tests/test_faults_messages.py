@@ -308,6 +308,19 @@ def test_a_failed_suite_build_removes_only_the_root_it_created(tmp_path, monkeyp
     assert "--skip-invalid" not in err and "the build evaluates every pair: fix the line or delete it" in err, err
 
 
+def test_suite_build_names_the_flags_of_a_corpus_too_small_or_a_vocabulary_too_low(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("The dog runs.\n\nThe cats sleep.\n")
+    root = tmp_path / "suite"
+    err = cli_error(["suite", "build", "--root", str(root), "--corpus", str(corpus)], capsys)
+    assert "too few for 64 held-out rows of seq_len=64" in err and "--seq-len" in err and "--small" in err, err
+    assert "seq_len / n_eval_sequences" not in err and not root.exists(), err
+    # The tokenizer's floor is the flag's: refused while parsing, before any text is read.
+    err = cli_error(["suite", "build", "--root", str(root), "--corpus", str(corpus), "--bpe-vocab", "100"], capsys)
+    assert "argument --bpe-vocab: must be >= 300, got 100" in err and not root.exists(), err
+
+
 def test_the_readme_says_where_the_console_script_is():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     setup = readme[readme.index("## Set-up on a fresh machine") : readme.index("## Your own text")]

@@ -84,8 +84,9 @@ class PicoConfig:
     """Minimal pairs per task evaluated at every checkpoint."""
     n_eval_sequences: int = field(default=64, metadata={"min": 1})
     """Held-out rows of ``seq_len`` for the held-out loss."""
-    bpe_vocab_size: int = field(default=4096, metadata={"min": 2})
-    """Vocabulary of the BPE tokenizer trained on a user corpus (the grammar uses one token per word)."""
+    bpe_vocab_size: int = field(default=4096, metadata={"min": 300})
+    """Vocabulary of the BPE tokenizer trained on a user corpus (the grammar uses one token per word);
+    at least the 256 byte tokens plus some merges."""
     eval_pairs: str | None = None
     """A file of minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint
     besides the built-in tasks; multi-token continuations are scored by summed log-probability.

@@ -89,7 +89,8 @@ class TextCorpus:
         if total < n_heldout_tokens + 20 * body:
             raise ValueError(
                 f"the corpus has {total} tokens, too few for {n_heldout_rows} held-out rows of "
-                f"seq_len={seq_len} plus training; give more text, or lower seq_len / n_eval_sequences"
+                f"seq_len={seq_len} plus training; give more text, or lower seq_len (the CLI's --seq-len) "
+                "or n_eval_sequences (the CLI's --small holds out fewer rows)"
             )
         order = list(range(len(encoded)))
         random.Random(f"pico-heldout-documents-{seed}").shuffle(order)
@@ -107,7 +108,8 @@ class TextCorpus:
         if len(train) < 20 * body:
             raise ValueError(
                 f"after holding out {len(heldout_docs)} of {len(encoded)} documents, {len(train)} training tokens "
-                f"remain, too few for seq_len={seq_len}; give more (or shorter) documents, or lower n_eval_sequences"
+                f"remain, too few for seq_len={seq_len}; give more (or shorter) documents, or lower n_eval_sequences "
+                "(the CLI's --small holds out fewer rows)"
             )
         self.n_heldout_documents = len(heldout_docs)
         self.train_stream = torch.tensor(train, dtype=torch.long)
