@@ -152,3 +152,31 @@ def test_an_architecture_name_taken_by_another_class_is_refused(monkeypatch):
         cc._register()
     monkeypatch.undo()
     cc._register()  # our own registrations are idempotent
+
+
+def test_a_batchtopk_training_crosscoder_codes_a_snapshot_by_its_running_threshold():
+    """What CrosscoderTrainer.fit returns can reach the codec: its per-snapshot code is the fixed-threshold
+    one its snapshot SAE gives (one running threshold), not k codes per token of whatever batch it is handed."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    _, _, train_cls, train_cfg = cc.ARCHITECTURES["batchtopk_crosscoder"]
+    torch.manual_seed(0)
+    crosscoder = train_cls(train_cfg(d_in=8, d_sae=32, n_snapshots=3, k=4))
+    crosscoder.cfg.metadata.activation_norm_factors = [1.0, 1.0, 1.0]
+    x = torch.randn(64, 3, 8, generator=torch.Generator().manual_seed(0))
+    step = TrainStepInput(
+        sae_in=x, coefficients={"l1": 0.25}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+    )
+    for _ in range(200):
+        crosscoder.training_forward_pass(step)
+    assert float(crosscoder.topk_threshold) > 0.01
+    acts = torch.randn(50, 8, generator=torch.Generator().manual_seed(1))
+    codec = SnapshotCodec(crosscoder, 1)
+    codes = codec.encode_single(acts)
+    sae_codes = crosscoder.snapshot_sae(1).encode(acts)
+    assert torch.equal(codes != 0, sae_codes != 0)
+    assert 0.5 < (codes != 0).sum(-1).float().mean() < 2  # batch top-k would keep k = 4 per token
+    assert torch.equal(codec.encode_single(acts[:25]), codes[:25])  # a token's code is its own
+    exact = codec.encode(torch.randn(50, 3, 8, generator=torch.Generator().manual_seed(2)))
+    assert (exact != 0).sum(-1).float().mean() < 4
+    torch.testing.assert_close(codec.decode(codes), crosscoder.snapshot_sae(1)(acts), rtol=1e-5, atol=1e-5)

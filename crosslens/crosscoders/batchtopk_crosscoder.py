@@ -61,6 +61,13 @@ class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig, architectu
         super().__post_init__()
 
 
+def _threshold_code(self: Any, x: torch.Tensor, t_F: torch.Tensor) -> torch.Tensor:
+    """``f_i = ReLU(h_i) * [ReLU(h_i) * sum_s ||W_dec[i, s]|| > t_i]``: a token's code on its own."""
+    relu_h = self.hidden_pre(x).relu()
+    keep = relu_h * self.snapshot_norms().sum(dim=1) > t_F
+    return self.hook_sae_acts_post(relu_h * keep)
+
+
 @torch.no_grad()
 def _snapshot_gate(
     self: Any, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
@@ -97,9 +104,7 @@ class BatchTopKCrosscoder(CrosscoderMixin, SAE[BatchTopKCrosscoderConfig]):
             state_dict["threshold"] = torch.full_like(state_dict["b_enc"], threshold)
 
     def encode(self, x: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
-        relu_h = self.hidden_pre(x).relu()
-        keep = relu_h * self.snapshot_norms().sum(dim=1) > self.threshold
-        return self.hook_sae_acts_post(relu_h * keep)  # type: ignore[attr-defined]
+        return _threshold_code(self, x, self.threshold)
 
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... n_snapshots d_in"]:
         return self._finish_decode(self.decode_dense(feature_acts))
@@ -141,6 +146,11 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         lead = x.shape[:-2]
         fwd = self._training_encode(x.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in))
         return fwd.feature_acts_NF.reshape(*lead, self.cfg.d_sae)
+
+    def inference_encode(self, x: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
+        """The code :meth:`save_inference_model`'s crosscoder gives: the running threshold as every
+        feature's fixed one, so a token's code does not depend on its batch (as :func:`snapshot_sae`)."""
+        return _threshold_code(self, x, self.topk_threshold.to(self.W_dec.dtype))
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)

@@ -26,8 +26,8 @@ normalised training space, ``w_i = sum_s n_is``):
   when ``h_i n_is > t_i``, i.e. when ``h_i > t_i / n_is``; the SAE's threshold is
   ``t_i / n_is`` (infinite where ``n_is = 0``: such a feature never reaches snapshot s).
   Codes equal.
-- ``batchtopk_crosscoder`` (fixed inference threshold t) -> ``JumpReLUSAE`` with threshold
-  ``t_i / w_i``, as SAELens itself saves BatchTopK SAEs for inference (6.x has no inference
+- ``batchtopk_crosscoder`` (fixed inference threshold t; the training class's running
+  threshold, for the codec as for the SAE) -> ``JumpReLUSAE`` with threshold ``t_i / w_i``, as SAELens itself saves BatchTopK SAEs for inference (6.x has no inference
   BatchTopK class). Codes equal.
 - ``topk_crosscoder`` -> ``TopKSAE``: the crosscoder keeps the k largest
   ``ReLU(h_i) w_i``. TopK's code is always the quantity it ranks, so the SAE's code is that
@@ -93,6 +93,10 @@ class SnapshotCodec:
     def _snapshot_code(self, x_NSD: torch.Tensor) -> torch.Tensor:
         if hasattr(self.crosscoder, "encode_per_snapshot"):
             return self.crosscoder.encode_per_snapshot(x_NSD)[..., self.snapshot, :]
+        # a BatchTopK training crosscoder's encode keeps k codes per token of the batch it is
+        # given; its inference code (one running threshold) is the one that reads a token alone
+        if hasattr(self.crosscoder, "inference_encode"):
+            return self.crosscoder.inference_encode(x_NSD)
         return self.crosscoder.encode(x_NSD)
 
     def encode(self, acts: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
