@@ -3,6 +3,7 @@ registration, save/load, folding."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -28,6 +29,7 @@ from sae_lens.saes import (
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
+from crosslens.core.errors import CrosslensError
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.kernels.jumprelu_dense import snapshot_gate_and_score
 from crosslens.kernels.plan import KernelPlan
@@ -586,16 +588,10 @@ def test_save_load_round_trip(arch, tmp_path):
         torch.testing.assert_close(loaded(x), training(x), rtol=0, atol=0)
         torch.testing.assert_close(as_inference(x), training(x))
 
-    # and the inference folder (a run's final/) loads as the training class, encoding alike; a
-    # BatchTopK one is refused there, as it keeps neither k nor the running threshold
-    if arch == "batchtopk_crosscoder":  # as wide as the default k, which a training config starts from
-        make_training(arch, S=2, D=3, F=32).save_inference_model(tmp_path / "infer32")
-        with pytest.raises(ValueError, match="saved for inference .* load it with SAE.load_from_disk"):
-            TrainingSAE.load_from_disk(tmp_path / "infer32")
-    else:
-        as_training = TrainingSAE.load_from_disk(tmp_path / "infer")
-        assert type(as_training) is type(training)
-        torch.testing.assert_close(as_training.encode(x), loaded.encode(x), rtol=0, atol=0)
+    # the inference folder (a run's final/) is refused as the training class: it keeps the training
+    # settings only as metadata (test_an_inference_folder_is_not_trained_on_with_guessed_settings)
+    with pytest.raises(ValueError, match="saved for inference.* Load it with SAE.load_from_disk"):
+        TrainingSAE.load_from_disk(tmp_path / "infer")
 
     # folded inference model survives a second round trip unchanged
     loaded.fold_activation_norm_scaling_factors()
@@ -603,6 +599,42 @@ def test_save_load_round_trip(arch, tmp_path):
     reloaded = SAE.load_from_disk(tmp_path / "folded")
     torch.testing.assert_close(reloaded.folded_norm_factors, torch.tensor([1.5, 0.75]))
     torch.testing.assert_close(reloaded(x), loaded(x), rtol=0, atol=0)
+
+
+TRAINED_SETTINGS = {
+    "crosscoder": dict(l1_coefficient=0.7, l1_warm_up_steps=3),
+    "jumprelu_crosscoder": dict(
+        l0_coefficient=0.3, jumprelu_bandwidth=0.2, sparsity_target=None, threshold_lr_scale=0.5
+    ),
+    "topk_crosscoder": dict(k=4, l1_coefficient=0.1, aux_k=3, aux_loss_coefficient=1 / 32),
+    "batchtopk_crosscoder": dict(k=4, topk_threshold_lr=0.05, aux_k=3),
+}
+
+
+@pytest.mark.parametrize("arch", list(cc.ARCHITECTURES))
+def test_an_inference_folder_is_not_trained_on_with_guessed_settings(arch, tmp_path):
+    """A run's final/ keeps the training settings only in metadata.training_architecture_details (and
+    not JumpReLU's controller factor or BatchTopK's running threshold): every architecture refuses it as
+    a training crosscoder, naming the settings, where JumpReLU and TopK took defaults for them. A training
+    checkpoint loads with the settings it was trained with."""
+    _, _, train_cls, train_cfg = cc.ARCHITECTURES[arch]
+    training = train_cls(train_cfg(d_in=4, d_sae=16, n_snapshots=2, **TRAINED_SETTINGS[arch]))
+    training.save_inference_model(tmp_path / "final")
+    saved = json.loads((tmp_path / "final" / "cfg.json").read_text())
+    details = saved["metadata"]["training_architecture_details"]
+    assert {k: details.get(k, saved.get(k)) for k in TRAINED_SETTINGS[arch]} == TRAINED_SETTINGS[arch]
+    named = sorted(set(TRAINED_SETTINGS[arch]) & set(details))[0]
+    with pytest.raises(CrosslensError, match=f"{arch} saved for inference, without what its training kept .*{named}"):
+        TrainingSAE.load_from_disk(tmp_path / "final")
+    assert type(SAE.load_from_disk(tmp_path / "final")) is cc.ARCHITECTURES[arch][0]
+    if arch == "batchtopk_crosscoder":  # its weights alone: a fixed threshold where training keeps a running one
+        with pytest.raises(
+            CrosslensError, match="saved for inference, without what its training kept .*topk_threshold"
+        ):
+            training.load_weights_from_checkpoint(tmp_path / "final")
+    training.save_model(tmp_path / "step_1")
+    again = TrainingSAE.load_from_disk(tmp_path / "step_1")
+    assert {k: getattr(again.cfg, k) for k in TRAINED_SETTINGS[arch]} == TRAINED_SETTINGS[arch]
 
 
 def test_metadata_checks_snapshot_count():

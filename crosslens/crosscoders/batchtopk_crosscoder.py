@@ -30,7 +30,7 @@ from torch import nn
 
 from crosslens.architectures import DEFAULT_K
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
-from crosslens.crosscoders.config import CrosscoderConfig
+from crosslens.crosscoders.config import CrosscoderConfig, saved_for_inference_error
 from crosslens.crosscoders.per_snapshot_sae import divide_or_inf, non_negative_threshold
 from crosslens.crosscoders.topk_crosscoder import (
     TopKTrainingCrosscoder,
@@ -125,13 +125,9 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_loading(state_dict)
         if "threshold" in state_dict and "topk_threshold" not in state_dict:
-            # the inference form (a run's final/) keeps neither k nor the running threshold
-            # as training had them: loaded into this class it would train on with guessed ones
-            raise ValueError(
-                "this folder holds a BatchTopK crosscoder saved for inference (a fixed threshold, without the "
-                "k it was trained with); load it with SAE.load_from_disk, or load a training checkpoint "
-                "(one of the run's step_* folders) with TrainingSAE.load_from_disk to train on"
-            )
+            # weights of the inference form (a run's final/) without its cfg.json: a fixed threshold
+            # per feature where training keeps one running threshold
+            raise saved_for_inference_error(ARCHITECTURE, ["topk_threshold"])
 
     def _apply(self, *args: Any, **kwargs: Any) -> Any:
         out = super()._apply(*args, **kwargs)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sae_lens.saes.sae import SAEConfig, SAEMetadata, TrainCoefficientConfig, TrainingSAEConfig
 
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, defaults_for
+from crosslens.core.errors import CrosslensError
 
 
 class CrosscoderMetadata(SAEMetadata):
@@ -149,6 +150,28 @@ class CrosscoderConfig(_NamedArchitecture, CrosscoderConfigFields, SAEConfig):
 @dataclass(kw_only=True)
 class CrosscoderTrainingConfig(_NamedArchitecture, CrosscoderTrainingConfigFields, TrainingSAEConfig):
     """Training config of a crosscoder architecture."""
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any]) -> Any:
+        """SAELens's ``from_dict``, refusing a crosscoder saved for inference (a run's ``final/``):
+        its cfg.json keeps the training fields only as ``metadata.training_architecture_details``,
+        and the training config would take defaults for them."""
+        details = (config_dict.get("metadata") or {}).get("training_architecture_details") or {}
+        missing = sorted(set(details) - set(config_dict))
+        if missing:
+            raise saved_for_inference_error(config_dict.get("architecture", cls.architecture()), missing)
+        return super().from_dict(config_dict)
+
+
+def saved_for_inference_error(architecture: str, missing: list[str]) -> CrosslensError:
+    """Why a crosscoder saved for inference is not loaded as a training one, and what to load instead."""
+    named = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+    return CrosslensError(
+        f"this folder holds a {architecture} saved for inference, without what its training kept "
+        f"({named}); loaded as a training crosscoder it would train on with guessed ones. Load it with "
+        "SAE.load_from_disk, or load a training checkpoint (one of the run's step_* folders) with "
+        "TrainingSAE.load_from_disk to train on"
+    )
 
 
 def check_coefficient(config: Any, coefficient: str, warm_up: str) -> None:
