@@ -200,7 +200,7 @@ def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:
     S, D = x_bSD.shape[1:]
     torch.manual_seed(0)
     sae = JumpReLUTrainingCrosscoder(JumpReLUTrainingCrosscoderConfig(d_in=D, d_sae=8192, n_snapshots=S))
-    tanh_scale = sae.cfg.tanh_scale
+    tanh_scale = sae.cfg.jumprelu_tanh_scale
 
     def scores_alone() -> None:
         h_NF = sae.hidden_pre(x_bSD)

@@ -3,6 +3,7 @@ registration, save/load, folding."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -182,9 +183,26 @@ def _jumprelu_with_mixed_gates(**kw):
     return sae, x
 
 
+def test_jumprelu_tanh_scale_is_one_field_that_training_and_saving_read(tmp_path):
+    """c has SAELens's name only: set on a config (built, replaced or changed on the crosscoder), it is the c
+    the sparsity loss uses and the one a checkpoint saves, not a second field's older value."""
+    cfg = cc.JumpReLUTrainingCrosscoderConfig(d_in=3, d_sae=4, n_snapshots=2, jumprelu_tanh_scale=2.0)
+    assert "tanh_scale" not in cfg.to_dict()
+    assert dataclasses.replace(cfg, jumprelu_tanh_scale=7.0).jumprelu_tanh_scale == 7.0
+    with pytest.raises(ValueError, match="jumprelu_tanh_scale must be > 0"):
+        dataclasses.replace(cfg, jumprelu_tanh_scale=0.0)
+    sae, x = _jumprelu_with_mixed_gates(jumprelu_tanh_scale=2.0)
+    sae.cfg.jumprelu_tanh_scale = 3.0
+    fresh, _ = _jumprelu_with_mixed_gates(jumprelu_tanh_scale=3.0)
+    loss = sae.training_forward_pass(step_input(x, coefficients={"l0": 0.3})).losses["l0_loss"]
+    assert loss.item() == fresh.training_forward_pass(step_input(x, coefficients={"l0": 0.3})).losses["l0_loss"].item()
+    sae.save_model(tmp_path / "step_1")
+    assert TrainingSAE.load_from_disk(tmp_path / "step_1").cfg.jumprelu_tanh_scale == 3.0
+
+
 def test_jumprelu_loss_by_hand():
     lam, c, q = 0.3, 4.0, 0.01
-    sae, x = _jumprelu_with_mixed_gates(l0_coefficient=lam, tanh_scale=c, sparsity_target=q)
+    sae, x = _jumprelu_with_mixed_gates(l0_coefficient=lam, jumprelu_tanh_scale=c, sparsity_target=q)
     out = sae.training_forward_pass(step_input(x, coefficients={"l0": lam}))
 
     h, norms, t = naive_hidden(sae, x), naive_norms(sae), sae.threshold.tolist()

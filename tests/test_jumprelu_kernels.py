@@ -64,7 +64,7 @@ class OldJumpReLU(JumpReLUTrainingCrosscoder):
 
     def _sparsity_losses(self, step_input, fwd):
         f_SNF, norms_FS = fwd.extras["f_SNF"], fwd.extras["norms_FS"]
-        scale_S1F = (self.cfg.tanh_scale * norms_FS.T).contiguous()[:, None, :]
+        scale_S1F = (self.cfg.jumprelu_tanh_scale * norms_FS.T).contiguous()[:, None, :]
         score_SNF = torch.tanh(f_SNF * scale_S1F)
         p_F = self.collectives.mean_over_snapshots_and_tokens(score_SNF)
         q = self.cfg.sparsity_target
@@ -153,7 +153,12 @@ def _count_padded_rows(calls: CallCounter) -> list[int]:
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(
     "cfg",
-    [{}, {"sparsity_target": None}, {"closed_gate_decoder_grad": True}, {"tanh_scale": 1.5, "jumprelu_bandwidth": 0.3}],
+    [
+        {},
+        {"sparsity_target": None},
+        {"closed_gate_decoder_grad": True},
+        {"jumprelu_tanh_scale": 1.5, "jumprelu_bandwidth": 0.3},
+    ],
 )
 @pytest.mark.parametrize("collectives", ["default", "local"])
 def test_loss_and_every_gradient_match_the_old_implementation(calls, path, cfg, collectives):

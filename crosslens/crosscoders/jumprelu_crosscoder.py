@@ -103,10 +103,8 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     l0_warm_up_steps: int | None = None
     """Steps over which lambda rises linearly from 0; None: the architecture's share of the run
     (Ge et al.: 10%), set by the trainer."""
-    tanh_scale: float = 4.0
-    """c in tanh(c * f * ||W_dec||)."""
-    jumprelu_tanh_scale: float | None = None
-    """SAELens's name for tanh_scale; given, it wins."""
+    jumprelu_tanh_scale: float = 4.0
+    """c in tanh(c * f * ||W_dec||) (SAELens's name and default)."""
     sparsity_target: float | None = 0.01
     """q in sum_i p_i (1 + p_i / q); None drops the quadratic term (SAELens's tanh loss)."""
     threshold_lr_scale: float = 0.1
@@ -134,10 +132,7 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
             self.l0_coefficient = sparsity_coefficient_for(
                 ARCHITECTURE, n_snapshots=self.n_snapshots, d_in=self.d_in, d_sae=self.d_sae
             )
-        if self.jumprelu_tanh_scale is not None:
-            self.tanh_scale = self.jumprelu_tanh_scale
-        self.jumprelu_tanh_scale = self.tanh_scale
-        for name in ("jumprelu_bandwidth", "tanh_scale", "threshold_lr_scale"):
+        for name in ("jumprelu_bandwidth", "jumprelu_tanh_scale", "threshold_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
         if self.jumprelu_init_threshold < 0:
@@ -307,7 +302,7 @@ class JumpReLUTrainingCrosscoder(
             h_NF = self.hidden_pre(x, feature_major=not self.cfg.closed_gate_decoder_grad)
             threshold_F = self.threshold.to(h_NF.dtype)  # as _training_encode compares it
             score_sum_F += snapshot_score_sums(
-                h_NF, norms_FS, threshold_F, tanh_scale=self.cfg.tanh_scale, plan=self.kernel_plan
+                h_NF, norms_FS, threshold_F, tanh_scale=self.cfg.jumprelu_tanh_scale, plan=self.kernel_plan
             )
         n_tokens = self.collectives.global_batch(sum(x.shape[0] for x in chunks))
         return {"p_F": self.collectives.world_sum(score_sum_F) / (n_tokens * self.total_snapshots)}
@@ -317,7 +312,7 @@ class JumpReLUTrainingCrosscoder(
         threshold_F = self.threshold.to(h_NF.dtype)
         kernel_args = {
             "bandwidth": self.cfg.jumprelu_bandwidth,
-            "tanh_scale": self.cfg.tanh_scale,
+            "tanh_scale": self.cfg.jumprelu_tanh_scale,
             "plan": self.kernel_plan,
         }
         shared_NF = None
