@@ -317,7 +317,7 @@ def row_plan(arch: str, a: argparse.Namespace, device: str, path: str = "default
     if getattr(a, "window_tile", None) is not None:
         plan = dataclasses.replace(plan, window_tile=a.window_tile)
     if arch == "jumprelu_crosscoder" and path != "default":
-        plan = dataclasses.replace(plan, jumprelu_sparse=path not in ("dense", "eager"))
+        plan = dataclasses.replace(plan, jumprelu_sparse=path not in ("dense", "eager"), jumprelu_split=False)
     if path == "eager":
         plan = dataclasses.replace(plan, compile=False)
     if path == "embedding_bag":

@@ -146,9 +146,11 @@ def test_the_plan_names_the_split_step_and_reads_records_without_it():
     split off."""
     cuda = KernelPlan.resolve("cuda")  # no device needed: only the choice is made
     assert cuda.jumprelu_split == (cuda.backend == "triton") and not KernelPlan.resolve("cpu").jumprelu_split
-    assert "from the active pairs where it pays, split where dense;" in KernelPlan(jumprelu_split=True).describe()
+    assert "from the active pairs where it pays, else split between the shared code and the pairs where it pays," in (
+        KernelPlan(jumprelu_split=True).describe("cuda")
+    )
     for always_or_never in (True, False):
-        assert "split" not in KernelPlan(jumprelu_split=True, jumprelu_sparse=always_or_never).describe()
+        assert "split" not in KernelPlan(jumprelu_sparse=always_or_never).describe("cuda")
     record = KernelPlan().to_dict()
     del record["jumprelu_split"], record["split_rest_share"]
     assert KernelPlan.from_dict(record) == KernelPlan()

@@ -11,6 +11,7 @@ fails here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ import crosslens.crosscoders as cc
 from crosslens.kernels.adam import adam_update, row_norms_of_the_pass
 from crosslens.kernels.jumprelu_dense import block_function
 from crosslens.kernels.jumprelu_ops import forward_block
-from crosslens.kernels.plan import COMPILE_ENV, JUMPRELU_PATHS, KernelPlan
+from crosslens.kernels.plan import COMPILE_ENV, JUMPRELU_PATHS, KernelPlan, triton_installed
 from crosslens.kernels.sparse import kernels_for
 from crosslens.training.config import resolved_autocast
 from crosslens.training.optim import KernelAdam, make_optimizer, writes_row_norms
@@ -109,19 +110,51 @@ def test_topk_pairs_kernels_chooses_the_decode_on_any_backend():
     assert _topk_decode(KernelPlan(backend="eager")) == "embedding_bag"
     assert _topk_decode(KernelPlan(backend="eager", topk_pairs_kernels=True)) == "EagerKernels"
     assert _topk_decode(KernelPlan(backend="triton", topk_pairs_kernels=False)) == "embedding_bag"
-    assert KernelPlan().describe().endswith("TopK decode from its pairs where k is sparse enough")
-    assert KernelPlan(topk_pairs_kernels=True).describe().endswith("where k is sparse enough, through the pairs' sums")
+    assert KernelPlan().describe("cpu").endswith("TopK decode from its pairs where k is sparse enough")
+    assert (
+        KernelPlan(topk_pairs_kernels=True)
+        .describe("cpu")
+        .endswith("where k is sparse enough, through the pairs' sums")
+    )
 
 
 def test_the_jumprelu_paths_are_named_in_the_order_tried():
     """Every JumpReLU path a plan allows is one of the recorded names, in their order, the
     reference last."""
-    for sparse in (None, True, False):
-        for split in (False, True):
-            for device, autocast in (("cpu", False), ("cpu", True), ("cuda", False), ("cuda", True)):
-                paths = KernelPlan(jumprelu_sparse=sparse, jumprelu_split=split).jumprelu_paths(device, autocast)
-                assert list(paths) == sorted(paths, key=JUMPRELU_PATHS.index)
-                assert paths[-1] == ("pairs" if sparse else "per snapshot")
+    for sparse, split in ((None, False), (None, True), (True, False), (False, False)):
+        for device, autocast in (("cpu", False), ("cpu", True), ("cuda", False), ("cuda", True)):
+            paths = KernelPlan(jumprelu_sparse=sparse, jumprelu_split=split).jumprelu_paths(device, autocast)
+            assert list(paths) == sorted(paths, key=JUMPRELU_PATHS.index)
+            assert paths[-1] == ("pairs" if sparse else "per snapshot")
+
+
+def test_the_printout_names_the_jumprelu_step_the_device_takes():
+    """A run's plan line says what jumprelu_paths has the step try on its device: a CPU's default plan
+    never takes the pairs, so it does not say it takes them where they pay."""
+    cpu, cuda = KernelPlan.resolve("cpu"), dataclasses.replace(KernelPlan.resolve("cpu"), jumprelu_split=True)
+    assert cpu.jumprelu_paths("cpu", False) == ("entry classes", "per snapshot")
+    assert "JumpReLU step by entry classes where it pays, else from the per-snapshot code;" in cpu.describe("cpu")
+    assert "JumpReLU step from the per-snapshot code;" in cpu.describe("cpu", autocast=True)
+    assert "JumpReLU step from the active pairs where it pays, else by entry classes" in cpu.describe("cuda")
+    assert (
+        "JumpReLU step from the active pairs where it pays, else split between the shared code and the pairs where it "
+        "pays, else from the per-snapshot code;" in cuda.describe("cuda", autocast=True)
+    )
+    assert "JumpReLU step from the active pairs always;" in KernelPlan(jumprelu_sparse=True).describe("cpu")
+
+
+def test_a_plan_refuses_the_split_step_it_would_ignore():
+    """jumprelu_split chooses between the pairs and the split step where the step chooses (jumprelu_sparse
+    None); with the pairs always or never it would be dropped without a word, so it is refused, and resolve's
+    CUDA default leaves it off where the run's settings fix jumprelu_sparse."""
+    for sparse in (True, False):
+        with pytest.raises(
+            ValueError, match=f"jumprelu_split=True needs jumprelu_sparse=None.*jumprelu_sparse={sparse}"
+        ):
+            KernelPlan(jumprelu_split=True, jumprelu_sparse=sparse)
+        plan = KernelPlan.resolve("cuda", jumprelu_sparse=sparse)  # no device needed: only the choice is made
+        assert not plan.jumprelu_split and plan.jumprelu_sparse is sparse
+    assert KernelPlan.resolve("cuda").jumprelu_split == triton_installed()
 
 
 FILE_SUFFIXES = {

@@ -317,7 +317,10 @@ def make_sae(
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
     plan = plan if plan is not None else KernelPlan.resolve(device)
-    sae.use_kernel_plan(dataclasses.replace(plan, jumprelu_sparse=sparse_step, topk_sparse_decode=sparse_decode))
+    split = plan.jumprelu_split and sparse_step is None  # a step from the pairs always or never does not split
+    sae.use_kernel_plan(
+        dataclasses.replace(plan, jumprelu_sparse=sparse_step, jumprelu_split=split, topk_sparse_decode=sparse_decode)
+    )
     _made.append(sae)
     return sae
 

@@ -47,6 +47,14 @@ JUMPRELU_PATHS = ("pairs", "split", "entry classes", "per snapshot")
 (:mod:`crosslens.kernels.jumprelu_split`), by entry classes (:mod:`crosslens.kernels.jumprelu_entry_classes`),
 and from the per-snapshot code, the reference (:mod:`crosslens.kernels.jumprelu_dense`)."""
 
+_PATH_WORDS = {
+    "pairs": "from the active pairs",
+    "split": "split between the shared code and the pairs",
+    "entry classes": "by entry classes",
+    "per snapshot": "from the per-snapshot code",
+}
+"""How a run's printout names each of :data:`JUMPRELU_PATHS`."""
+
 COMPILE_ENV = "CROSSLENS_COMPILE_KERNELS"
 """``1`` or ``0`` in the environment: compile the step's elementwise chains on every device, or
 on none (the default compiles on CUDA where Triton is there)."""
@@ -183,13 +191,20 @@ class KernelPlan:
         ):
             if value not in allowed:
                 raise ValueError(f"KernelPlan.{name}={value!r}: pick one of {', '.join(map(repr, allowed))}")
+        if self.jumprelu_split and self.jumprelu_sparse is not None:
+            takes = "always takes the pairs" if self.jumprelu_sparse else "never takes them"
+            raise ValueError(
+                f"KernelPlan.jumprelu_split=True needs jumprelu_sparse=None (the step chooses where the pairs pay); "
+                f"jumprelu_sparse={self.jumprelu_sparse} {takes} and never splits: set jumprelu_split=False"
+            )
 
     @classmethod
     def resolve(cls, device: str | torch.device, *, compile: bool | None = None, **overrides: Any) -> KernelPlan:
         """The default plan for ``device``: the Triton kernels, crosslens's Adam, the optimizer's
         norms, compiled elementwise chains and JumpReLU's split step on CUDA where triton is
-        installed; the eager twins and torch's Adam elsewhere. ``compile`` None takes
-        :data:`COMPILE_ENV` where it is set; ``overrides`` replace fields."""
+        installed (the split step where ``overrides`` leave ``jumprelu_sparse`` None: a step from the
+        pairs always or never does not split); the eager twins and torch's Adam elsewhere.
+        ``compile`` None takes :data:`COMPILE_ENV` where it is set; ``overrides`` replace fields."""
         fast = torch.device(device).type == "cuda" and triton_installed()
         backend = "triton" if fast else "eager"
         plan = cls(
@@ -198,7 +213,7 @@ class KernelPlan:
             adam="kernel" if fast else "torch",
             adam_backend=backend,
             handoff_norms=fast,
-            jumprelu_split=fast,
+            jumprelu_split=fast and overrides.get("jumprelu_sparse") is None,
         )
         if compile is None:
             plan = dataclasses.replace(plan, compile=_compile_from_environment(plan.compile))
@@ -233,18 +248,20 @@ class KernelPlan:
                 record[name] = WindowTile(**record[name])
         return cls(**record)
 
-    def describe(self) -> str:
-        """One line for a run's printout: the choices, not the tunings."""
-        sparse = {True: "always", False: "never", None: "where it pays"}[self.jumprelu_sparse]
-        if self.jumprelu_split and self.jumprelu_sparse is None:
-            sparse += ", split where dense"
+    def describe(self, device_type: str, autocast: bool = False) -> str:
+        """One line for the printout of a run on ``device_type`` (under ``autocast`` or not): the
+        choices, not the tunings; JumpReLU's step as :meth:`jumprelu_paths` has it there."""
+        *tried, last = (_PATH_WORDS[path] for path in self.jumprelu_paths(device_type, autocast))
+        jumprelu = ", else ".join([f"{words} where it pays" for words in tried] + [last])
+        if self.jumprelu_sparse:
+            jumprelu += " always"
         topk = {True: "always", False: "never", None: "where k is sparse enough"}[self.topk_sparse_decode]
         topk += {True: ", through the pairs' sums", False: ", through embedding_bag", None: ""}[self.topk_pairs_kernels]
         adam = "crosslens's one-pass Adam" if self.adam == "kernel" else "torch's Adam"
         return (
             f"kernels: {self.backend}; elementwise chains {'compiled' if self.compile else 'eager'}; "
             f"{adam} ({self.adam_backend} pass{', writing the decoder norms' if self.handoff_norms else ''}); "
-            f"JumpReLU step from the active pairs {sparse}; TopK decode from its pairs {topk}"
+            f"JumpReLU step {jumprelu}; TopK decode from its pairs {topk}"
         )
 
     def block_elements(self, device: torch.device, on_cpu: int | None = None) -> int:

@@ -352,7 +352,8 @@ class CrosscoderTrainingRunner:
                 run_file.write_text(json.dumps(self.run_record(), indent=2))
             if self.is_main:
                 print(precision_line(self.config))
-                print(self.kernel_plan.describe())
+                autocast = self.config.autocast_dtype == "bfloat16"
+                print(self.kernel_plan.describe(torch.device(self.device).type, autocast=autocast))
                 if self.store is not None:
                     print(data_line(self.config, self.store.n_tokens))
             trainer = self._trainer(resume_from)
