@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -661,3 +663,22 @@ def test_metadata_checks_snapshot_count():
         set_crosscoder_metadata(cfg, provenance=PROVENANCE)
     with pytest.raises(ValueError, match="3 finite positive"):
         set_crosscoder_metadata(cfg, activation_norm_factors=[1.0, 2.0])
+
+
+def test_api_doc_gives_the_parts_of_an_architectures_entry_in_order():
+    """docs/API.md describes ``ARCHITECTURES``'s values as what they are: every part, in its order."""
+    from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
+
+    api = (Path(__file__).resolve().parent.parent / "docs" / "API.md").read_text()
+    row = re.search(r"^\| `ARCHITECTURES` \| architecture name -> \(([^)]*)\) \|$", api, re.M)
+    assert row, "docs/API.md has no ARCHITECTURES row of the form 'architecture name -> (...)'"
+    kinds = {
+        "inference class": lambda c: issubclass(c, SAE) and not issubclass(c, TrainingSAE),
+        "inference config": lambda c: issubclass(c, SAEConfig) and not issubclass(c, TrainingSAEConfig),
+        "training class": lambda c: issubclass(c, TrainingSAE),
+        "training config": lambda c: issubclass(c, TrainingSAEConfig),
+    }
+    parts = [part.strip() for part in row.group(1).split(",")]
+    for arch, entry in cc.ARCHITECTURES.items():
+        assert len(parts) == len(entry), (arch, parts)
+        assert all(kinds[part](cls) for part, cls in zip(parts, entry, strict=True)), (arch, parts)
