@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import crosslens.crosscoders as cc
+import crosslens.training.resample as resample_module
 from crosslens.architectures import defaults_for
 from crosslens.crosscoders.base import CrosscoderStepInput
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, latest_checkpoint
@@ -101,6 +102,28 @@ def test_a_resampled_latent_points_at_a_residual_and_fires_at_the_median_rate():
     other = jumprelu()
     resample_latents(other, x_NSD, silent, rate, token_draw_generator(0, 11))
     assert not torch.equal(other.W_dec, sae.W_dec)
+
+
+def test_a_resampled_jumprelu_latent_opens_on_fewer_tokens_than_its_bias_lets_through():
+    """The bias sets h + b >= 0 on the median live rate's share of the batch (13 of 256 tokens); the gate
+    (h + b) ||W_dec[i, s]|| > t is strict and above the initial threshold, so the latent fires on fewer,
+    as the module docstring's step 4 says (it promised the median rate itself)."""
+    sae = jumprelu()
+    x_NSD = next(batches())
+    silent = torch.zeros(F, dtype=torch.bool)
+    silent[[2, 5, 11]] = True
+    rate = torch.full((F,), 0.05, dtype=torch.float64)
+    idx = resample_latents(sae, x_NSD, silent, rate, token_draw_generator(0, 10))
+    with torch.no_grad():
+        h_NL = sae.hidden_pre(x_NSD)[:, idx]
+        fired_L = (sae.encode(x_NSD)[:, idx] != 0).sum(dim=0)
+    n_firing = round(0.05 * B)
+    assert (h_NL >= 0).sum(dim=0).tolist() == [n_firing] * 3
+    assert (h_NL > 0).sum(dim=0).tolist() == [n_firing - 1] * 3  # the last one sits at 0
+    assert fired_L.tolist() == [9, 8, 11]  # and the threshold shuts a few more
+    step_4 = resample_module.__doc__.split("\n4. ")[1].split("\n5. ")[0]
+    assert "fire on the batch at the median firing rate" not in step_4
+    assert "Its gate opens on fewer of" in step_4 and "at most\n   at the median rate" in step_4
 
 
 def test_nothing_is_resampled_without_silent_latents_or_live_ones():

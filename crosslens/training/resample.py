@@ -18,9 +18,13 @@ What one resampling does, at a step of :func:`resample_steps`:
    the median decoder norm of the other latents, and its encoder column the same direction
    at their median encoder norm: a late feature's residual lies at late snapshots only, so
    the new row starts with the feature's own timeline.
-4. Its encoder bias makes it fire on the batch at the median firing rate of the others. A
-   latent that fired on half of all tokens when resampled would be shut again at once by the
-   sparsity penalty, whose quadratic term grows with the firing rate.
+4. Its encoder bias puts its pre-activation ``h + b`` at or above zero on the others' median
+   firing rate's share of the batch, and below zero on the rest. Its gate opens on fewer of
+   those tokens: not on the last of them, where ``h + b`` is 0, and, JumpReLU's gate being
+   ``(h + b) ||W_dec[i, s]|| > t`` at some snapshot with ``t`` back at its initial value (5.),
+   not where ``h + b`` is under ``t / ||W_dec[i, s]||`` at every snapshot. So it starts at most
+   at the median rate: a latent that fired on half of all tokens when resampled would be shut
+   again at once by the sparsity penalty, whose quadratic term grows with the firing rate.
 5. Its own training state goes back to its initial value (JumpReLU's threshold), and Adam's
    moments for its rows are cleared.
 
@@ -115,6 +119,7 @@ def resample_latents(
     sae.W_enc[:, :, idx_dev] = (direction_LSD * enc_norm).permute(1, 2, 0).to(sae.W_enc.dtype)
     sae.b_enc[idx_dev] = 0
     h_NL = collectives.data_gather(sae.hidden_pre(x_NSD)[:, idx_dev].float())
+    # h + b >= 0 on n_firing tokens; the gate, strict and above a threshold, opens on fewer
     n_firing = max(1, round(float(rate_F[live_F].median()) * h_NL.shape[0]))
     sae.b_enc[idx_dev] = -h_NL.topk(n_firing, dim=0).values[-1].to(sae.b_enc.dtype)
     sae.reset_latent_state(idx_dev)
