@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from crosslens.analysis import LineageEvent, PlantedConfig, PlantedEvolution
-from crosslens.analysis.planted_lineage import carried_feature, planted_lineage_scores
+from crosslens.analysis.planted_lineage import carried_feature, carries, planted_lineage_scores
 from crosslens.analysis.relatives import unit_rows
 
 
@@ -79,3 +79,22 @@ def test_a_row_carries_the_nearest_planted_feature_above_the_line_only() -> None
     away = torch.linalg.svd(planted.directions[:, 0]).Vh[-1]  # orthogonal to the 24 planted rows in 32 dims
     unit[c, 0] = (unit[c, 0] + 1.2 * away) / (unit[c, 0] + 1.2 * away).norm()
     assert carried_feature(unit, planted, c, 0) is None
+
+
+def test_a_row_along_an_absent_feature_carries_nothing() -> None:
+    planted = PlantedEvolution.build(PlantedConfig.preset("late", seed=0))
+    late = int((planted.emergence == 5).nonzero()[0])
+    assert planted.present[late].tolist() == [False] * 5 + [True, True, False]
+    W_FSD = planted.directions[late].expand(2, -1, -1).clone()  # two latents along it at every snapshot
+    unit = unit_rows(W_FSD)
+    assert carried_feature(unit, planted, 0, 5) == late
+    assert carried_feature(unit, planted, 0, 2) is None  # not yet born: no feature there to carry
+    # a split of the two latents before the feature is born is of no planted feature: false
+    analysis = SimpleNamespace(W_dec=W_FSD, present=torch.ones(2, planted.config.n_snapshots, dtype=torch.bool))
+    split = LineageEvent("split", 3, (0, 1), (0, 1), 0.3, "divergence")
+    assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=[split])).labels == ["false"]
+    born = LineageEvent("split", 6, (0, 1), (0, 1), 0.3, "divergence")
+    assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=[born])).labels == ["decoupling"]
+    # a set without planted events (no event_truth at all) is read feature by feature
+    bare = SimpleNamespace(directions=planted.directions, present=planted.present)
+    assert carries(unit, bare, [0, 1], [5], late) and not carries(unit, bare, [0, 1], [2], late)

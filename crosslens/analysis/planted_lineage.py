@@ -4,7 +4,8 @@ A planted event is **found** where lineage reports an event of its kind within o
 its step whose latents carry its directions on either side: for a split, both children among the
 latents after it; for a handoff, the predecessor among the latents before it and the successor
 among those after. A latent's row **carries** a planted feature at a snapshot where that feature
-is the planted direction nearest to it, at cosine :data:`CARRY_COSINE` or more.
+is present and is the present planted direction nearest to it, at cosine :data:`CARRY_COSINE` or
+more: a direction the set holds no feature along at that snapshot is carried by no latent.
 
 Every other reported event is a **decoupling** where all its latents carry one and the same
 planted feature (the crosscoder spread one feature over several latents: Minder et al.'s Latent
@@ -31,8 +32,11 @@ EVENT_LABELS: tuple[str, ...] = ("planted", "decoupling", "false")
 
 
 def carried_feature(unit_FSD: torch.Tensor, planted: Any, latent: int, snapshot: int) -> int | None:
-    """The planted feature a latent's unit row carries at a snapshot, if any."""
+    """The planted feature present at ``snapshot`` that a latent's unit row carries there, if any."""
     cos_P = planted.directions[:, snapshot] @ unit_FSD[latent, snapshot]
+    # a feature absent here still has a direction (where it will emerge, or drifted on after it
+    # faded), but no token holds it: a row along it carries nothing of the data
+    cos_P = cos_P.masked_fill(~planted.present[:, snapshot], float("-inf"))
     best = int(cos_P.argmax())
     return best if float(cos_P[best]) >= CARRY_COSINE else None
 
@@ -40,10 +44,11 @@ def carried_feature(unit_FSD: torch.Tensor, planted: Any, latent: int, snapshot:
 def carries(
     unit_FSD: torch.Tensor, planted: Any, latents: Collection[int], snapshots: Sequence[int], feature: int
 ) -> bool:
-    """Whether one of ``latents``' rows carries ``feature`` at one of ``snapshots`` (an event's
-    snapshot and the next: a crosscoder's row can lag one snapshot). Before a split both children
-    have the parent's direction, so either child counts there."""
-    splits = getattr(planted.event_truth, "splits", [])
+    """Whether one of ``latents``' rows carries ``feature`` at one of ``snapshots`` (the callers
+    pass the planted step and the next, as a crosscoder's row can lag one snapshot, or the
+    snapshot before the step). Before a split both children have the parent's direction, so
+    either child counts there; a set without planted events has no such twins."""
+    splits = getattr(getattr(planted, "event_truth", None), "splits", [])
     twins = {feature} | {c for _, a, b in splits for c in (a, b) if feature in (a, b)}
     for s in snapshots:
         same = (
