@@ -81,6 +81,32 @@ def test_a_row_carries_the_nearest_planted_feature_above_the_line_only() -> None
     assert carried_feature(unit, planted, c, 0) is None
 
 
+def test_one_reported_event_finds_one_planted_event_at_most() -> None:
+    planted = PlantedEvolution.build(PlantedConfig.preset("split", seed=0))
+    splits = planted.event_truth.splits
+    (at_0, a_0, b_0), (at_4, a_4, b_4) = splits[0], splits[4]
+    assert at_0 == at_4  # two splits planted at one snapshot
+    both = (a_0, b_0, a_4, b_4)
+    analysis = perfect_decoder(planted, duplicate=untouched(planted)[0])
+    over_both = LineageEvent("split", at_0, both, both, -0.1, "divergence")
+    one = planted_lineage_scores(planted, analysis, SimpleNamespace(events=[over_both]))
+    assert (one.events_found, one.events_found_carried, one.labels) == (1, 1, ["planted"])
+    # beside an event of split 0's alone, the event over both finds split 4: two found, by two events
+    first = LineageEvent("split", at_0, (a_0, b_0), (a_0, b_0), -0.1, "divergence")
+    two = planted_lineage_scores(planted, analysis, SimpleNamespace(events=[over_both, first]))
+    assert (two.events_found, two.labels) == (2, ["planted", "planted"])
+    # a second report of split 0 is still its report, but finds nothing more
+    again = planted_lineage_scores(planted, analysis, SimpleNamespace(events=[first, first]))
+    assert (again.events_found, again.labels) == (1, ["planted", "planted"])
+    # where split 0's child b_0 has no live latent, split 0 is not carried: the one event goes to
+    # split 4, which is, so that the events found among those carried are as many as can be
+    present = analysis.present.clone()
+    present[b_0] = False
+    lagging = SimpleNamespace(W_dec=analysis.W_dec, present=present)
+    scores = planted_lineage_scores(planted, lagging, SimpleNamespace(events=[over_both]))
+    assert (scores.events_carried, scores.events_found, scores.events_found_carried) == (len(splits) - 1, 1, 1)
+
+
 def test_a_row_along_an_absent_feature_carries_nothing() -> None:
     planted = PlantedEvolution.build(PlantedConfig.preset("late", seed=0))
     late = int((planted.emergence == 5).nonzero()[0])

@@ -3,13 +3,17 @@
 A planted event is **found** where lineage reports an event of its kind within one snapshot of
 its step whose latents carry its directions on either side: for a split, both children among the
 latents after it; for a handoff, the predecessor among the latents before it and the successor
-among those after. A latent's row **carries** a planted feature at a snapshot where that feature
-is present and is the present planted direction nearest to it, at cosine :data:`CARRY_COSINE` or
-more: a direction the set holds no feature along at that snapshot is carried by no latent.
+among those after. Each reported event finds one planted event at most (a largest one-to-one
+assignment): one event over the latents of two splits planted at one snapshot is one split
+found. A latent's row **carries** a planted feature at a snapshot where that feature is present
+and is the present planted direction nearest to it, at cosine :data:`CARRY_COSINE` or more: a
+direction the set holds no feature along at that snapshot is carried by no latent.
 
-Every other reported event is a **decoupling** where all its latents carry one and the same
-planted feature (the crosscoder spread one feature over several latents: Minder et al.'s Latent
-Decoupling, an event of the crosscoder, not of the data) and **false** otherwise.
+A reported event that matches a planted event is called **planted** (though the assignment may
+have given that planted event another of its reports). Every other reported event is a
+**decoupling** where all its latents carry one and the same planted feature (the crosscoder
+spread one feature over several latents: Minder et al.'s Latent Decoupling, an event of the
+crosscoder, not of the data) and **false** otherwise.
 """
 
 from __future__ import annotations
@@ -115,6 +119,27 @@ class PlantedLineageScores:
         }
 
 
+def _assigned(hits: Sequence[Sequence[int]]) -> dict[int, int]:
+    """A largest one-to-one assignment of planted events to reported events: ``hits[w]`` are the
+    reported events matching planted event ``w``; the answer maps each planted event assigned to
+    its reported event. Augmenting paths (Kuhn's algorithm), the planted events taken in order: one
+    assigned stays assigned, so as many of the first ones are assigned as any largest assignment has."""
+    owner: dict[int, int] = {}
+
+    def augment(w: int, visited: set[int]) -> bool:
+        for k in hits[w]:
+            if k not in visited:
+                visited.add(k)
+                if k not in owner or augment(owner[k], visited):
+                    owner[k] = w
+                    return True
+        return False
+
+    for w in range(len(hits)):
+        augment(w, set())
+    return {w: k for k, w in owner.items()}
+
+
 def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> PlantedLineageScores:
     """Score ``lineage`` (of ``analysis``, the :class:`~crosslens.analysis.EvolutionAnalysis` of a
     crosscoder trained on ``planted``) against ``planted.event_truth``; see the module docstring."""
@@ -122,13 +147,13 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
     S = unit.shape[1]
     truth = getattr(planted, "event_truth", None)
     wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
-    matched: set[int] = set()
-    found = carried = found_carried = 0
     live = analysis.present.any(1).nonzero().flatten().tolist()
+    hits: list[list[int]] = []
+    seen: list[bool] = []
     for kind, at, a, b in wanted:
-        hits = []
         after = sorted({min(S - 1, at), min(S - 1, at + 1)})
-        seen = carried_sides(unit, planted, live, kind, at, after, a, b)
+        seen.append(carried_sides(unit, planted, live, kind, at, after, a, b))
+        hits.append([])
         for k, e in enumerate(lineage.events):
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
@@ -138,11 +163,16 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
             else:
                 ok = ahead and carries(unit, planted, e.before, [at - 1], a)
             if ok:
-                hits.append(k)
-        found += bool(hits)
-        carried += seen
-        found_carried += seen and bool(hits)
-        matched.update(hits)
+                hits[-1].append(k)
+    # the carried events are assigned first, so that the events found among them are as many as can be
+    order = sorted(range(len(wanted)), key=lambda w: not seen[w])
+    finder = _assigned([hits[w] for w in order])
+    found_at = {order[w] for w in finder}
+    found, carried = len(found_at), sum(seen)
+    found_carried = sum(seen[w] for w in found_at)
+    # an event matching a planted event is that event's report, called planted, even where the
+    # assignment gave the planted event another report of it
+    matched = {k for event_hits in hits for k in event_hits}
     labels = []
     for k, e in enumerate(lineage.events):
         if k in matched:
