@@ -400,9 +400,10 @@ def event_table(runs: list[dict]) -> bool:
 
 
 def false_flag_table(runs: list[dict]) -> bool:
-    """On the families without planted events: contested flags among the recovered features (weak-early:
-    among the others than its weak ones) and false events per recovered feature; then the false
-    events as a share of the events reported there."""
+    """On the families without planted events: contested flags and features the decoder norm at the
+    0.1 line dates two snapshots early or more, among the recovered features (weak-early: among the
+    others than its weak ones, those ``score`` counts them over), and false events per recovered
+    feature; then the false events as a share of the events reported there."""
     print(
         "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
     )
@@ -416,7 +417,7 @@ def false_flag_table(runs: list[dict]) -> bool:
         ok &= contested <= 0.05 * others and false <= 0.05 * recovered
         print(
             f"| {generator} | {arch} | {len(group)} | {recovered} | {_share(contested, others)} | "
-            f"{_share(sum(r['low_line_early'] for r in group), recovered)} | {_share(false, recovered)} | "
+            f"{_share(sum(r['low_line_early'] for r in group), others)} | {_share(false, recovered)} | "
             f"{sum(r['decoupling_events'] for r in group)} |"
         )
     without = [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")]

@@ -270,9 +270,9 @@ def test_train_planted_applies_init_before_training():
     assert not torch.allclose(usual.W_dec[:16], decoder_FSD, atol=1e-2)
 
 
-def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, monkeypatch):
-    """``scripts/planted_emergence.py`` keeps each trained crosscoder; a TopK one trained at
-    another ``k`` than ``train_planted`` gives now (or than ``--k``) is not reused."""
+@pytest.fixture
+def emergence_script(monkeypatch):
+    """``scripts/planted_emergence.py`` as a module."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -283,6 +283,13 @@ def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, 
     spec = importlib.util.spec_from_file_location("planted_emergence", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, emergence_script):
+    """``scripts/planted_emergence.py`` keeps each trained crosscoder; a TopK one trained at
+    another ``k`` than ``train_planted`` gives now (or than ``--k``) is not reused."""
+    script = emergence_script
 
     def save(k: int, protocol: dict | None) -> None:
         settings = script.cache_settings("split", "topk_crosscoder", 0, protocol)
@@ -296,3 +303,18 @@ def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, 
     save(1, {"k": 1})
     assert script.cached("split", "topk_crosscoder", 0, tmp_path, {"k": 1})["cfg"]["k"] == 1
     assert script.cached("split", "topk_crosscoder", 0, tmp_path) is None
+
+
+def test_the_emergence_scripts_early_dates_are_a_share_of_the_features_they_are_counted_over(emergence_script, capsys):
+    """The false-flag table's "earlier by the decoder norm at the 0.1 line" counts, on weak-early,
+    the recovered features other than the weak ones, and prints its share over those, as the
+    contested column does; on a family without weak features the others are every recovered one."""
+    run = {"arch": "crosscoder", "false_events": 0, "decoupling_events": 0, "events": 0}
+    runs = [
+        {**run, "generator": "weak-early", "n_recovered": 24, "n_other": 16, "contested_other": 1, "low_line_early": 2},
+        {**run, "generator": "hard", "n_recovered": 47, "n_other": 47, "contested_other": 0, "low_line_early": 3},
+    ]
+    emergence_script.false_flag_table(runs)
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in capsys.readouterr().out.splitlines()}
+    assert rows["| weak-early"][3:6] == ["24", "1/16 (6%)", "2/16 (12%)"]
+    assert rows["| hard"][3:6] == ["47", "0/47 (0%)", "3/47 (6%)"]
