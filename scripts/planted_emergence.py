@@ -19,15 +19,20 @@ as ``scripts/planted_generators.py`` does) on each planted generator, then score
     PYTHONPATH=. python scripts/planted_emergence.py --cache CACHE --jobs 1       # the full grid
     PYTHONPATH=. python scripts/planted_emergence.py --generator weak-early --seeds 0 --arch crosscoder
 
-``--cache DIR`` keeps each trained crosscoder (``GENERATOR-ARCH-seedN.pt``, with the settings it
-was trained with), so scoring again with other thresholds does not train again. ``--steps``,
-``--batch-size`` and ``--k`` change the training protocol for every family scored (keep another
-cache for them).
+``--cache DIR`` keeps each trained crosscoder (``GENERATOR-ARCH-seedN-HASH.pt``, with the settings
+it was trained with: every argument ``train_planted`` took, resolved, the architecture's defaults
+and the planted set's config, HASH theirs), so scoring again with other thresholds does not train
+again, and a crosscoder trained under other settings (another protocol, or defaults since changed)
+is never read as this one's. ``--steps``, ``--batch-size`` and ``--k`` change the training protocol
+for every family scored; each protocol keeps its own files.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import inspect
 import json
 import os
 import sys
@@ -48,7 +53,7 @@ from crosslens.analysis.planted_lineage import planted_lineage_scores
 from crosslens.analysis.planted_match import match_planted
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.scaling import latent_scaling
-from crosslens.architectures import uses_k
+from crosslens.architectures import defaults_for, sparsity_coefficient_for, uses_k
 from crosslens.training.planted import planted_k, train_planted
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -74,53 +79,120 @@ def training(generator: str, protocol: dict | None = None) -> dict:
     return {**(SMALL_TRAINING if generator in SMALL else {}), **(protocol or {})}
 
 
-def cache_path(generator: str, arch: str, seed: int, cache: Path) -> Path:
-    return cache / f"{generator}-{arch}-seed{seed}.pt"
+def train_arguments(generator: str, arch: str, planted, protocol: dict | None = None) -> dict:
+    """Every keyword ``train_planted`` trains ``arch`` on ``generator``'s ``planted`` set with (but
+    ``seed``), each resolved: its own defaults, read from its signature so that a changed default
+    changes them, then :func:`training`'s, then what the ones left None take (``k``, the sparsity
+    coefficient and warm-up, the learning rate, resampling)."""
+    skip = ("seed", "init", "plan")
+    given = {
+        name: p.default
+        for name, p in inspect.signature(train_planted).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in skip
+    }
+    given.update(training(generator, protocol))
+    defaults, config = defaults_for(arch), planted.config
+    resolved = {
+        "k": planted_k(planted, arch),
+        "lr": defaults.lr,
+        "sparsity_coefficient": sparsity_coefficient_for(
+            arch, n_snapshots=config.n_snapshots, d_in=config.d_in, d_sae=given["d_sae"]
+        ),
+        "sparsity_warm_up": defaults.sparsity_warm_up,
+        "resample_dead": defaults.resample_dead,
+    }
+    return {name: resolved[name] if value is None and name in resolved else value for name, value in given.items()}
 
 
-def cache_settings(generator: str, arch: str, seed: int, protocol: dict | None = None) -> dict:
-    """What a cached crosscoder records of how it was trained, to be reused only alike."""
-    return {"generator": generator, "arch": arch, "seed": seed, **training(generator, protocol)}
+def cache_settings(generator: str, arch: str, seed: int, protocol: dict | None = None, planted=None) -> dict:
+    """What a cached crosscoder records of how it was trained, to be reused only alike: the
+    arguments it was trained with (:func:`train_arguments`), the architecture's defaults beside
+    them and the planted set's config (``planted`` built here where not given)."""
+    planted = planted or build_planted(generator, seed, {})
+    defaults = {k: v for k, v in dataclasses.asdict(defaults_for(arch)).items() if k not in ("source", "module")}
+    return {
+        "generator": generator,
+        "arch": arch,
+        "seed": seed,
+        "training": train_arguments(generator, arch, planted, protocol),
+        "architecture_defaults": defaults,
+        "planted": dataclasses.asdict(planted.config),
+    }
+
+
+def cache_path(settings: dict, cache: Path) -> Path:
+    """Where ``cache`` keeps the crosscoder trained under ``settings``, named by a hash of them."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cache / f"{settings['generator']}-{settings['arch']}-seed{settings['seed']}-{digest}.pt"
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for name, value in settings.items():
+        out.update(_flat(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}": value})
+    return out
+
+
+def differences(saved: dict, settings: dict) -> str:
+    """The settings ``saved`` (a cached crosscoder's) holds otherwise than ``settings``, one phrase."""
+    old, new = _flat(saved), _flat(settings)
+    names = [n for n in dict.fromkeys([*new, *old]) if old.get(n, "unrecorded") != new.get(n, "unrecorded")]
+    said = [f"{n} {old.get(n, 'unrecorded')!r}, now {new.get(n, 'unrecorded')!r}" for n in names[:4]]
+    return "; ".join(said) + (f"; and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def other_settings(settings: dict, cache: Path) -> list[str]:
+    """The crosscoders ``cache`` holds of the same generator, architecture and seed trained under
+    other settings than ``settings``, each with how they differ."""
+    stem = f"{settings['generator']}-{settings['arch']}-seed{settings['seed']}"
+    found = sorted({*cache.glob(f"{stem}.pt"), *cache.glob(f"{stem}-*.pt")} - {cache_path(settings, cache)})
+    return [
+        f"{path.name}: {differences(torch.load(path, weights_only=False).get('settings', {}), settings)}"
+        for path in found
+    ]
 
 
 def cached(
     generator: str, arch: str, seed: int, cache: Path | None, protocol: dict | None = None, planted=None
 ) -> dict | None:
     """What ``cache`` holds of the crosscoder trained alike (settings, cfg, state, seconds), or None:
-    the same settings and, for TopK and BatchTopK, the ``k`` that ``train_planted`` gives now on
-    ``planted`` (built here where not given), or ``protocol``'s."""
-    path = None if cache is None else cache_path(generator, arch, seed, cache)
-    if path is None or not path.is_file():
+    the same settings (:func:`cache_settings`), and for TopK and BatchTopK a config of their ``k``."""
+    if cache is None:
+        return None
+    settings = cache_settings(generator, arch, seed, protocol, planted)
+    path = cache_path(settings, cache)
+    if not path.is_file():
         return None
     saved = torch.load(path, weights_only=False)
-    if saved["settings"] != cache_settings(generator, arch, seed, protocol):
+    if saved.get("settings") != settings:
+        print(
+            f"{path} was trained under other settings than its name says ({differences(saved.get('settings', {}), settings)}); not reused"
+        )
         return None
-    if uses_k(arch):
-        k = (protocol or {}).get("k") or planted_k(planted or build_planted(generator, seed, {}), arch)
-        if saved["cfg"]["k"] != k:
-            return None
+    if uses_k(arch) and saved["cfg"]["k"] != settings["training"]["k"]:
+        return None
     return saved
 
 
 def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, protocol: dict | None = None):
-    """The crosscoder ``train_planted`` gives, from ``cache`` when it holds one trained alike."""
+    """The crosscoder ``train_planted`` gives, from ``cache`` when it holds one trained alike; one
+    trained under other settings is not reused, and said so."""
     saved = cached(generator, arch, seed, cache, protocol, planted)
     if saved is not None:
         train_cls, train_cfg_cls = crosscoders.ARCHITECTURES[arch][2:4]
         crosscoder = train_cls(train_cfg_cls.from_dict(saved["cfg"]))
         crosscoder.load_state_dict(saved["state"])
         return crosscoder.eval(), saved["seconds"]
-    path = None if cache is None else cache_path(generator, arch, seed, cache)
+    settings = cache_settings(generator, arch, seed, protocol, planted)
+    for other in [] if cache is None else other_settings(settings, cache):
+        print(f"training {generator} {arch} seed {seed} again: {cache} holds it under other settings ({other})")
     start = time.perf_counter()
-    crosscoder = train_planted(planted, arch, seed=seed, **training(generator, protocol))
+    crosscoder = train_planted(planted, arch, seed=seed, **settings["training"])
     seconds = time.perf_counter() - start
-    if path is not None:
+    if cache is not None:
+        path = cache_path(settings, cache)
         path.parent.mkdir(parents=True, exist_ok=True)
-        saved = {
-            "settings": cache_settings(generator, arch, seed, protocol),
-            "cfg": crosscoder.cfg.to_dict(),
-            "state": crosscoder.state_dict(),
-        }
+        saved = {"settings": settings, "cfg": crosscoder.cfg.to_dict(), "state": crosscoder.state_dict()}
         # a name of this process's own: two processes training the same run never share a partial file
         partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save({**saved, "seconds": seconds}, partial)
@@ -488,6 +560,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"not in {args.cache} as trained now, left out ({len(left_out)} runs): "
                 + ", ".join(f"{g} {a} seed {s}" for g, a, s in left_out)
             )
+        for g, a, s in left_out:
+            for other in other_settings(cache_settings(g, a, s, protocol), Path(args.cache)):
+                print(f"  {g} {a} seed {s}: held under other settings, {other}")
     runs = run_grid(run_one, grid, args.jobs)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))

@@ -14,8 +14,9 @@ set aside.
     PYTHONPATH=. python scripts/planted_lineage_agreement.py --cache CACHE --jobs 2
     PYTHONPATH=. python scripts/planted_lineage_agreement.py --cache CACHE --jobs 2 --every-referee
 
-``--cache`` is ``scripts/planted_emergence.py``'s (that script trains it); a crosscoder it does
-not hold is trained here and kept there.
+``--cache`` is ``scripts/planted_emergence.py``'s (that script trains it); this script reads the
+crosscoders of its default protocol (trained without ``--steps``, ``--batch-size`` or ``--k``), and
+one it does not hold is trained here and kept there.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -18,7 +19,9 @@ from test_trainer import make_batches, make_sae, trainer_cfg
 
 from crosslens.analysis import PlantedConfig, PlantedEvolution
 from crosslens.analysis.planted_generators import GENERATORS
+from crosslens.architectures import sparsity_coefficient_for
 from crosslens.training import CrosscoderTrainer, latest_checkpoint
+from crosslens.training.config import CrosscoderRunnerConfig
 from crosslens.training.planted import train_planted
 
 
@@ -294,7 +297,7 @@ def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, 
     def save(k: int, protocol: dict | None) -> None:
         settings = script.cache_settings("split", "topk_crosscoder", 0, protocol)
         saved = {"settings": settings, "cfg": {"k": k}, "state": {}, "seconds": 1.0}
-        torch.save(saved, script.cache_path("split", "topk_crosscoder", 0, tmp_path))
+        torch.save(saved, script.cache_path(settings, tmp_path))
 
     save(1, None)  # the split set's k before TopK's floor of 2
     assert script.cached("split", "topk_crosscoder", 0, tmp_path) is None
@@ -302,7 +305,47 @@ def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, 
     assert script.cached("split", "topk_crosscoder", 0, tmp_path)["cfg"]["k"] == 2
     save(1, {"k": 1})
     assert script.cached("split", "topk_crosscoder", 0, tmp_path, {"k": 1})["cfg"]["k"] == 1
-    assert script.cached("split", "topk_crosscoder", 0, tmp_path) is None
+    # --k 1's file is its own: the default protocol's k 2 is still there
+    assert script.cached("split", "topk_crosscoder", 0, tmp_path)["cfg"]["k"] == 2
+
+
+def test_the_emergence_scripts_cache_keeps_each_protocol_apart_and_reads_none_as_another(
+    tmp_path, emergence_script, capsys
+):
+    """A cached crosscoder records every argument it was trained with, resolved (the steps and
+    batch size ``train_planted`` defaults to, the sparsity coefficient it derives), beside the
+    planted set's config; each protocol has a file of its own, and one trained under other
+    settings is never reused as this one, and said so."""
+    script = emergence_script
+    planted = PlantedEvolution.build(PlantedConfig.preset("split", seed=0))
+    crosscoder, _ = script.trained("split", "crosscoder", 0, planted, tmp_path, {"n_steps": 2})
+    assert crosscoder.cfg.to_dict()["metadata"]["n_training_steps"] == 2
+    (short,) = tmp_path.glob("*.pt")
+    script.trained("split", "crosscoder", 0, planted, tmp_path, {"n_steps": 3})
+    assert len(list(tmp_path.glob("*.pt"))) == 2  # --steps 3 wrote a file beside --steps 2's
+    assert "training.n_steps 2, now 3" in capsys.readouterr().out
+    recorded = torch.load(short, weights_only=False)["settings"]
+    assert recorded["training"]["n_steps"] == 2
+    assert recorded["planted"] == dataclasses.asdict(planted.config)
+    # what the default protocol trains with, resolved: a changed default is another file
+    default = script.cache_settings("split", "crosscoder", 0, None, planted)
+    assert default["training"]["n_steps"] == CrosscoderRunnerConfig.n_steps
+    assert (default["training"]["batch_size"], default["training"]["d_sae"]) == (256, 64)
+    assert default["training"]["sparsity_coefficient"] == sparsity_coefficient_for(
+        "crosscoder", n_snapshots=8, d_in=32, d_sae=64
+    )
+    assert script.cached("split", "crosscoder", 0, tmp_path, {"n_steps": 2}, planted) is not None
+    # the default protocol reads no 2-step crosscoder, and names the setting that differs
+    assert script.cached("split", "crosscoder", 0, tmp_path, None, planted) is None
+    others = script.other_settings(default, tmp_path)
+    assert any(
+        o.startswith(short.name) and f"training.n_steps 2, now {CrosscoderRunnerConfig.n_steps}" in o for o in others
+    )
+    # a file whose settings are not the ones its name stands for is not reused
+    renamed = script.cache_path(script.cache_settings("split", "crosscoder", 0, {"n_steps": 4}, planted), tmp_path)
+    short.rename(renamed)
+    assert script.cached("split", "crosscoder", 0, tmp_path, {"n_steps": 4}, planted) is None
+    assert "training.n_steps 2, now 4" in capsys.readouterr().out
 
 
 def test_the_emergence_scripts_early_dates_are_a_share_of_the_features_they_are_counted_over(emergence_script, capsys):
