@@ -505,8 +505,8 @@ def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, i
 def test_analyze_names_the_harvest_that_gives_a_streamed_run_its_store(dtype, streamed, inputs, tmp_path, capsys):
     """A streamed run has no store for the report's firing frequencies and top contexts: analyze
     prints the harvest of the tokens it trained on, and that command's store is accepted, also for
-    a run whose resident models were bfloat16 (the run records their float32 weights, which the
-    harvest's float32 models match)."""
+    a run whose resident models were bfloat16 (the run records their files' identity, which the
+    harvest's manifest records too)."""
     import shlex
 
     out, _ = streamed
@@ -737,6 +737,25 @@ def test_both_runners_build_the_crosscoder_the_jumprelu_flags_ask_for(tmp_path):
     assert StreamingTrainingRunner.kernel_plan is CrosscoderTrainingRunner.kernel_plan
     with pytest.raises(ValueError, match=r"sparse_step \(--sparse-step\) is the JumpReLU crosscoder's"):
         ArchitectureConfig(architecture="topk_crosscoder", sparse_step="on")
+
+
+def test_a_store_of_the_run_snapshots_in_bfloat16_is_their_store(streamed, inputs, tmp_path, capsys):
+    """The streamed run records each snapshot's file identity, as a store's manifest does, so a
+    store of the same snapshots harvested in bfloat16 (whose weights hash is of bfloat16 weights,
+    the run's of float32) is matched by its files, not refused as other weights."""
+    from crosslens.activations import ActivationStore
+
+    out, _ = streamed
+    store = tmp_path / "store"
+    harvest = ["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(store), "--device", "cpu"]
+    assert main([*harvest, "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--store", str(store), "--device", "cpu"]) == 0
+    assert "explained variance" in capsys.readouterr().out
+    manifest = ActivationStore.open(store, verify="none").snapshots
+    recorded = json.loads((out / "final" / "cfg.json").read_text())["metadata"]["suite"]["snapshots"]
+    assert [r["source"]["digest"] for r in recorded] == [m["source"]["digest"] for m in manifest]
+    assert all(r["weights_sha256"] != m["weights_sha256"] for r, m in zip(recorded, manifest))  # dtypes differ
 
 
 def test_an_eval_store_that_cannot_serve_the_run_is_refused_before_any_model_loads(

@@ -134,13 +134,14 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         models = []
         try:
             for i, ref in enumerate(refs):
+                identity = self._identities()[self.snapshot_indices[i]]
                 record, model = load_snapshot(
                     self.suite,
                     ref,
                     device=device,
                     reference_tokenizer=reference,
                     first_n_layers=self.first_n_layers,
-                    identity=self._identities()[self.snapshot_indices[i]],
+                    identity=identity,
                 )
                 check_tokens_fit(model, ref.revision, self._largest_id, self.token_ids_NL.shape[1])
                 # resident for the whole run: blocks past the hook would only hold memory
@@ -148,7 +149,9 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
                 if i == 0:
                     d_in = hook_width(self.hook, model.cfg.d_model, model.cfg.d_mlp or model.cfg.d_model)
                     self._check_fits(model_bytes(model), d_in, device)
-                self.provenance.append(record)
+                # the files' identity, as a store's manifest records it: weights_sha256 hashes the
+                # weights in the dtype they loaded in, so a store of another dtype is matched by this
+                self.provenance.append({**record, "source": identity})
                 models.append(model)
         except BaseException:
             for model in models:
