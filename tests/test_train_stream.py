@@ -773,6 +773,29 @@ def test_an_eval_store_that_cannot_serve_the_run_is_refused_before_any_model_loa
     assert "--eval-store" in capsys.readouterr().err
 
 
+def test_an_eval_store_of_other_weights_under_the_same_names_is_refused_before_any_model_loads(
+    inputs, tmp_path, capsys, monkeypatch
+):
+    """A store of a suite with the same revisions and steps but other models (step10 retrained from
+    another seed) is refused by its files' identities before training, not after it."""
+    import crosslens.activations.streaming as streaming
+
+    other = _write_suite(tmp_path / "other", seeds=[0, 5, 2])
+    store = tmp_path / "store"
+    flags = ["--suite", str(other), "--text", str(inputs[1]), "--n-tokens", "64", "--seq-len", "16"]
+    assert main(["harvest", *flags, "--hook", HOOK, "--out", str(store), "--device", "cpu"]) == 0
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a snapshot model loaded")
+
+    monkeypatch.setattr(streaming, "load_snapshot", no_loading)
+    capsys.readouterr()
+    err = one_line_exit_2(stream_flags(inputs, tmp_path / "run", "--eval-store", str(store)), capsys)
+    assert f"--eval-store {store} holds other snapshots than the streamed ones (snapshot step10 has other " in err
+    assert f"`crosslens harvest --suite {inputs[0]} --steps 0,10,20 --hook {HOOK}`" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_heldout_harvest_waits_for_the_background_one(inputs, tmp_path, monkeypatch):
     """While a chunk harvests aside, the held-out rows go through the same resident models
     (``provider.models()``, which waits for it) after that harvest, never beside it."""

@@ -341,22 +341,33 @@ def check_memory(
 
 def check_stream_eval_store(path: str, hook: str, suite) -> None:
     """Refuse, before any model loads, an --eval-store that cannot serve the streamed crosscoder: missing,
-    without its hook, or of other steps. Its snapshots' weights are compared after training, against the
-    identities the loaded models record."""
+    without its hook, or of other snapshots (revisions, steps and the files' identities, read from the suite's
+    files as the store's manifest records them; the model id where a snapshot's files cannot tell). A
+    snapshot whose files cannot be identified before loading is compared by its weights after training."""
     from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import harvest_command, snapshot_problem, unverifiable_snapshots
+    from crosslens.activations.snapshots import suite_identities
+    from crosslens.training.streaming import suite_record
 
     if not Path(path).exists():
         raise CLIError(f"--eval-store {path}: the path does not exist; pass a store written by `crosslens harvest`")
     store = ActivationStore.open(path, verify="none")
-    steps = [ref.step for ref in suite.snapshots]
     if hook not in store.hooks:
         raise CLIError(
             f"--eval-store {path} holds {', '.join(store.hooks)}, not {hook}; pass a store harvested with --hook {hook}"
         )
-    if [entry.get("step") for entry in store.snapshots] != steps:
+    streamed = [
+        {"revision": ref.revision, "step": int(ref.step), "source": identity}
+        for ref, identity in zip(suite.snapshots, suite_identities(suite))
+    ]
+    problem = snapshot_problem(streamed, store.snapshots, require_identity=False)
+    model = str((store.manifest.get("spec", {}).get("suite") or {}).get("model_id"))
+    if problem is None and unverifiable_snapshots(streamed, store.snapshots) and model != suite.model_id:
+        problem = f"model {suite.model_id} vs {model}"
+    if problem is not None:
         raise CLIError(
-            f"--eval-store {path} holds other snapshots than the streamed ones; pass a store harvested with "
-            f"--steps {','.join(map(str, steps))} --hook {hook}"
+            f"--eval-store {path} holds other snapshots than the streamed ones ({problem}); pass a store harvested "
+            f"from them (`{harvest_command(suite_record(suite), streamed, hook)}`)"
         )
 
 
