@@ -269,6 +269,39 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(streamed, inputs, tmp_path
     assert sha256(out / WEIGHTS) == sha256(streamed[0] / WEIGHTS)
 
 
+def test_a_resume_without_dtype_takes_the_models_dtype_the_run_recorded(inputs, tmp_path, monkeypatch, capsys):
+    """A run whose snapshot models ran in bfloat16 (the CUDA default) goes on in bfloat16 where
+    --dtype is left out on a device whose default is float32 (here the CPU, whose default it is);
+    another --dtype given is refused in one line naming the run's."""
+    out = tmp_path / "run"
+    batches = StreamingTrainingRunner._batches
+
+    def interrupting(self, start_step):
+        for i, batch in enumerate(batches(self, start_step)):
+            if start_step + i == 3:
+                raise KeyboardInterrupt
+            yield batch
+
+    flags = stream_flags(inputs, out)
+    flags[flags.index("--heldout-tokens") + 1] = "0"
+    monkeypatch.setattr(StreamingTrainingRunner, "_batches", interrupting)
+    with pytest.raises(SystemExit):
+        main([*flags, "--dtype", "bfloat16"])
+    monkeypatch.setattr(StreamingTrainingRunner, "_batches", batches)
+    assert (out / "step_00000002").is_dir() and not (out / WEIGHTS).exists()
+    capsys.readouterr()
+    err = one_line_exit_2([*flags, "--resume", "--dtype", "float32"], capsys)
+    assert err == (
+        f"crosslens train: error: --dtype float32: the run in {out} ran its snapshot models in bfloat16; resume "
+        "with --dtype bfloat16 (or without --dtype), or start a new run in another --out"
+    )
+    assert main([*flags, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--resume: the snapshot models run in bfloat16, as the run in {out} did (--dtype bfloat16)" in printed
+    assert "--resume: continuing from" in printed and (out / WEIGHTS).exists()
+    assert json.loads((out / "run.json").read_text())["stream"]["model_dtype"] == "bfloat16"
+
+
 def test_a_resume_on_other_weights_under_the_same_names_is_refused(inputs, tmp_path, monkeypatch, capsys):
     """A suite folder rebuilt under the same revision names holds other models: the checkpoint's
     record of each snapshot's weights tells them apart once they load, before a step is taken."""

@@ -46,9 +46,9 @@ from crosslens.cli.options import (
 from crosslens.core.devices import DTYPE_BYTES, RESIDENT_MEMORY_FRACTION, default_model_dtype, reset_peak_memory
 from crosslens.core.errors import run_again
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
-from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME
+from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME
 from crosslens.core.units import format_bytes
-from crosslens.training.config import CrosscoderRunnerConfig
+from crosslens.training.config import RUN_STREAM, CrosscoderRunnerConfig
 from crosslens.training.model_sizes import known_model
 from crosslens.training.recipes import load_recipe
 
@@ -76,7 +76,8 @@ class TrainFlags:
     sections) and train anew; without it, train refuses a folder holding them."""
     dtype: str | None = None
     """dtype of the snapshot models (float32, bfloat16, float16; default: bfloat16 on CUDA when a --recipe
-    harvests or --stream keeps them resident, else float32); crosscoder parameters stay float32."""
+    harvests or --stream keeps them resident, else float32; a streamed run's --resume takes the dtype the run
+    recorded); crosscoder parameters stay float32."""
 
 
 def train_config(args: argparse.Namespace, recipe=None, **fixed) -> CrosscoderRunnerConfig:
@@ -110,6 +111,7 @@ def train(args: argparse.Namespace) -> int:
     harvests = args.stream or (recipe is not None and args.store_path is None)
     device, model_dtype = device_and_dtype(args, produces_activations=harvests)
     if args.stream:
+        model_dtype = resumed_model_dtype(args, model_dtype)
         return train_stream(args, recipe, train_config(args, recipe, device=device, store_path=""), model_dtype)
     if args.store_path is None and recipe is None:
         raise CLIError("train needs --store DIR (an activation store), --stream (no store), or --recipe NAME")
@@ -371,6 +373,33 @@ def check_stream_eval_store(path: str, hook: str, suite) -> None:
         )
 
 
+def resumed_model_dtype(args: argparse.Namespace, model_dtype: str) -> str:
+    """The snapshot models' dtype of ``train --stream``: ``model_dtype`` (--dtype, else the device's
+    default), but on --resume without --dtype the dtype the run in --out recorded, as --autocast left
+    at auto takes the run's (a run started on a GPU goes on in bfloat16 on a CPU: another dtype
+    halfway would be other activations). An explicit --dtype other than the run's is refused."""
+    if not args.resume:
+        return model_dtype
+    try:
+        recorded = json.loads((Path(args.out_dir) / RUN_CONFIG_NAME).read_text())[RUN_STREAM]["model_dtype"]
+    except (OSError, ValueError, KeyError, TypeError):  # no streamed run there: the runner says what is
+        return model_dtype
+    if recorded not in DTYPE_BYTES:
+        return model_dtype
+    if args.dtype is None:
+        if recorded != model_dtype and is_main_process():
+            print(
+                f"--resume: the snapshot models run in {recorded}, as the run in {args.out_dir} did (--dtype {recorded})"
+            )
+        return str(recorded)
+    if recorded != model_dtype:
+        raise CLIError(
+            f"--dtype {args.dtype}: the run in {args.out_dir} ran its snapshot models in {recorded}; resume with "
+            f"--dtype {recorded} (or without --dtype), or start a new run in another --out"
+        )
+    return model_dtype
+
+
 def slow_forward_hint(model_dtype: str, device: str) -> str | None:
     """The line saying that float32 snapshot models on a GPU (asked for with --dtype) forego its
     tensor cores, or None."""
@@ -425,7 +454,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     check_memory(
         suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len
     )
-    hint = slow_forward_hint(model_dtype, device)
+    hint = slow_forward_hint(model_dtype, device) if args.dtype is not None else None
     if hint is not None and is_main_process():
         print(hint)
     train_NL, heldout_NL = token_tables(tokens, budget, suite.tokenizer())
