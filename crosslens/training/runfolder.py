@@ -433,9 +433,9 @@ def recorded_store(run_dir: Path | None) -> str | None:
 def streamed_store_command(run_dir: Path | None) -> str | None:
     """For a run trained with ``train --stream`` (its run.json's ``stream`` entry), the ``crosslens
     harvest`` command that writes a store of the tokens it trained on, from the same snapshots at
-    the same hook, beside the run folder; None for a run trained on a store. The snapshot models
-    run in float32 there whatever ``--dtype`` the run gave them: the run recorded their float32
-    weights (the resident models are loaded so, then cast), which the store must match."""
+    the same hook, beside the run folder; None for a run trained on a store. It names no
+    ``--dtype``: the run recorded each snapshot's file identity, which a store of the same
+    snapshots records too in whatever dtype it was harvested."""
     try:
         stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())[RUN_STREAM]  # type: ignore[operator]
         suite, tokens = stream["suite"], stream["tokens"]
