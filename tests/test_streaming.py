@@ -38,7 +38,7 @@ def test_each_data_rank_streams_store_rows_of_its_snapshots(suite, token_ids, st
     for rank in range(2):
         p = provider(suite, token_ids, snapshots=BLOCK, data_rank=rank, data_size=2)
         served = _served(p)
-        assert len(served) == p.n_tokens
+        assert len(served) >= p.n_tokens  # its chunks hold its sequences whole; as many tokens as any rank's are served
         for position, row_SD in served:
             assert torch.equal(row_SD, by_position[position][BLOCK]), position
         seen += [position for position, _ in served]
@@ -48,6 +48,38 @@ def test_each_data_rank_streams_store_rows_of_its_snapshots(suite, token_ids, st
         p.close()
     # the two data ranks split the tokens: every stored token exactly once
     assert sorted(seen) == sorted(by_position)
+
+
+@pytest.mark.parametrize("batch_size,n_epochs", [(13, 3), (85, 1)])
+def test_data_ranks_serve_as_many_whole_batches_every_epoch(suite, token_ids, batch_size, n_epochs):
+    """Rows keep different numbers of tokens, so a rank's share of the sequences holds another
+    count each epoch: every data rank serves the same whole batches every epoch all the same (on
+    a mesh each step takes one from every rank), and one process still serves every token."""
+    served = []
+    for rank in range(2):
+        p = ResidentSnapshotProvider(
+            suite,
+            HOOK,
+            token_ids,
+            batch_size,
+            chunk_seqs=5,
+            drop_last=True,
+            n_epochs=n_epochs,
+            snapshots=[0],
+            data_rank=rank,
+            data_size=2,
+            normalize=False,
+            prefetch=False,
+        )
+        served.append([b.shape[0] for b in p.batches(0)])
+        assert p.batches_per_epoch * n_epochs == len(served[-1])
+        p.close()
+    assert served[0] == served[1] and set(served[0]) == {batch_size}
+    whole = ResidentSnapshotProvider(suite, HOOK, token_ids, 40, chunk_seqs=5, n_epochs=1, snapshots=[0])
+    kept_N = whole.keep_NL.sum(1)
+    assert len(set(kept_N.tolist())) > 1  # the fixture's rows do keep different counts
+    assert whole.n_tokens == sum(b.shape[0] for b in whole.batches(0)) == int(kept_N.sum())
+    whole.close()
 
 
 def test_models_load_once_and_resume_serves_the_same_batches(suite, token_ids, monkeypatch):

@@ -55,7 +55,9 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
     Args (beyond :class:`OnTheFlyProvider`'s, which come first):
         snapshots: suite indices of the snapshots this process keeps and serves (default all).
         data_rank, data_size: this process's share of each chunk's sequences (sequence j
-            of a chunk goes to data rank ``j % data_size``).
+            of a chunk goes to data rank ``j % data_size``). Every data rank serves the same
+            number of tokens each epoch (:attr:`n_tokens`): where rows keep different numbers of
+            tokens, a few of a rank's last tokens in an epoch may go unserved.
         model_dtype: dtype the models run in, or its name (bfloat16/float16 halve their
             memory); activations are served as float32.
         buffer_dtype: dtype of the chunk buffer (default ``model_dtype``: the rows exactly as
@@ -102,8 +104,6 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         self._stream: Any = None
         self._models: list[Any] | None = None
         self.provenance: list[dict] = []
-        # this rank's tokens: its sequences of every chunk
-        self._mine_N = torch.zeros(self.token_ids_NL.shape[0], dtype=torch.bool)
         self.n_tokens = self._count_rank_tokens()
         if self.n_tokens == 0 or (self.drop_last and self.n_tokens < batch_size):
             raise ValueError(
@@ -203,9 +203,15 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         return [seq_order[lo : lo + chunk][self.data_rank :: self.data_size] for lo in range(0, seq_order.size, chunk)]
 
     def _count_rank_tokens(self) -> int:
-        seqs = np.concatenate(self._chunks(0)) if self.token_ids_NL.shape[0] else np.array([], int)
-        # the split is a fixed stride of one permutation per epoch, so the count is per epoch
-        return int(torch.count_nonzero(self.keep_NL[torch.from_numpy(seqs)])) if seqs.size else 0
+        """Tokens every data rank serves each epoch: what the fewest sequences a rank takes (a
+        count fixed by the chunking, whatever the epoch's order) hold at the least, the shortest
+        rows'. Rows keep different numbers of tokens, so a rank's share holds another count each
+        epoch; served so, every rank gives as many batches of the same sizes in every epoch (on a
+        mesh each step takes one from each). One process takes every sequence: every token."""
+        full, rest = divmod(self.token_ids_NL.shape[0], self.chunk_seqs * self.data_size)
+        fewest = full * self.chunk_seqs + len(range(self.data_size - 1, rest, self.data_size))
+        kept_N = self.keep_NL.sum(dim=1)
+        return int(kept_N.sort().values[:fewest].sum())
 
     def _measured_norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
         """sqrt(d_in) / mean norm per held snapshot, measured on the first
