@@ -6,7 +6,10 @@ Settings come in three layers, later ones winning field by field: the defaults o
 nested architecture and logging configs), a ``--recipe``'s values, and the flags given.
 
 ``--stream`` writes nothing but the run folder. Its suite, snapshot and token flags are
-``harvest``'s and mean the same (the same tokens, the same held-out rows). Before any model loads
+``harvest``'s and mean the same (the same tokens, the same held-out rows); its normalisation factors,
+though, are measured on the first 64 training rows where a store's are on all of its tokens, and its
+bfloat16 models are processed in float32 before the cast where harvest's are processed in bfloat16
+(docs/DISTRIBUTED.md, "Activations at scale"). Before any model loads
 the command prints what the resident models need against what the device has, and refuses a run
 that cannot fit; after training it reports the quality table on the held-out rows, harvested from
 the same resident models.
