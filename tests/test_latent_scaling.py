@@ -18,7 +18,7 @@ import torch
 import crosslens.crosscoders as crosscoders
 from crosslens.analysis import EvolutionAnalysis
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence, scaled_presence
-from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.evolution import NO_STEP, EvolutionConfig
 from crosslens.analysis.scaling import (
     LatentScaling,
     LatentScalingConfig,
@@ -262,6 +262,37 @@ def test_the_check_refuses_an_analysis_of_another_crosscoder():
     other = EvolutionAnalysis.from_decoder(torch.rand(F + 1, S, D))
     with pytest.raises(ValueError, match="compute both from the same crosscoder"):
         check_emergence(other, latent_scaling(crosscoder, x_NSD))
+
+
+def test_the_scaled_timeline_is_read_in_the_analysis_presence_mode():
+    """A latent whose decoder norm and activations dip and recover alike ([1, 1, 0, 0, 1, 1]) emerges
+    at the same snapshot by both readings: the first on-period in robust mode, the last in decoder_norm mode."""
+    timeline_S = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    u_FD = torch.linalg.qr(torch.randn(D, F, generator=torch.Generator().manual_seed(0)))[0].T
+    W_FSD = u_FD[:, None, :].expand(F, S, D).clone()
+    W_FSD[0] = u_FD[0][None, :] * timeline_S[:, None]
+    amplitude_FS = torch.ones(F, S)
+    amplitude_FS[0] = timeline_S
+    for mode, emergence in (("robust", 0), ("decoder_norm", 4)):
+        analysis = EvolutionAnalysis.from_decoder(W_FSD, config=EvolutionConfig(presence=mode))
+        scaling = LatentScaling.from_tensors(
+            {
+                "reference": torch.zeros(F, S, dtype=torch.int32),
+                "row_norm": torch.ones(F, S),
+                "own_cosine": torch.ones(F, S),
+                "own_norm": analysis.norms,
+                "carrier": -torch.ones(F, S, dtype=torch.int32),
+                "carrier_cosine": -torch.ones(F, S),
+                "amplitude": amplitude_FS,
+                "error_amplitude": amplitude_FS,
+                "stderr": torch.full((F, S), 1e-3),
+                "n_fire": torch.full((F,), 1000.0),
+            },
+            10_000,
+        )
+        check = check_emergence(analysis, scaling)
+        assert int(analysis.lifetimes.emergence[0]) == emergence == int(check.scaled_emergence[0]), mode
+        assert check.contested_features() == [] and check.direction(0) is None, mode
 
 
 def test_arguments_in_the_wrong_slot_are_named_by_what_each_slot_takes():

@@ -8,7 +8,7 @@ snapshot's activations where another latent present there points the latent's wa
 :attr:`EmergenceCheckConfig.carrier_cosine` or more), and the one in the reconstruction error
 without the latent elsewhere: what unrelated latents that fire on the same tokens reconstruct is
 not the latent's presence. The evolution analysis's
-hysteresis reads it like a decoder-norm timeline (present from
+hysteresis reads it like a decoder-norm timeline, in the analysis's presence mode (present from
 :attr:`EmergenceCheckConfig.presence_threshold`, faded under
 :attr:`EmergenceCheckConfig.fade_threshold`), giving a **latent-scaled emergence**.
 
@@ -203,7 +203,8 @@ def check_emergence(
 ) -> EmergenceCheck:
     """Compare ``analysis``'s decoder-norm emergence (an
     :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`) with ``scaling``'s, latent
-    by latent (vectorised). Both must describe the same crosscoder."""
+    by latent (vectorised), reading the latent-scaled timeline in the analysis's presence mode
+    (``EvolutionConfig.presence``). Both must describe the same crosscoder."""
     if not hasattr(analysis, "lifetimes") or not isinstance(scaling, LatentScaling):
         raise TypeError(
             f"check_emergence(analysis, scaling) takes an EvolutionAnalysis and what latent_scaling returns; got "
@@ -218,11 +219,14 @@ def check_emergence(
     presence_FS = scaled_presence(scaling, config)
     dead_F = analysis.lifetimes.dead
     measured_F = ~dead_F & (scaling.n_fire >= config.min_fire)
+    # the same presence mode as the decoder-norm reading, so that a timeline both readings share
+    # dates the same on-period (the first in robust mode, the last in decoder_norm mode)
     reading = EvolutionConfig(
         emergence_threshold=config.presence_threshold,
         fade_threshold=config.fade_threshold,
         dead_threshold=0.0,
         untouched_rtol=0.0,
+        presence=analysis.config.presence,
     )
     scaled = feature_lifetimes(torch.where(measured_F[:, None], presence_FS, 0.0), reading)
     decoder_F = analysis.lifetimes.emergence
