@@ -264,6 +264,26 @@ def test_the_check_refuses_an_analysis_of_another_crosscoder():
         check_emergence(other, latent_scaling(crosscoder, x_NSD))
 
 
+def test_the_check_refuses_a_latent_scaling_of_another_crosscoder_of_the_same_shape():
+    from crosslens.analysis.emergence_record import compute_emergence
+    from crosslens.core.errors import CrosslensError
+
+    crosscoder, x_NSD, _ = constructed(noise=0.01)
+    other = crosscoders.ARCHITECTURES["crosscoder"][0](
+        crosscoders.ARCHITECTURES["crosscoder"][1](d_in=D, d_sae=F, n_snapshots=S)
+    )
+    with torch.no_grad():
+        other.W_dec.copy_(crosscoder.W_dec.flip(0))  # the same rows, other latents: same shape, other norms
+    scaling, other_analysis = latent_scaling(crosscoder, x_NSD), EvolutionAnalysis.from_crosscoder(other)
+    assert other_analysis.norms.shape == scaling.own_norm.shape
+    with pytest.raises(CrosslensError, match=r"other decoder rows .*: compute both from the same crosscoder\.$"):
+        check_emergence(other_analysis, scaling)
+    with pytest.raises(CrosslensError, match="compute both from the same crosscoder"):
+        compute_emergence(crosscoder, other_analysis, x_NSD)
+    # the crosscoder's own analysis is read, its norms equal to the scaling's own_norm
+    assert check_emergence(EvolutionAnalysis.from_crosscoder(crosscoder), scaling).contested_features() == [0, 3]
+
+
 def test_the_scaled_timeline_is_read_in_the_analysis_presence_mode():
     """A latent whose decoder norm and activations dip and recover alike ([1, 1, 0, 0, 1, 1]) emerges
     at the same snapshot by both readings: the first on-period in robust mode, the last in decoder_norm mode."""

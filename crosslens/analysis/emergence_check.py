@@ -34,6 +34,7 @@ from jaxtyping import Float, Int
 
 from crosslens.analysis.evolution import NO_STEP, EvolutionConfig, Lifetimes, feature_lifetimes
 from crosslens.analysis.scaling import LatentScaling
+from crosslens.core.errors import CrosslensError
 
 CONTESTED_KINDS: tuple[str, ...] = ("earlier", "later")
 """Which way a contested latent's latent-scaled emergence lies from its decoder-norm one."""
@@ -198,24 +199,38 @@ def _where_early(scaling: LatentScaling, first_FS: torch.Tensor, contested_earli
     ]
 
 
+def _refuse_another_crosscoder(analysis: Any, scaling: LatentScaling) -> None:
+    """Refuse a latent scaling of another crosscoder than ``analysis``'s: both hold the
+    training-space decoder norm of every latent at every snapshot (``own_norm``, ``norms``)."""
+    if scaling.amplitude.shape != analysis.norms.shape:
+        raise CrosslensError(
+            f"the latent scaling has shape {list(scaling.amplitude.shape)} and the evolution analysis "
+            f"{list(analysis.norms.shape)}: compute both from the same crosscoder."
+        )
+    own_FS, norms_FS = scaling.own_norm.float().cpu(), analysis.norms.float().cpu()
+    if not torch.allclose(own_FS, norms_FS, rtol=1e-4, atol=1e-6):
+        worst = float((own_FS - norms_FS).abs().max())
+        raise CrosslensError(
+            f"the latent scaling was computed on other decoder rows than the evolution analysis read (decoder "
+            f"norms differ by up to {worst:.3g}): compute both from the same crosscoder."
+        )
+
+
 def check_emergence(
     analysis: Any, scaling: LatentScaling, config: EmergenceCheckConfig | None = None
 ) -> EmergenceCheck:
     """Compare ``analysis``'s decoder-norm emergence (an
     :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`) with ``scaling``'s, latent
     by latent (vectorised), reading the latent-scaled timeline in the analysis's presence mode
-    (``EvolutionConfig.presence``). Both must describe the same crosscoder."""
+    (``EvolutionConfig.presence``). Both must describe the same crosscoder: a latent scaling whose
+    decoder norms (``own_norm``) are not the analysis's (``norms``) is refused."""
     if not hasattr(analysis, "lifetimes") or not isinstance(scaling, LatentScaling):
         raise TypeError(
             f"check_emergence(analysis, scaling) takes an EvolutionAnalysis and what latent_scaling returns; got "
             f"({type(analysis).__name__}, {type(scaling).__name__})"
         )
     config = config or EmergenceCheckConfig()
-    if scaling.amplitude.shape != analysis.norms.shape:
-        raise ValueError(
-            f"the latent scaling has shape {list(scaling.amplitude.shape)} and the evolution analysis "
-            f"{list(analysis.norms.shape)}: compute both from the same crosscoder."
-        )
+    _refuse_another_crosscoder(analysis, scaling)
     presence_FS = scaled_presence(scaling, config)
     dead_F = analysis.lifetimes.dead
     measured_F = ~dead_F & (scaling.n_fire >= config.min_fire)
