@@ -146,6 +146,24 @@ def test_the_batched_pass_agrees_with_the_per_latent_loop(arch):
         assert torch.allclose(gated.error_amplitude, batched.error_amplitude, atol=1e-6)
 
 
+def test_a_stream_is_read_up_to_n_tokens_as_a_tensor_is():
+    crosscoder, x_NSD, _ = constructed(noise=0.02)
+    config = LatentScalingConfig(n_tokens=120, batch_size=50)
+    from_tensor = latent_scaling(crosscoder, x_NSD, config=config)
+    from_stream = latent_scaling(crosscoder, iter(x_NSD.split(50)), config=config)  # 50 + 50 + 20 of the third
+    assert from_tensor.n_tokens == from_stream.n_tokens == 120
+    for name in ("amplitude", "error_amplitude", "stderr", "n_fire"):
+        assert torch.allclose(getattr(from_stream, name), getattr(from_tensor, name), atol=1e-6), name
+    pulled = []
+
+    def endless():
+        while len(pulled) < 100:
+            pulled.append(1)
+            yield torch.randn(50, S, D)
+
+    assert latent_scaling(crosscoder, endless(), config=config).n_tokens == 120 and len(pulled) == 3
+
+
 def test_folded_factors_change_no_number():
     crosscoder, x_NSD, _ = constructed(noise=0.02)
     unfolded = latent_scaling(crosscoder, x_NSD)

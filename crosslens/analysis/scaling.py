@@ -407,8 +407,9 @@ def scaling_sums(
 def source_batches(
     source: Any, crosscoder: Any, *, hook: str | None, config: LatentScalingConfig
 ) -> tuple[Iterator[torch.Tensor], int | None]:
-    """Batches ``[B, S, D]`` as the crosscoder reads them, and how many tokens they hold: from an
-    activation store (a seeded sample of ``n_tokens``), a tensor, or any iterable of batches."""
+    """Batches ``[B, S, D]`` as the crosscoder reads them, and how many tokens they hold (None for a
+    stream): from an activation store (a seeded sample of ``n_tokens``), a tensor (its first
+    ``n_tokens``), or any iterable of batches (read up to ``n_tokens``, the last batch trimmed)."""
     if isinstance(source, torch.Tensor):
         if source.ndim != 3:
             raise ValueError(f"activations have shape {tuple(source.shape)}; expected [n_tokens, n_snapshots, d_in].")
@@ -420,7 +421,19 @@ def source_batches(
         idx = sample_index(int(source.n_tokens), config.n_tokens, gen)
         normalize = reads_normalized(crosscoder)
         return (source.read(hook, chunk, normalize=normalize) for chunk in idx.split(config.batch_size)), len(idx)
-    return iter(source), None
+    return _capped_stream(source, config.n_tokens), None
+
+
+def _capped_stream(batches: Iterable[torch.Tensor], n_tokens: int) -> Iterator[torch.Tensor]:
+    """A stream's batches up to ``n_tokens`` tokens, the last one trimmed to them; the stream is not
+    read past it, so an endless one ends there too."""
+    left = n_tokens
+    for batch in batches:
+        batch = batch[:left]
+        left -= len(batch)
+        yield batch
+        if left <= 0:
+            return
 
 
 def training_space_sums(
@@ -469,7 +482,8 @@ def latent_scaling(
     ``source``: an :class:`~crosslens.activations.store.ActivationStore` (``n_tokens`` tokens
     sampled with ``seed``, read normalised unless the crosscoder has its factors folded in; a
     store of other snapshots, hook or width than the crosscoder records is refused), a tensor
-    ``[n_tokens, S, D]`` as the crosscoder reads it, or an iterable of such batches (a stream).
+    ``[n_tokens, S, D]`` as the crosscoder reads it, or an iterable of such batches (a stream); a
+    tensor or a stream is read up to ``config.n_tokens`` tokens.
     Rows are chosen on the training-space decoder (:func:`reference_rows`); amplitudes come back
     in the training space whether or not the normalisation factors are folded.
     """
