@@ -20,12 +20,13 @@ from test_emergence_surfaces import DASHBOARDS, run  # noqa: F401  (run: a fixtu
 
 from crosslens.activations import ActivationStore
 from crosslens.analysis import analyze_crosscoder
-from crosslens.analysis.emergence_record import read_emergence, save_run_emergence
+from crosslens.analysis.emergence_record import EMERGENCE_KEY, read_emergence, save_run_emergence
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.browser.database import DatabaseProblem
 from crosslens.cli import main
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, REPORT_NAME
+from crosslens.core.sealed import read_sealed, write_sealed
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsInterrupted, StaleDatabaseError, compute_dashboards, schema
 from crosslens.dashboards import compute as compute_module
@@ -166,6 +167,39 @@ def test_a_report_without_the_store_keeps_the_check_measured_with_it(tmp_path, c
     printed = capsys.readouterr().out
     assert "kept" not in printed and "the check latent scaling measured on a store could not be read" in printed
     assert "Latent scaling was not run" in (run / REPORT_NAME).read_text() and read_emergence(run).check is None
+
+
+def test_analyze_without_the_store_says_it_replaces_a_record_it_cannot_read(tmp_path, capsys):
+    """A saved record whose seal is broken, or of an older format, is there but cannot be read: it may
+    hold a check latent scaling measured on a store, which an analysis without one cannot measure
+    again. It is replaced, as before, and the analysis says so, naming --store."""
+    tf.write_suite(tmp_path / "suite")
+    tf.harvest(tmp_path / "suite", tmp_path / "store")
+    run = tmp_path / "run"
+    tf.train(tmp_path / "store", run)
+    main(["analyze", "--crosscoder", str(run), "--device", "cpu"])  # on the store the run trained on
+    record = read_sealed(run / EMERGENCE_NAME, EMERGENCE_KEY)
+    shutil.move(tmp_path / "store", tmp_path / "moved")
+    damaged = json.loads((run / EMERGENCE_NAME).read_text())
+    damaged["counts"]["contested"] += 1  # the seal no longer matches
+    older = {k: v for k, v in record.items() if k != EMERGENCE_KEY} | {"format": "crosslens.emergence/1"}
+    for write in (
+        lambda: (run / EMERGENCE_NAME).write_text(json.dumps(damaged)),
+        lambda: write_sealed(run / EMERGENCE_NAME, older, EMERGENCE_KEY),
+    ):
+        write()
+        capsys.readouterr()
+        main(["analyze", "--crosscoder", str(run), "--device", "cpu"])
+        printed = capsys.readouterr().out
+        assert (
+            "emergence check and lineage: the saved record could not be read (its seal is broken, or an older "
+            in printed
+        )
+        assert f"replaced by this analysis's, without latent scaling: {run / EMERGENCE_NAME}; pass --store" in printed
+        assert "kept" not in printed and read_emergence(run).check is None
+    capsys.readouterr()
+    main(["analyze", "--crosscoder", str(run), "--device", "cpu"])  # a readable record without latent scaling
+    assert f"emergence check and lineage: {run / EMERGENCE_NAME}\n" in capsys.readouterr().out
 
 
 def test_the_database_and_a_report_without_the_store_class_dead_latents_as_the_check_did(tmp_path, capsys):

@@ -162,15 +162,20 @@ def _print_summary(analysis: Any, emergence: Any) -> None:
         print(_agreement_line(emergence))
 
 
-def _measured_check(run_dir: Path) -> tuple[Any, dict] | None:
+def _measured_check(run_dir: Path) -> tuple[Any, dict | None] | None:
     """Where the run's record holds an emergence check of its final crosscoder that latent scaling
     measured on a store: that check, without its agreement (which :func:`_with_agreement` decides
-    again), or None where it cannot be read; and that store's seal. None where there is no such record."""
+    again), or None where it cannot be read; and that store's seal. Where the record itself cannot be
+    read (a broken seal, an older crosslens's format), ``(None, None)``: it may hold such a check.
+    None where there is no such record."""
     from dataclasses import replace
 
     from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
 
-    seal = _store_measured(run_dir)
+    try:
+        seal = _store_measured(run_dir)
+    except EmergenceRecordError:
+        return None, None
     if seal is None:
         return None
     try:
@@ -182,14 +187,17 @@ def _measured_check(run_dir: Path) -> tuple[Any, dict] | None:
 
 def _store_measured(run_dir: Path) -> dict | None:
     """The seal of the store latent scaling read for the emergence record the run holds for its
-    final crosscoder (None: no such record, or one measured without a store)."""
-    from crosslens.analysis.emergence_record import EmergenceRecordError, read_record
+    final crosscoder (None: no record, one of an earlier training of the run, or one measured
+    without a store); EmergenceRecordError where a record is there but cannot be read."""
+    from crosslens.analysis.emergence_record import read_record
+    from crosslens.core.paths import EMERGENCE_NAME
 
-    try:
-        record = read_record(run_dir, crosscoder_sha256(run_dir))
-    except EmergenceRecordError:
+    if not (run_dir / EMERGENCE_NAME).is_file():
         return None
-    return (record.get("partners") or {}).get("store") or None
+    partners = read_record(run_dir).get("partners") or {}
+    if partners.get("crosscoder") != crosscoder_sha256(run_dir):
+        return None
+    return partners.get("store") or None
 
 
 def _with_agreement(
@@ -247,11 +255,12 @@ def _agreement_line(emergence: Any) -> str:
     return agreement_line(agreement.against, emergence.lineage.events, agreement.agreement, agreement.line)
 
 
-def _save_emergence(run_dir: Path, result: Any, store: Any, measured: tuple[Any, dict] | None) -> None:
+def _save_emergence(run_dir: Path, result: Any, store: Any, measured: tuple[Any, dict | None] | None) -> None:
     """Save the emergence check and lineage of the run's final crosscoder into the run folder
     (``crosslens dashboards`` reads them from there); without a store, a record latent scaling
     measured on one (``measured``: :func:`_measured_check`'s), which this analysis reused, stays as
-    it is, saying so. One that could not be read is replaced, saying that."""
+    it is, saying so. One that could not be read (its tables, or the record itself) is replaced,
+    saying that."""
     from crosslens.analysis.emergence_record import save_run_emergence
     from crosslens.core.paths import EMERGENCE_NAME
 
@@ -261,13 +270,17 @@ def _save_emergence(run_dir: Path, result: Any, store: Any, measured: tuple[Any,
             "(this analysis read none; pass --store to measure it again)"
         )
         return
-    unreadable = store is None and measured is not None
     saved = save_run_emergence(run_dir, result, store)
-    if unreadable:
+    if store is None and measured is not None:
+        lost = (
+            "the check latent scaling measured on a store could not be read (its tables are missing or altered, or "
+            "an older crosslens wrote it)"
+            if measured[1] is not None
+            else "the saved record could not be read (its seal is broken, or an older crosslens wrote it)"
+        )
         print(
-            f"emergence check and lineage: the check latent scaling measured on a store could not be read (its "
-            f"tables are missing or altered, or an older crosslens wrote it); replaced by this analysis's, without "
-            f"latent scaling: {saved}; pass --store to measure it again"
+            f"emergence check and lineage: {lost}; replaced by this analysis's, without latent scaling: {saved}; "
+            "pass --store to measure it again"
         )
         return
     print(f"emergence check and lineage: {saved}")
