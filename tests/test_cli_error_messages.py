@@ -159,6 +159,27 @@ def test_analyze_refuses_an_out_that_is_a_folder(run, tmp_path, capsys):
     assert f"--out {tmp_path} is a folder" in err and f"--out {tmp_path / 'report.html'}" in err, err
 
 
+def test_analyze_refuses_a_one_snapshot_crosscoder_before_reading_its_store(tmp_path, capsys, monkeypatch):
+    """A crosscoder trained on a store of one snapshot: refused before the store is hashed and read
+    (firing, probes, top contexts), with the fix that helps: a store of two or more snapshots."""
+    from crosslens.activations import ActivationStore
+
+    harvest(write_suite(tmp_path / "suite", seeds=(0,)), tmp_path / "store")
+    train(tmp_path / "store", tmp_path / "run", checkpoint_every=0)
+
+    real = ActivationStore.open
+
+    def opened(path, *, verify="full"):
+        assert verify == "none", "the store was hashed to be read"  # the run's manifest alone is cheap
+        return real(path, verify=verify)
+
+    monkeypatch.setattr(ActivationStore, "open", opened)
+    err = cli_error(["analyze", "--crosscoder", str(tmp_path / "run"), "--device", "cpu"], capsys)
+    assert "has W_dec of shape [" in err and ", 1, " in err and "n_snapshots >= 2" in err, err
+    assert "harvest two or more snapshots (`crosslens harvest --steps A,B,...` or --n-snapshots N)" in err, err
+    assert "train on that store (`crosslens train`)" in err and "train one with" not in err, err
+
+
 # ---------------------------------------------------------------------------- --store of train
 def test_train_on_a_store_that_does_not_exist_gives_the_harvest_command(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

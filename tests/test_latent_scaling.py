@@ -205,6 +205,28 @@ def test_a_model_without_a_decoder_per_snapshot_is_refused():
         latent_scaling(one, torch.zeros(10, 1, 4))
 
 
+def test_analyze_refuses_a_one_snapshot_crosscoder_before_it_reads_the_store():
+    """Firing frequencies, probes and top contexts read the store first; the refusal comes before
+    them, naming the fix that helps (a store of two or more snapshots), not the training command."""
+    from crosslens.analysis import analyze_crosscoder
+
+    one = crosscoders.ARCHITECTURES["crosscoder"][0](
+        crosscoders.ARCHITECTURES["crosscoder"][1](d_in=4, d_sae=8, n_snapshots=1)
+    )
+    touched = []
+
+    class Store:
+        def __getattr__(self, name):
+            touched.append(name)
+            raise AttributeError(name)
+
+    with pytest.raises(NoSnapshotDecodersError, match=r"harvest two or more snapshots \(`crosslens harvest --steps"):
+        analyze_crosscoder(one, store=Store(), progress=False)
+    assert touched == []
+    with pytest.raises(NoSnapshotDecodersError, match="and train on that store"):
+        latent_scaling(one, torch.zeros(10, 1, 4))
+
+
 def test_the_check_contests_exactly_the_hidden_early_presences():
     crosscoder, x_NSD, _ = constructed(noise=0.01)
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder)

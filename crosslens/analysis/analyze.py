@@ -30,7 +30,7 @@ from crosslens.analysis.probes import (
     probe_validation,
 )
 from crosslens.analysis.report import REPORT_TITLE, evolution_report, representative_features
-from crosslens.analysis.scaling import LatentScalingConfig
+from crosslens.analysis.scaling import LatentScalingConfig, check_snapshot_decoders
 from crosslens.core.hooks import recorded_hook, resolve_hook
 from crosslens.htmlreport import Report
 
@@ -81,6 +81,8 @@ def analyze_crosscoder(
     firing frequencies it holds.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
+    if emergence and not isinstance(emergence, EmergenceResult):
+        check_snapshot_decoders(crosscoder)  # before the store is read: latent scaling and lineage need it
     frequency = None
     if store is None and isinstance(emergence, EmergenceResult):
         frequency = emergence.frequency  # the firing the saved check classed dead latents by
@@ -92,20 +94,12 @@ def analyze_crosscoder(
             steps, tokens_seen = _store_steps(store, tokens_seen)
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder, steps, tokens_seen, config, frequency=frequency)
 
-    probes: ProbeValidation | None = None
-    contexts = None
+    probes, contexts = None, None
     if store is not None:
         probes = _probes(store, crosscoder, hook, n_probe_tokens, n_probe_features)
         features = _context_features(analysis, n_context_features)
-        contexts = top_activating_contexts(
-            store,
-            crosscoder,
-            features,
-            hook=hook,
-            tokenizer=tokenizer,
-            max_tokens=max_context_tokens,
-            progress=progress,
-        )
+        read = {"hook": hook, "tokenizer": tokenizer, "max_tokens": max_context_tokens, "progress": progress}
+        contexts = top_activating_contexts(store, crosscoder, features, **read)
     report = evolution_report(
         analysis, title=title, probes=probes, contexts=contexts, device=device, through_time=not is_diffing(crosscoder)
     )

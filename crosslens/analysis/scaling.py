@@ -93,10 +93,16 @@ def check_snapshot_decoders(crosscoder: Any, name: str = "the crosscoder") -> No
     shape = tuple(W_dec.shape) if isinstance(W_dec, torch.Tensor) else None
     if shape is None or len(shape) != 3 or shape[1] < 2:
         got = f"W_dec of shape {list(shape)}" if shape is not None else "no W_dec"
+        # a crosscoder of one snapshot was trained by `crosslens train`: on a store of one snapshot
+        fix = (
+            "harvest two or more snapshots (`crosslens harvest --steps A,B,...` or --n-snapshots N) and train on "
+            "that store (`crosslens train`): a crosscoder of one snapshot has no other snapshot to compare with"
+            if shape is not None and len(shape) == 3
+            else "train one with `crosslens train` (a per-snapshot SAE has no other snapshot to compare with)"
+        )
         raise NoSnapshotDecodersError(
             f"{name} has {got}, not a decoder per snapshot [d_sae, n_snapshots >= 2, d_in]: latent scaling and "
-            "lineage read a multi-snapshot crosscoder; train one with `crosslens train` (a per-snapshot SAE has "
-            "no other snapshot to compare with)"
+            f"lineage read a multi-snapshot crosscoder; {fix}"
         )
 
 

@@ -63,6 +63,7 @@ def write_report(
     from crosslens.activations.partners import check_crosscoder_store, store_seal
     from crosslens.analysis import analyze_crosscoder
     from crosslens.analysis.diffing import is_diffing
+    from crosslens.analysis.scaling import check_snapshot_decoders
     from crosslens.causal.spliced_loss_eval import add_spliced_loss_section
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import crosscoder_suite_record, is_final_crosscoder, run_folder, run_store
@@ -80,6 +81,7 @@ def write_report(
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = load_crosscoder_folder(folder, device=device, dtype=dtype)
+    check_snapshot_decoders(crosscoder, str(folder))  # before the store is hashed and read
     hook = recorded_hook(crosscoder)
     opened = ActivationStore.open(store, verify="full") if store else None
     if opened is not None:
