@@ -19,8 +19,10 @@ from crosslens.analysis import (
     planted_scores,
 )
 from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
-from crosslens.analysis.evolution import NO_STEP, feature_lifetimes, presence_strength
+from crosslens.analysis.evolution import NO_STEP, Lifetimes, feature_lifetimes, presence_strength
+from crosslens.analysis.report import evolution_report
 from crosslens.analysis.stability import add_stability_section, match_features, seed_stability
+from crosslens.cli.flags import field_docs
 from crosslens.htmlreport import Report
 
 ROBUST = EvolutionConfig(dead_threshold=0.0)
@@ -53,6 +55,25 @@ def test_dip_is_not_an_emergence_in_robust_mode():
         "persistent",
     ]
     assert analysis.dip_and_recover_features() == [0, 1]
+
+
+def test_the_lifetimes_and_the_fade_line_are_documented_as_they_are_read():
+    """A dip and a return date emergence by the first on-period in robust mode (the default), and
+    a norm back only between the two lines (0.25) stays faded from the turn-off: the docs of
+    Lifetimes and EvolutionConfig.fade_threshold say so (they said "final stretch" and "stays below
+    this value to the end")."""
+    norms = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.1, 0.25, 0.25, 0.25]])
+    robust, ge = feature_lifetimes(norms, ROBUST), feature_lifetimes(norms, GE)
+    assert robust.emergence.tolist() == [0, 0] and ge.emergence.tolist() == [4, 0]
+    assert robust.fade.tolist() == ge.fade.tolist() == [NO_STEP, 2]
+    docs, config_docs = field_docs(Lifetimes), field_docs(EvolutionConfig)
+    assert "first on-period" in docs["emergence"] and "final stretch" not in docs["emergence"]
+    assert "last one (``decoder_norm``)" in docs["emergence"]
+    assert "may come back to between the two" in docs["fade"] and "from there to the end" not in docs["fade"]
+    assert "stays below this value to the end" not in config_docs["fade_threshold"]
+    assert "a norm that returns only to between the two lines stays faded" in config_docs["fade_threshold"]
+    page = evolution_report(EvolutionAnalysis.from_decoder(_decoder(norms), config=ROBUST)).render()
+    assert "fades where it falls below 0.2 of its peak and does not climb back to 0.3 before the end" in page
 
 
 def test_whole_snapshot_dip_keeps_every_feature_an_initialization_feature():

@@ -54,7 +54,8 @@ class EmergenceCheckConfig:
     so a weak early presence the decoder shrank away still shows (see benchmarks/README.md,
     "Is an emergence real?", for the planted noise floor this stands above)."""
     fade_threshold: float = 0.05
-    """It has faded where it stays below this share to the end (<= ``presence_threshold``)."""
+    """It turns off where it falls below this share (<= ``presence_threshold``), and has faded there
+    where it does not climb back to ``presence_threshold`` before the end."""
     min_t: float = 4.0
     """An amplitude counts only this many standard errors above 0: a latent firing on few tokens
     gives noisy amplitudes."""

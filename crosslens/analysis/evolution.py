@@ -86,10 +86,11 @@ class EvolutionConfig:
     and by firing where rates are given (``firing_floor``)."""
 
     fade_threshold: float = 0.2
-    """A feature has faded at the first snapshot after which its normalised norm stays
-    below this value to the end. Must be <= ``emergence_threshold``: the gap between the two
-    is a hysteresis band, so a present feature wobbling just under the emergence line is
-    not called faded."""
+    """A present feature turns off at a snapshot where its normalised norm falls below this
+    value, and has faded there where it does not climb back to ``emergence_threshold`` before
+    the end: a norm that returns only to between the two lines stays faded. Must be <=
+    ``emergence_threshold``: the gap between the two is a hysteresis band, so a present
+    feature wobbling just under the emergence line is not called faded."""
 
     dead_threshold: float = 0.05
     """A feature is ``dead`` when its largest raw decoder norm over snapshots is below this
@@ -210,12 +211,15 @@ class Lifetimes:
     """Per-feature snapshot indices (``NO_STEP`` = never) from :func:`feature_lifetimes`."""
 
     emergence: Int[torch.Tensor, " d_sae"]
-    """First snapshot of the final stretch in which the feature is present."""
+    """Where the feature's first on-period starts (``robust``, the default), or its last one
+    (``decoder_norm``): a feature that dips and recovers emerges before the dip in robust mode,
+    at the return in decoder_norm mode (see :data:`PRESENCE_MODES`)."""
     peak: Int[torch.Tensor, " d_sae"]
     """Snapshot of the largest decoder norm (first one on ties)."""
     fade: Int[torch.Tensor, " d_sae"]
-    """First snapshot of the faded tail (normalised norm below the fade threshold from there
-    to the end); ``NO_STEP`` when the feature is still present at the last snapshot."""
+    """Where the feature's last on-period ends: the first snapshot its normalised norm is below
+    the fade threshold with no return to the emergence threshold after it (it may come back to
+    between the two); ``NO_STEP`` when the feature is still present at the last snapshot."""
     dead: torch.Tensor
     """Boolean: dead features (all three indices are ``NO_STEP`` for them)."""
     dip: Int[torch.Tensor, " d_sae"] | None = None

@@ -107,8 +107,8 @@ def _add_overview(report: Report, analysis: EvolutionAnalysis, through_time: boo
     if through_time:
         lives = (
             f"{analysis.n_snapshots} snapshots (steps {analysis.steps[0]} to {analysis.steps[-1]}). A feature is "
-            f"present at a snapshot when its {presence_text}, and fades once it stays below "
-            f"{cfg.fade_threshold:g} of its peak to the end."
+            f"present at a snapshot when its {presence_text}, and fades where it falls below "
+            f"{cfg.fade_threshold:g} of its peak and does not climb back to {cfg.emergence_threshold:g} before the end."
         )
     else:
         lives = f"{analysis.n_snapshots} models (which model holds which feature: Model diffing, below)."

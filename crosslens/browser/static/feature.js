@@ -158,7 +158,7 @@ function renderFacts(run) {
   const facts = models ? [fact("strongest in", strongest, "the model of its largest decoder norm")] : [
     fact("emerges", stepFact(run, d.emergence_step, d.emergence_snapshot), "first snapshot where it is present"),
     fact("peaks", stepFact(run, d.peak_step, d.peak_snapshot), "snapshot of its largest decoder norm"),
-    fact("fades", d.fade_step === null ? "never" : stepFact(run, d.fade_step, d.fade_snapshot), "stays below the fade threshold from here"),
+    fact("fades", d.fade_step === null ? "never" : stepFact(run, d.fade_step, d.fade_snapshot), "falls below the fade threshold here and does not climb back to the presence line"),
   ];
   if (!models && d.dip_step !== null) {
     facts.push(fact("dips / recovers", `${CL.fmtStep(d.dip_step)} \u2192 ${CL.fmtStep(d.recovery_step)}`, "dip-and-recover"));
