@@ -21,8 +21,9 @@ from crosslens.analysis import (
 from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
 from crosslens.analysis.evolution import NO_STEP, Lifetimes, feature_lifetimes, presence_strength
 from crosslens.analysis.report import evolution_report
-from crosslens.analysis.stability import add_stability_section, match_features, seed_stability
+from crosslens.analysis.stability import add_stability_section, match_features, seed_stability, stable_features
 from crosslens.cli.flags import field_docs
+from crosslens.core.errors import CrosslensError
 from crosslens.htmlreport import Report
 
 ROBUST = EvolutionConfig(dead_threshold=0.0)
@@ -173,6 +174,27 @@ def test_seed_stability_matches_features_and_compares_their_timelines():
         seed_stability([a])
     page = add_stability_section(Report("t"), [row]).render()
     assert ">Seed stability</h2>" in page and "s0 vs s1" in page
+
+
+def test_seed_stability_refuses_analyses_of_other_steps_or_hooks():
+    """Decoders of the same shape read at other steps (another suite, or other snapshots of it), or
+    at another hook, are not seeds of one store: their emergence indices stand for other steps."""
+    planted = PlantedEvolution.build(PlantedConfig(seed=0))
+    a = EvolutionAnalysis.from_decoder(planted.decoder, planted.steps)
+    later = [step + 1 for step in planted.steps]
+    b = EvolutionAnalysis.from_decoder(planted.decoder, later)
+    for compare in (seed_stability, lambda pair: stable_features(pair, 0.9), lambda pair: match_features(*pair)):
+        with pytest.raises(CrosslensError, match=r"other steps .*compare crosscoders trained on the same store"):
+            compare([a, b])
+    hooked = {
+        hook: EvolutionAnalysis.from_decoder(planted.decoder, planted.steps, metadata={"hook_name": hook})
+        for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+    }
+    with pytest.raises(CrosslensError, match=r"other hooks \(blocks.0.hook_resid_post and blocks.1.hook_resid_post\)"):
+        seed_stability(list(hooked.values()))
+    # the same steps, and a hook recorded on one side only: compared, every feature matched to itself
+    (row,) = seed_stability([a, hooked["blocks.0.hook_resid_post"]], thresholds=(0.9,))
+    assert row["matched_fraction"] == 1.0 and row["same_emergence_fraction"] == 1.0
 
 
 def test_absorbed_shares_count_the_other_planted_features_a_latent_writes():

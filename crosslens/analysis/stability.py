@@ -5,7 +5,8 @@ same features and date them the same way if the evolution story is a property of
 model rather than of one training run. For every pair of seeds, live features are
 matched one-to-one (Hungarian) on the cosine of their decoders concatenated over
 snapshots (in the training space, where every snapshot has the same activation scale);
-a pair counts as the same feature at cosine >= a threshold. Reported at each threshold
+a pair counts as the same feature at cosine >= a threshold. Analyses of crosscoders that read
+other snapshots (steps), width or hook are refused: their features are not the same store's. Reported at each threshold
 (0.7 and 0.9 by default): the share of the smaller live set matched, and among matched
 pairs the share with the same emergence snapshot and the same class.
 
@@ -27,17 +28,30 @@ from typing import Any
 import torch
 
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+from crosslens.core.errors import CrosslensError
 
 THRESHOLDS: tuple[float, ...] = (0.7, 0.9)
 """Decoder cosines at which seed stability is reported: 0.7 (the same feature, rotated a
 little) and 0.9 (the same feature)."""
 
 
-def _check_same_shape(a: EvolutionAnalysis, b: EvolutionAnalysis) -> None:
+def _check_same_snapshots(a: EvolutionAnalysis, b: EvolutionAnalysis) -> None:
+    """Refuse two analyses of crosscoders that read other snapshots, width or hook: their features
+    are not the same store's, and a snapshot index would stand for other steps on either side."""
     if a.W_dec.shape[1:] != b.W_dec.shape[1:]:
-        raise ValueError(
+        raise CrosslensError(
             f"decoders of shape {tuple(a.W_dec.shape)} and {tuple(b.W_dec.shape)} do not read the same "
             "snapshots and width; compare crosscoders trained on the same store."
+        )
+    if list(a.steps) != list(b.steps):
+        raise CrosslensError(
+            f"the crosscoders read snapshots at other steps ({a.steps} and {b.steps}): the same emergence "
+            "snapshot would be other steps on either side; compare crosscoders trained on the same store."
+        )
+    hook_a, hook_b = (analysis.metadata.get("hook_name") for analysis in (a, b))
+    if hook_a and hook_b and hook_a != hook_b:
+        raise CrosslensError(
+            f"the crosscoders read other hooks ({hook_a} and {hook_b}); compare crosscoders trained on the same store."
         )
 
 
@@ -58,7 +72,7 @@ def _assignment(a: EvolutionAnalysis, b: EvolutionAnalysis) -> list[tuple[int, i
     """The Hungarian assignment of live features, every pair with its cosine, by feature in a."""
     from scipy.optimize import linear_sum_assignment
 
-    _check_same_shape(a, b)
+    _check_same_snapshots(a, b)
     live_a = torch.nonzero(~a.lifetimes.dead).flatten()
     live_b = torch.nonzero(~b.lifetimes.dead).flatten()
     if len(live_a) == 0 or len(live_b) == 0:
