@@ -40,6 +40,7 @@ from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_
 from crosslens.causal.relative_ie import select_top_features
 from crosslens.causal.snapshot_models import collect_activations, run_from_hook
 from crosslens.causal.splicing import exact_codes
+from crosslens.core.errors import PartnerMismatchError
 from crosslens.tasks import MinimalPair, TaskDataset
 from crosslens.tasks import agreement as lexicon
 from crosslens.tasks.agreement import agreement_pairs
@@ -657,6 +658,59 @@ def test_a_snapshot_the_crosscoder_lacks_is_refused_naming_its_range(snapshots, 
             match=rf"snapshots must be distinct indices of the crosscoder's 3 snapshots \(0..2\), got \{wrong}",
         ):
             run_causal_stage(snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, snapshots=wrong, progress=False)
+
+
+class _Checkpoint:
+    """A model's ``crosslens_snapshot`` as a suite sets it: which checkpoint the model is."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def to_dict(self) -> dict:
+        return {"revision": f"step{self.step}", "step": self.step}
+
+
+def labelled(models, steps):
+    """Shallow copies of ``models`` that say they are the checkpoints at ``steps`` (the fixtures stay unlabelled)."""
+    out = []
+    for model, step in zip(models, steps):
+        model = copy.copy(model)
+        model.crosslens_snapshot = _Checkpoint(step)
+        out.append(model)
+    return out
+
+
+def test_every_model_is_checked_to_be_its_snapshot_before_any_runs(
+    snapshots, tokenizer, jumprelu, tmp_path, monkeypatch
+):
+    """Exact mode reads every snapshot's activations: models of other checkpoints at snapshots 0 and 1
+    went into snapshot 2's codes unchecked, and with every snapshot the refusal came after all
+    collection, with the stage's folder made."""
+    import crosslens.causal.snapshot_models as snapshot_models
+    from crosslens.causal import run_causal_stage
+
+    crosscoder = copy.deepcopy(jumprelu)
+    crosscoder.cfg.metadata.suite = {"snapshots": [{"revision": f"step{s}", "step": s} for s in (0, 1000, 143000)]}
+    wrong = labelled([snapshots[1], snapshots[0], snapshots[2]], (512, 4000, 143000))
+    task = agreement_pairs("pp", n=4, seed=0)
+    ran = []
+    real = snapshot_models.activations_at
+    monkeypatch.setattr(snapshot_models, "activations_at", lambda *a, **k: ran.append(1) or real(*a, **k))
+    refusal = r"^the model given as snapshot 0 is step512, but the crosscoder's snapshot 0 is step0; pass that snapshot's model"
+    config = AttributionConfig(n_steps=2)
+    with pytest.raises(PartnerMismatchError, match=refusal):
+        attribute(wrong, crosscoder, task, snapshots=[2], config=config, tokenizer=tokenizer, progress=False)
+    table = attribute(snapshots, jumprelu, task, snapshots=[2], config=config, tokenizer=tokenizer, progress=False)
+    ran.clear()
+    with pytest.raises(PartnerMismatchError, match=refusal):
+        ablation_curves(wrong, crosscoder, task, table, ks=[1], n_random=0, tokenizer=tokenizer, progress=False)
+    out = tmp_path / "stage"
+    with pytest.raises(PartnerMismatchError, match=refusal):
+        run_causal_stage(wrong, crosscoder, task, out, tokenizer=tokenizer, config=config, progress=False)
+    assert ran == [] and not out.exists()
+    right = labelled(snapshots, (0, 1000, 143000))
+    again = attribute(right, crosscoder, task, snapshots=[2], config=config, tokenizer=tokenizer, progress=False)
+    torch.testing.assert_close(again.ie, table.ie)
 
 
 def test_a_task_name_or_a_top_k_under_1_is_refused_before_anything_is_written(snapshots, tokenizer, jumprelu, tmp_path):

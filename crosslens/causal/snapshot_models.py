@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
@@ -134,7 +134,12 @@ def check_snapshot_model(crosscoder: Any, snapshot: int, model: Any) -> None:
     suite's is its folder's name, which a copy changes) nor the weights' hash (taken in the dtype
     the weights were loaded in) is compared. A model built by hand, or a crosscoder without the
     record, is the caller's to pair."""
-    info = getattr(model, "crosslens_snapshot", None)
+    check_snapshot_info(crosscoder, snapshot, getattr(model, "crosslens_snapshot", None))
+
+
+def check_snapshot_info(crosscoder: Any, snapshot: int, info: Any) -> None:
+    """:func:`check_snapshot_model` on what a model says it is: its ``crosslens_snapshot``, or a
+    suite's :class:`~crosslens.checkpoints.snapshot.SnapshotRef` before it loads (None passes)."""
     recorded = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []
     if info is None or not 0 <= snapshot < len(recorded) or not isinstance(recorded[snapshot], Mapping):
         return
@@ -224,12 +229,20 @@ def chosen_snapshots(snapshots: Sequence[int] | None, n_models: int) -> list[int
 
 
 def check_models_match(models: SnapshotModels, crosscoder: Crosscoder) -> int:
+    """The number of snapshot models, refused unless it is the crosscoder's and every model is its
+    snapshot (:func:`check_snapshot_info`), all before any model runs: exact mode reads every
+    snapshot's activations, whichever snapshots are then attributed. A suite's snapshots are
+    checked by their refs, without loading."""
     n_models = len(models)
     if n_models != crosscoder.cfg.n_snapshots:
         raise ValueError(
             f"the crosscoder reads {crosscoder.cfg.n_snapshots} snapshots but {n_models} models were given; "
             "pass the same suite (and snapshot selection) the crosscoder was trained on"
         )
+    is_suite = hasattr(models, "load") and hasattr(models, "snapshots")
+    for index in range(n_models):
+        info = models.snapshots[index] if is_suite else getattr(models[index], "crosslens_snapshot", None)
+        check_snapshot_info(crosscoder, index, info)
     return n_models
 
 
@@ -306,11 +319,19 @@ def prepare_task(
     exact: bool = True,
     progress: bool = False,
 ) -> PreparedTask:
-    """``task`` made ready for ``models`` and ``crosscoder``: their count checked against its
-    snapshots and ``snapshots`` against their count, tokenized (:func:`tokenize_task`), and in
-    ``exact`` mode every snapshot's activations on it collected, each model loaded once."""
+    """``task`` made ready for ``models`` and ``crosscoder``: the models checked to be its snapshots
+    (:func:`check_models_match`) and ``snapshots`` against their count, tokenized
+    (:func:`tokenize_task`), all before any model runs; then in ``exact`` mode every snapshot's
+    activations on it collected (:func:`with_activations`), each model loaded once."""
     n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
     chosen = chosen_snapshots(snapshots, n_models)
-    activations = collect_task_activations(models, hook, tokenized, progress=progress) if exact else None
-    return PreparedTask(name, tokenized, chosen, snapshot_labels(models, n_models), activations)
+    prepared = PreparedTask(name, tokenized, chosen, snapshot_labels(models, n_models), None)
+    return with_activations(prepared, models, hook, progress=progress) if exact else prepared
+
+
+def with_activations(
+    prepared: PreparedTask, models: SnapshotModels, hook: str, *, progress: bool = False
+) -> PreparedTask:
+    """``prepared`` with every snapshot's activations on its task collected (:func:`collect_task_activations`)."""
+    return replace(prepared, activations=collect_task_activations(models, hook, prepared.tokenized, progress=progress))

@@ -51,6 +51,7 @@ from crosslens.causal.snapshot_models import (
     check_task,
     iter_snapshot_models,
     prepare_task,
+    with_activations,
 )
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.paths import ABLATION_CURVES_NAME, CAUSAL_SUMMARY_NAME, IE_TABLE_NAME, RELIE_NAME
@@ -202,15 +203,15 @@ def run_causal_stage(
     if top_k < 1:  # checked where it is used, after every snapshot's attribution
         raise ValueError(f"top_k={top_k}: select 1 feature or more per snapshot")
     check_task(task)
+    crosscoder = load_crosscoder(crosscoder)
+    hook = crosscoder_hook(crosscoder, hook)
+    # the models, the snapshots and the task are checked before the folder is made
+    prepared = prepare_task(models, crosscoder, task, hook=hook, snapshots=snapshots, tokenizer=tokenizer, exact=False)
     out = Path(out_dir)
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the work
-    crosscoder = load_crosscoder(crosscoder)
-    hook = crosscoder_hook(crosscoder, hook)
-    exact = config.mode == "exact"
-    prepared = prepare_task(
-        models, crosscoder, task, hook=hook, snapshots=snapshots, tokenizer=tokenizer, exact=exact, progress=progress
-    )
+    if config.mode == "exact":
+        prepared = with_activations(prepared, models, hook, progress=progress)
     table, rows, metric_NS = _attribute_and_ablate(
         models,
         crosscoder,
