@@ -38,9 +38,9 @@ from crosslens.causal.attribution import attribute_snapshot, ig_endpoints, logit
 from crosslens.causal.ig import attribution_patching
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.relative_ie import select_top_features
-from crosslens.causal.snapshot_models import collect_activations, run_from_hook
+from crosslens.causal.snapshot_models import collect_activations, collect_task_activations, run_from_hook
 from crosslens.causal.splicing import exact_codes
-from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.errors import CrosslensError, PartnerMismatchError
 from crosslens.tasks import MinimalPair, TaskDataset
 from crosslens.tasks import agreement as lexicon
 from crosslens.tasks.agreement import agreement_pairs
@@ -711,6 +711,40 @@ def test_every_model_is_checked_to_be_its_snapshot_before_any_runs(
     right = labelled(snapshots, (0, 1000, 143000))
     again = attribute(right, crosscoder, task, snapshots=[2], config=config, tokenizer=tokenizer, progress=False)
     torch.testing.assert_close(again.ie, table.ie)
+
+
+def test_activations_are_used_only_with_the_task_they_ran_on(snapshots, tokenizer, jumprelu):
+    """Activations of another task of the same shape went silently into the IE and the clean metric,
+    and of another shape crashed in a bare RuntimeError."""
+    task, config = agreement_pairs("pp", n=4, seed=0), AttributionConfig(n_steps=2)
+    own = collect_task_activations(snapshots, HOOK, task.tokenize(tokenizer))
+    fresh = attribute(snapshots, jumprelu, task, snapshots=[1], config=config, tokenizer=tokenizer, progress=False)
+    reused = attribute(
+        snapshots, jumprelu, task, snapshots=[1], config=config, tokenizer=tokenizer, activations=own, progress=False
+    )
+    torch.testing.assert_close(reused.ie, fresh.ie)
+    torch.testing.assert_close(reused.metric_clean, fresh.metric_clean)
+    same_shape = collect_task_activations(snapshots, HOOK, agreement_pairs("pp", n=4, seed=7).tokenize(tokenizer))
+    wider = collect_task_activations(snapshots, HOOK, agreement_pairs("rc", n=4, seed=0).tokenize(tokenizer))
+    assert same_shape.clean.shape == own.clean.shape != wider.clean.shape
+    fix = r"; collect them for this task: collect_task_activations\(models, hook, tokenized task\)$"
+    refusals = {
+        "other tokens": (same_shape, r"^the activations were collected on other tokens than this task's" + fix),
+        "other shape": (wider, r"^the activations were collected on other tokens than this task's" + fix),
+        "other hook": (
+            dataclasses.replace(own, hook="blocks.1.hook_resid_post"),
+            r"^the activations are at blocks\.1\.hook_resid_post, the crosscoder reads blocks\.0\.hook_resid_post"
+            + fix,
+        ),
+        "a bare tuple": ((own.clean, own.corrupted), r"^activations= is tuple; pass what collect_task_activations"),
+    }
+    for activations, refusal in refusals.values():
+        with pytest.raises(CrosslensError, match=refusal):
+            attribute(snapshots, jumprelu, task, config=config, tokenizer=tokenizer, activations=activations)
+        with pytest.raises(CrosslensError, match=refusal):
+            ablation_curves(
+                snapshots, jumprelu, task, fresh, ks=[1], n_random=0, tokenizer=tokenizer, activations=activations
+            )
 
 
 def test_a_task_name_or_a_top_k_under_1_is_refused_before_anything_is_written(snapshots, tokenizer, jumprelu, tmp_path):

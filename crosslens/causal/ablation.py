@@ -32,11 +32,11 @@ from crosslens.causal.continuations import check_metric, rows_from_prompt, seque
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.snapshot_models import (
     SnapshotModels,
+    TaskActivations,
     activations_at,
-    check_models_match,
-    collect_activations,
     iter_snapshot_models,
-    tokenize_task,
+    prepare_task,
+    with_activations,
 )
 from crosslens.causal.splicing import CodeEdit, SpliceState, exact_codes, splice
 from crosslens.core.hooks import crosscoder_hook
@@ -281,16 +281,25 @@ def ablation_curves(
     tokenizer: Any = None,
     metric: Metric = logit_diff,
     norm_factors: Sequence[float] | torch.Tensor | None = None,
-    activations: torch.Tensor | None = None,
+    activations: TaskActivations | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """:func:`ablation_curve` at every snapshot of ``table``, ranking by that snapshot's IE.
 
     With ``exact`` the codes come from every snapshot's activations on the clean prompts
-    (pass ``activations`` from :func:`collect_task_activations` to reuse them).
+    (pass ``activations`` from :func:`collect_task_activations` on this task to reuse them).
     """
     hook = crosscoder_hook(crosscoder, hook)
-    check_models_match(models, crosscoder)
+    prepared = prepare_task(
+        models,
+        crosscoder,
+        task,
+        hook=hook,
+        tokenizer=tokenizer,
+        exact=False,
+        activations=activations if exact else None,
+    )
+    tokenized = prepared.tokenized
     S, F = int(crosscoder.cfg.n_snapshots), int(crosscoder.cfg.d_sae)
     if table.d_sae != F or any(not 0 <= s < S for s in table.snapshots):
         # another crosscoder's table would rank features that are not these
@@ -298,12 +307,9 @@ def ablation_curves(
             f"the IE table has {table.d_sae} features at snapshots {table.snapshots}; this crosscoder has {F} "
             f"features at snapshots 0 to {S - 1}: pass the table attribute() made with this crosscoder"
         )
-    _, tokenized = tokenize_task(task, models, tokenizer)
-    acts_all = activations
-    if exact and acts_all is None:
-        acts_all = collect_activations(models, hook, tokenized.clean_tokens, tokenized.mask.long())
-    if not exact:
-        acts_all = None
+    if exact and prepared.activations is None:
+        prepared = with_activations(prepared, models, hook, progress=progress)
+    acts_all = prepared.activations.clean if prepared.activations is not None else None
     rows: list[dict[str, Any]] = []
     pairs = iter_snapshot_models(models, table.snapshots, crosscoder)
     bar = progress_bar(pairs, total=len(table.snapshots), show=progress, desc="ablation curves")

@@ -33,6 +33,7 @@ from crosslens.causal.ie_table import IETable
 from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.snapshot_models import (
     SnapshotModels,
+    TaskActivations,
     activations_at,
     check_snapshot_model,
     iter_snapshot_models,
@@ -377,7 +378,7 @@ def attribute(
     metric: Metric = logit_diff,
     tokenizer: Any = None,
     norm_factors: Sequence[float] | torch.Tensor | None = None,
-    activations: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    activations: TaskActivations | None = None,
     progress: bool = True,
 ) -> IETable:
     """IE of every crosscoder feature at each snapshot, for one task.
@@ -391,21 +392,24 @@ def attribute(
         hook: hook name (default: the crosscoder's metadata).
         snapshots: which snapshots to attribute (default: all).
         config: steps, mode, batching, thresholding, reduction.
-        activations: exact mode's (clean, corrupted) activations from
-            :func:`collect_task_activations`, to reuse them across calls.
+        activations: exact mode's activations from :func:`collect_task_activations` on this task,
+            to reuse them across calls; activations of another task are refused.
     """
     hook = crosscoder_hook(crosscoder, hook)
     exact = config.mode == "exact"
-    collect = exact and activations is None
     prepared = prepare_task(
-        models, crosscoder, task, hook=hook, snapshots=snapshots, tokenizer=tokenizer, exact=collect, progress=progress
+        models,
+        crosscoder,
+        task,
+        hook=hook,
+        snapshots=snapshots,
+        tokenizer=tokenizer,
+        exact=exact,
+        activations=activations if exact else None,
+        progress=progress,
     )
-    tokenized = prepared.tokenized
+    tokenized, activations = prepared.tokenized, prepared.activations
     check_metric(tokenized, metric, logit_diff)
-    if not exact:
-        activations = None
-    elif activations is None:
-        activations = prepared.activations
 
     results = []
     for index, model in iter_snapshot_models(models, prepared.chosen, crosscoder):
@@ -437,13 +441,13 @@ def attribute(
 
 def exact_snapshot_inputs(
     crosscoder: Crosscoder,
-    activations: tuple[torch.Tensor, torch.Tensor | None],
+    activations: TaskActivations,
     index: int,
     norm_factors: Sequence[float] | torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`attribute_snapshot`'s ``acts_*`` and ``codes_*`` at snapshot ``index`` in exact
     mode, from every snapshot's (clean, corrupted) activations (:func:`collect_task_activations`)."""
-    acts_clean_all, acts_patch_all = activations
+    acts_clean_all, acts_patch_all = activations.clean, activations.corrupted
     inputs = {
         "acts_clean": acts_clean_all[:, :, index],
         "codes_clean": exact_codes(crosscoder, acts_clean_all, index, norm_factors=norm_factors),

@@ -199,7 +199,7 @@ def stable_claim_rows(
     if not isinstance(task, PreparedTask):
         task = prepare_task(models, crosscoders[0], task, hook=hook)
     assert task.activations is not None  # collected in exact mode
-    name, tokenized, (acts_clean, _) = task.name, task.tokenized, task.activations
+    name, tokenized, acts_clean = task.name, task.tokenized, task.activations.clean
     _, model = next(iter_snapshot_models(models, [snapshot], crosscoders[0]))
     rows = [
         snapshot_ablation_rows(

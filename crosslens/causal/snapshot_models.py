@@ -13,6 +13,7 @@ models' tokenizer and context (:func:`tokenize_task`), with every snapshot's act
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
 from crosslens.activations.store import snapshot_label
-from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.errors import CrosslensError, PartnerMismatchError
 from crosslens.core.hooks import block_index
 from crosslens.core.metadata import metadata_value
 from crosslens.core.progress import progress_bar
@@ -246,18 +247,59 @@ def check_models_match(models: SnapshotModels, crosscoder: Crosscoder) -> int:
     return n_models
 
 
+def task_sha256(task: TokenizedTask) -> str:
+    """The identity of a tokenized task: sha256 of its prompts, corrupted prompts, mask and
+    continuations, which what was computed on it (its activations, an IE table) records."""
+    digest = hashlib.sha256()
+    for tensor in (task.clean_tokens, task.corrupted_tokens, task.mask, task.continuation_tokens):
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TaskActivations:
+    """Every snapshot's activations at ``hook`` on a tokenized task (:func:`collect_task_activations`),
+    with the task they ran on, so that they are used with no other."""
+
+    clean: Float[torch.Tensor, "n seq n_snapshots d_in"]
+    corrupted: Float[torch.Tensor, "n seq n_snapshots d_in"] | None
+    """None where the task has no corrupted prompts."""
+    hook: str
+    task_sha256: str
+    """:func:`task_sha256` of the task they ran on."""
+
+
 def collect_task_activations(
     models: SnapshotModels, hook: str, task: TokenizedTask, *, progress: bool = False
-) -> tuple[Float[torch.Tensor, "n seq n_snapshots d_in"], Float[torch.Tensor, "n seq n_snapshots d_in"] | None]:
+) -> TaskActivations:
     """Every snapshot's activations at ``hook`` for the clean and corrupted prompts, loading each model once."""
     tokens = task.clean_tokens
     if task.corrupted_tokens is not None:
         tokens = torch.cat([task.clean_tokens, task.corrupted_tokens])
     mask = task.mask.long().repeat(tokens.shape[0] // len(task), 1)
     acts = collect_activations(models, hook, tokens, mask, progress=progress)
-    if task.corrupted_tokens is None:
-        return acts, None
-    return acts[: len(task)], acts[len(task) :]
+    patch = acts[len(task) :] if tokens.shape[0] > len(task) else None
+    return TaskActivations(acts[: len(task)], patch, hook, task_sha256(task))
+
+
+def check_activations(activations: Any, task: TokenizedTask, hook: str, n_snapshots: int) -> None:
+    """Refuse ``activations`` collected on another task, at another hook or of another number of
+    snapshots than ``task``, ``hook`` and the crosscoder's."""
+    fix = "collect them for this task: collect_task_activations(models, hook, tokenized task)"
+    if not isinstance(activations, TaskActivations):
+        raise CrosslensError(f"activations= is {type(activations).__name__}; pass what {fix.split(': ')[1]} returns")
+    if activations.hook != hook:
+        raise CrosslensError(f"the activations are at {activations.hook}, the crosscoder reads {hook}; {fix}")
+    if activations.task_sha256 != task_sha256(task):
+        raise CrosslensError(f"the activations were collected on other tokens than this task's; {fix}")
+    if activations.clean.shape[2] != n_snapshots:
+        raise CrosslensError(
+            f"the activations are of {activations.clean.shape[2]} snapshots, the crosscoder reads {n_snapshots}; {fix}"
+        )
 
 
 def check_task(task: Any) -> None:
@@ -303,9 +345,9 @@ class PreparedTask:
     """The snapshots to work on, by index."""
     labels: list[str]
     """Every snapshot's label (:func:`snapshot_labels`)."""
-    activations: tuple[torch.Tensor, torch.Tensor | None] | None
-    """Every snapshot's (clean, corrupted) activations at the hook (:func:`collect_task_activations`);
-    None outside exact mode."""
+    activations: TaskActivations | None
+    """Every snapshot's activations at the hook on it (:func:`collect_task_activations`); None
+    outside exact mode."""
 
 
 def prepare_task(
@@ -317,17 +359,22 @@ def prepare_task(
     snapshots: Sequence[int] | None = None,
     tokenizer: Any = None,
     exact: bool = True,
+    activations: TaskActivations | None = None,
     progress: bool = False,
 ) -> PreparedTask:
     """``task`` made ready for ``models`` and ``crosscoder``: the models checked to be its snapshots
     (:func:`check_models_match`) and ``snapshots`` against their count, tokenized
-    (:func:`tokenize_task`), all before any model runs; then in ``exact`` mode every snapshot's
-    activations on it collected (:func:`with_activations`), each model loaded once."""
+    (:func:`tokenize_task`), and ``activations`` (collected earlier, to reuse them) checked to be
+    of that task (:func:`check_activations`), all before any model runs; then in ``exact`` mode,
+    unless given, every snapshot's activations on it collected (:func:`with_activations`), each
+    model loaded once."""
     n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
     chosen = chosen_snapshots(snapshots, n_models)
-    prepared = PreparedTask(name, tokenized, chosen, snapshot_labels(models, n_models), None)
-    return with_activations(prepared, models, hook, progress=progress) if exact else prepared
+    if activations is not None:
+        check_activations(activations, tokenized, hook, n_models)
+    prepared = PreparedTask(name, tokenized, chosen, snapshot_labels(models, n_models), activations)
+    return with_activations(prepared, models, hook, progress=progress) if exact and activations is None else prepared
 
 
 def with_activations(
