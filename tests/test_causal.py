@@ -747,6 +747,50 @@ def test_activations_are_used_only_with_the_task_they_ran_on(snapshots, tokenize
             )
 
 
+def test_an_ie_table_records_its_crosscoder_and_task_and_ranks_only_them(snapshots, tokenizer, tmp_path):
+    """A table of another crosscoder of the same shape, or of another task, ranked the features of the
+    crosscoder and task given by its effects, silently: a table recorded only its settings."""
+    crosscoder, other = make_crosscoder("crosscoder", seed=0), make_crosscoder("crosscoder", seed=1)
+    task, config = agreement_pairs("simple", n=4, seed=3), AttributionConfig(n_steps=2)
+    table = attribute(snapshots, crosscoder, task, snapshots=[2], config=config, tokenizer=tokenizer, progress=False)
+    loaded = IETable.load(table.save(tmp_path / "ie.json"))
+    options = dict(ks=[1], n_random=0, keep_only=(False,), tokenizer=tokenizer, progress=False)
+    fix = r"; pass the table attribute\(\) made with this crosscoder on this task, or compute one: attribute\(models, crosscoder, task\)"
+    with pytest.raises(
+        PartnerMismatchError,
+        match=r"^the IE table of agreement_simple: it was computed with another crosscoder \(weights sha256 ",
+    ):
+        ablation_curves(snapshots, other, task, loaded, **options)
+    with pytest.raises(
+        PartnerMismatchError,
+        match=r"^the IE table of agreement_simple: it was computed on other tokens than this task's" + fix,
+    ):
+        ablation_curves(snapshots, crosscoder, agreement_pairs("pp", n=4, seed=0), loaded, **options)
+    relabelled = copy.deepcopy(crosscoder)
+    relabelled.cfg.metadata.suite = {"snapshots": [{"revision": f"step{s}", "step": s} for s in (0, 10, 20)]}
+    with pytest.raises(
+        PartnerMismatchError, match=r"its crosscoder's snapshots are s0, s1, s2, this one's step0, step10, step20"
+    ):
+        ablation_curves(snapshots, relabelled, task, loaded, **options)
+    unverified = dataclasses.replace(loaded, config={k: v for k, v in loaded.config.items() if k != "task_sha256"})
+    with pytest.raises(
+        PartnerMismatchError, match=r"it records no crosscoder or task it was computed with" + r".*" + fix
+    ):
+        ablation_curves(snapshots, crosscoder, task, unverified, **options)
+    rows = ablation_curves(snapshots, crosscoder, task, loaded, **options)
+    assert [r["selection"] for r in rows] == ["none", "top"] and {r["snapshot"] for r in rows} == {2}
+
+    from crosslens.causal.ie_table import table_identity
+    from crosslens.causal.snapshot_models import task_sha256
+    from crosslens.core.hashing import weights_sha256
+
+    tokenized = task.tokenize(tokenizer)
+    assert loaded.config["crosscoder_sha256"] == weights_sha256(crosscoder) != weights_sha256(other)
+    assert loaded.config["crosscoder_snapshots"] == ["s0", "s1", "s2"]
+    assert loaded.config["task_sha256"] == task_sha256(tokenized)
+    assert table_identity(crosscoder, tokenized).items() <= loaded.config.items()
+
+
 def test_a_task_name_or_a_top_k_under_1_is_refused_before_anything_is_written(snapshots, tokenizer, jumprelu, tmp_path):
     """A task's name reached ``'str' object has no attribute 'name'``; ``top_k=0`` was refused after
     every snapshot's attribution, as "k". Both leave no folder behind."""

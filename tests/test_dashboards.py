@@ -302,8 +302,16 @@ def test_a_streamed_pass_equals_the_store_s(tiny, tmp_path):
     assert tokens["stream"]["kind"] == "test" and tokens["seq_len"] == 16
 
 
-def write_attribution(folder: Path, d_sae: int = 32) -> dict:
-    """An IE table of task `toy` over the tiny run's snapshots, with the stage's files beside it."""
+def run_identity(run: Path) -> dict:
+    """What an IE table of the run's crosscoder records it was computed with (task aside)."""
+    from crosslens.causal.ie_table import crosscoder_identity
+
+    return crosscoder_identity(load_crosscoder_folder(run / "final", dtype="float32"))
+
+
+def write_attribution(folder: Path, d_sae: int = 32, identity: dict | None = None) -> dict:
+    """An IE table of task `toy` over the tiny run's snapshots, with the stage's files beside it;
+    ``identity``: the crosscoder and task it records (:func:`run_identity`, and a task's sha256)."""
     from crosslens.causal.ie_table import IETable
 
     generator = torch.Generator().manual_seed(1)
@@ -316,7 +324,7 @@ def write_attribution(folder: Path, d_sae: int = 32) -> dict:
         torch.zeros(3),
         torch.zeros(3),
         ["step0", "step10", "step20"],
-        config={"metric": "logit_diff", "n_examples": 8},
+        config={"metric": "logit_diff", "n_examples": 8, "task_sha256": "0" * 64, **(identity or {})},
     )
     folder.mkdir(parents=True)
     table.save(folder / "ie_table.json")
@@ -335,7 +343,7 @@ def write_attribution(folder: Path, d_sae: int = 32) -> dict:
 
 def test_causal_scores_come_from_the_attribution_files(tiny, tmp_path):
     run = fresh_run(tiny, tmp_path)
-    made = write_attribution(run / "attribution_causal")
+    made = write_attribution(run / "attribution_causal", identity=run_identity(run))
     compute(run)
     db = open_database(run)
     ie = made["ie"]
@@ -409,6 +417,20 @@ def test_bad_runs_stores_and_attributions_are_refused_in_one_line(tiny, tmp_path
     with pytest.raises(DashboardsError) as refused:  # one path, as the flag takes it: it was read letter by letter
         compute(run, attribution=str(tmp_path / "wide"))
     assert "attributes another crosscoder" in one_line(refused.value)
+    # a table of another crosscoder's weights at the run's width and snapshots, or one that records none
+    identity = run_identity(run)
+    for what, recorded in {"other": {**identity, "crosscoder_sha256": "f" * 64}, "unverified": None}.items():
+        write_attribution(tmp_path / what, identity=recorded)
+        with pytest.raises(DashboardsError) as refused:
+            compute(run, attribution=[str(tmp_path / what)])
+        problem = {
+            "other": "it was computed with another crosscoder (weights sha256 ffffffffffff..., this one's ",
+            "unverified": "it records no crosscoder or task it was computed with",
+        }[what]
+        assert one_line(refused.value).startswith(
+            f"{tmp_path / what / 'ie_table.json'} cannot be read as an attribution of this run's crosscoder: {problem}"
+        )
+        assert one_line(refused.value).endswith(f"pass the IE table `crosslens attribute --crosscoder {run}` writes")
     with pytest.raises(DashboardsError, match=r"^stream is str; pass a StreamSource"):
         compute_dashboards(run, stream=str(tiny / "suite"), config=DashboardsConfig(**CONFIG), device="cpu")
     with pytest.raises(DashboardsError, match=r"^top_k is a whole number, got 'ten'$"):

@@ -29,7 +29,7 @@ from transformer_lens import HookedTransformer
 
 from crosslens.causal.attribution import Metric, logit_diff
 from crosslens.causal.continuations import check_metric, rows_from_prompt, sequences_metric
-from crosslens.causal.ie_table import IETable
+from crosslens.causal.ie_table import IETable, identity_problem, table_identity
 from crosslens.causal.snapshot_models import (
     SnapshotModels,
     TaskActivations,
@@ -39,6 +39,7 @@ from crosslens.causal.snapshot_models import (
     with_activations,
 )
 from crosslens.causal.splicing import CodeEdit, SpliceState, exact_codes, splice
+from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.progress import progress_bar
 from crosslens.core.tensors import feature_index
@@ -306,6 +307,12 @@ def ablation_curves(
         raise ValueError(
             f"the IE table has {table.d_sae} features at snapshots {table.snapshots}; this crosscoder has {F} "
             f"features at snapshots 0 to {S - 1}: pass the table attribute() made with this crosscoder"
+        )
+    problem = identity_problem(table, table_identity(crosscoder, tokenized))
+    if problem is not None:
+        raise PartnerMismatchError(
+            f"the IE table of {table.task}: {problem}; pass the table attribute() made with this crosscoder on this "
+            "task, or compute one: attribute(models, crosscoder, task) (`crosslens attribute`)"
         )
     if exact and prepared.activations is None:
         prepared = with_activations(prepared, models, hook, progress=progress)

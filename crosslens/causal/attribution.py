@@ -20,7 +20,7 @@ examples, giving one IE per (feature, snapshot): an :class:`IETable`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
 from crosslens.causal.continuations import check_metric, continuation_path_metric, metric_name
-from crosslens.causal.ie_table import IETable
+from crosslens.causal.ie_table import IETable, table_identity
 from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.snapshot_models import (
     SnapshotModels,
@@ -436,6 +436,7 @@ def attribute(
         hook,
         len(tokenized),
         metric_name(tokenized, metric),
+        identity=table_identity(crosscoder, tokenized),
     )
 
 
@@ -466,9 +467,12 @@ def table_from_snapshots(
     hook: str,
     n_examples: int,
     metric: str = "logit_diff",
+    *,
+    identity: Mapping[str, Any],
 ) -> IETable:
     """The :class:`IETable` of per-snapshot attributions, one column per result in order;
-    ``metric`` names what the numbers measure (``"logit_diff"`` or ``"summed_logprob_diff"``)."""
+    ``metric`` names what the numbers measure (``"logit_diff"`` or ``"summed_logprob_diff"``),
+    ``identity`` what they were computed with (:func:`~crosslens.causal.ie_table.table_identity`)."""
     return IETable(
         task=name,
         snapshots=[r.snapshot for r in results],
@@ -477,6 +481,6 @@ def table_from_snapshots(
         metric_clean=torch.stack([r.metric_clean.mean() for r in results]),
         metric_patch=torch.stack([r.metric_patch.mean() for r in results]),
         snapshot_labels=list(labels),
-        config={**asdict(config), "hook": hook, "n_examples": n_examples, "metric": metric},
+        config={**asdict(config), "hook": hook, "n_examples": n_examples, "metric": metric, **identity},
         ie_per_example=torch.stack([r.per_example for r in results], dim=2),
     )

@@ -5,7 +5,7 @@ save/load."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,12 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.activations.store import snapshot_label
 from crosslens.causal.relative_ie import relie, select_top_features
+from crosslens.causal.snapshot_models import task_sha256
+from crosslens.core.hashing import weights_sha256
+from crosslens.core.metadata import metadata_value
+from crosslens.tasks.base import TokenizedTask
 
 
 @dataclass
@@ -32,6 +37,8 @@ class IETable:
     snapshot_labels: list[str] = field(default_factory=list)
     """Human-readable name per column (revision), defaults to ``s{index}``."""
     config: dict[str, Any] = field(default_factory=dict)
+    """How it was computed (:class:`~crosslens.causal.attribution.AttributionConfig`, hook, metric)
+    and with what (:func:`table_identity`)."""
     ie_per_example: Float[torch.Tensor, "n_examples d_sae n_snapshots"] | None = field(default=None, repr=False)
     """Each example's IE (``ie`` is its mean over examples); kept in memory for bootstrap
     confidence intervals, not written by :meth:`save`."""
@@ -111,3 +118,40 @@ class IETable:
             snapshot_labels=list(payload["snapshot_labels"]),
             config=payload.get("config", {}),
         )
+
+
+def crosscoder_identity(crosscoder: Any) -> dict[str, Any]:
+    """What identifies a crosscoder to an IE table: its weights' sha256 and its snapshots (as its
+    record names them, else ``s{index}``)."""
+    recorded = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []
+    if recorded and all(isinstance(entry, Mapping) for entry in recorded):
+        snapshots = [snapshot_label(entry) for entry in recorded]
+    else:
+        snapshots = [f"s{index}" for index in range(int(crosscoder.cfg.n_snapshots))]
+    return {"crosscoder_sha256": weights_sha256(crosscoder), "crosscoder_snapshots": snapshots}
+
+
+def table_identity(crosscoder: Any, task: TokenizedTask) -> dict[str, Any]:
+    """What an IE table records it was computed with: :func:`crosscoder_identity` and the
+    tokenized task's :func:`~crosslens.causal.snapshot_models.task_sha256`."""
+    return {**crosscoder_identity(crosscoder), "task_sha256": task_sha256(task)}
+
+
+def identity_problem(table: IETable, identity: Mapping[str, Any]) -> str | None:
+    """Why ``table`` was not computed with what ``identity`` describes (:func:`crosscoder_identity`,
+    or :func:`table_identity` to check the task too), or None. A table that records none of it
+    cannot be verified, and is said to be so."""
+    recorded = table.config
+    if any(key not in recorded for key in identity):
+        return "it records no crosscoder or task it was computed with (saved before crosslens recorded them)"
+    sha, ours = str(recorded["crosscoder_sha256"]), str(identity["crosscoder_sha256"])
+    if sha != ours:
+        return f"it was computed with another crosscoder (weights sha256 {sha[:12]}..., this one's {ours[:12]}...)"
+    if list(recorded["crosscoder_snapshots"]) != list(identity["crosscoder_snapshots"]):
+        return (
+            f"its crosscoder's snapshots are {', '.join(recorded['crosscoder_snapshots'])}, this one's "
+            f"{', '.join(identity['crosscoder_snapshots'])}"
+        )
+    if "task_sha256" in identity and recorded["task_sha256"] != identity["task_sha256"]:
+        return "it was computed on other tokens than this task's"
+    return None

@@ -34,7 +34,7 @@ from crosslens.causal.behaviour import (
 )
 from crosslens.causal.claims import causal_claims
 from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF, metric_name
-from crosslens.causal.ie_table import IETable
+from crosslens.causal.ie_table import IETable, table_identity
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.relative_ie import (
     RelIEThresholds,
@@ -304,7 +304,14 @@ def _attribute_and_ablate(
             n_random=n_random,
         )
     table = table_from_snapshots(
-        prepared.name, results, labels, config, hook, len(tokenized), metric_name(tokenized, logit_diff)
+        prepared.name,
+        results,
+        labels,
+        config,
+        hook,
+        len(tokenized),
+        metric_name(tokenized, logit_diff),
+        identity=table_identity(crosscoder, tokenized),
     )
     return table, rows, torch.stack([r.metric_clean for r in results], dim=1)
 

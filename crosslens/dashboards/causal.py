@@ -72,13 +72,15 @@ def unread_sections(run_dir: Path, tasks: list[str]) -> list[str]:
     return [name for name in names if name not in tasks]
 
 
-def read_causal(tables: list[Path], run_dir: Path, revisions: list[str], d_sae: int) -> CausalScores:
-    """The causal rows of every table, checked against the run's snapshots and width."""
-    from crosslens.causal.ie_table import IETable
+def read_causal(tables: list[Path], run_dir: Path, revisions: list[str], crosscoder: Any) -> CausalScores:
+    """The causal rows of every table, checked to be of the run's ``crosscoder`` (its width,
+    snapshots and weights)."""
+    from crosslens.causal.ie_table import IETable, crosscoder_identity
 
     scores = CausalScores()
     if not tables:
         return scores
+    d_sae, identity = int(crosscoder.cfg.d_sae), crosscoder_identity(crosscoder)
     relevance_F = torch.zeros(d_sae, dtype=torch.float64)
     seen: dict[str, Path] = {}
     for path in tables:
@@ -88,7 +90,7 @@ def read_causal(tables: list[Path], run_dir: Path, revisions: list[str], d_sae: 
             raise DashboardsError(
                 f"{path} is not an IE table of `crosslens attribute` ({error}); pass its --out file"
             ) from None
-        _check_table(table, path, revisions, d_sae)
+        _check_table(table, path, revisions, d_sae, identity, run_dir)
         if table.task in seen:
             raise DashboardsError(
                 f"{path} and {seen[table.task]} both attribute task {table.task}; pass one of them (--attribution)"
@@ -113,12 +115,22 @@ def read_causal(tables: list[Path], run_dir: Path, revisions: list[str], d_sae: 
     return scores
 
 
-def _check_table(table: Any, path: Path, revisions: list[str], d_sae: int) -> None:
+def _check_table(
+    table: Any, path: Path, revisions: list[str], d_sae: int, identity: dict[str, Any], run_dir: Path
+) -> None:
+    from crosslens.causal.ie_table import identity_problem
+
     labels = [revisions[s] if 0 <= s < len(revisions) else None for s in table.snapshots]
     if table.d_sae != d_sae or labels != list(table.snapshot_labels):
         raise DashboardsError(
             f"{path} attributes another crosscoder ({table.d_sae} features at {', '.join(table.snapshot_labels)}; "
             f"the run's has {d_sae} at {', '.join(revisions)}); pass the IE table `crosslens attribute --crosscoder RUN` wrote"
+        )
+    problem = identity_problem(table, identity)
+    if problem is not None:
+        raise DashboardsError(
+            f"{path} cannot be read as an attribution of this run's crosscoder: {problem}; pass the IE table "
+            f"`crosslens attribute --crosscoder {run_dir}` writes"
         )
 
 

@@ -315,7 +315,7 @@ def _compute(
     ]
     tokenizer = source_suite(source).tokenizer()
     budget = resolve_budget(config, F, S, vocab_size=len(tokenizer))
-    causal = read_causal(find_tables(run_dir, config.attribution), run_dir, revisions, F)
+    causal = read_causal(find_tables(run_dir, config.attribution), run_dir, revisions, crosscoder)
     for name in unread_sections(run_dir, [task[0] for task in causal.tasks]):
         print(
             f"note: {run_dir} has an attribution section for {name} but no IE table of it was found; pass its "
