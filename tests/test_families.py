@@ -492,6 +492,45 @@ def test_attribute_runs_languages_together_with_relie_side_by_side(tmp_path):
     assert "RelIE per language" in html and all(f'"{lang}"' in html for lang in ("en", "fr", "es"))
 
 
+def test_the_languages_report_counts_features_as_each_language_s_stage_classes_them():
+    """The comparison classed the shared features by RelIE alone: noise (an effect below the stage's
+    floor) was counted specific, and a snapshot at chance had specific features, against each
+    language's own stage report."""
+    from types import SimpleNamespace
+
+    from crosslens.causal.behaviour import SnapshotBehaviour
+    from crosslens.causal.ie_table import IETable
+    from crosslens.causal.languages import language_classes, language_rows, relie_by_language, shared_features
+
+    ie = torch.zeros(8, 3)
+    ie[0] = torch.tensor([1e-7, 0.0, 0.0])  # noise, all of it at s0
+    ie[1] = torch.tensor([0.0, 2e-7, 0.0])
+    ie[2] = torch.tensor([0.5, 0.5, 0.5])  # shared
+    ie[3] = torch.tensor([0.02, 0.02, 0.9])  # specific to s2
+    behaving = SnapshotBehaviour("s", 40, 0.95, 0.83, 0.99, -2.0, 0.5).to_dict()
+    chance = SnapshotBehaviour("s", 40, 0.5, 0.35, 0.65, 0.0, 0.5).to_dict()
+    results = {
+        language: SimpleNamespace(
+            table=IETable("t", [0, 1, 2], ie.clone(), torch.zeros(3), torch.full((3,), -2.0), torch.zeros(3)),
+            summary=SimpleNamespace(effect_floor=0.04, behaviour=[behaving, behaving, last]),
+        )
+        for language, last in (("en", behaving), ("fr", chance))
+    }
+    tables = {language: result.table for language, result in results.items()}
+    features = shared_features(tables, 4)
+    assert features.tolist() == [0, 1, 2, 3]
+    classes = language_classes(results, features, relie_by_language(tables, features))
+    assert classes["en"].tolist() == [
+        ["below_floor"] * 3,
+        ["below_floor"] * 3,
+        ["shared", "shared", "shared"],
+        ["other", "other", "specific"],
+    ]
+    assert classes["fr"][:, 2].tolist() == ["below_floor", "below_floor", "no_behaviour", "no_behaviour"]
+    rows = language_rows(tables, classes)
+    assert [(r["en: specific"], r["fr: specific"]) for r in rows] == [(0, 0), (0, 0), (1, 0)]
+
+
 def test_cli_attribute_runs_a_multilingual_task_file(tmp_path, capsys):
     from hf_cache import tiny_neox, write_local_suite
 

@@ -80,6 +80,11 @@ class SnapshotBehaviour:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "at_chance": self.at_chance}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SnapshotBehaviour:
+        """One read back from :meth:`to_dict` (a stage summary's ``behaviour``)."""
+        return cls(**{key: value for key, value in values.items() if key != "at_chance"})
+
 
 def snapshot_behaviour(metric_N: Float[torch.Tensor, " n_pairs"], label: str) -> SnapshotBehaviour:
     """One snapshot's behaviour from its clean metric per pair (negative: correct preferred)."""

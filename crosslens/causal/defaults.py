@@ -15,6 +15,9 @@ TOP_K = 10
 ABLATION_KS = (1, 2, 5, 10, 20, 50, 100, 200)
 """Sizes of the ablated and kept feature sets of the ablation curves."""
 
+N_BOOT = 1000
+"""Bootstrap resamples of the examples behind each selected feature's IE confidence interval."""
+
 EFFECT_FLOOR_SHARE = 0.02
 """RelIE classes a feature only where its summed |IE| reaches this share of the mean clean-vs-patched
 metric gap (the noise floor, unless the stage is given one)."""

@@ -21,8 +21,9 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 
 from crosslens.causal import defaults
+from crosslens.causal.behaviour import SnapshotBehaviour
 from crosslens.causal.ie_table import IETable
-from crosslens.causal.relative_ie import RelIEThresholds, classify_relie, relie, select_top_features
+from crosslens.causal.relative_ie import RelIEThresholds, feature_classes, relie, select_top_features
 from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal_stage
 from crosslens.tasks.base import TaskDataset
 
@@ -94,13 +95,50 @@ def relie_by_language_figure(
     return fig
 
 
+def language_classes(
+    results: Mapping[str, CausalStageResult],
+    features: Int[torch.Tensor, " n_selected"],
+    relie_values: Mapping[str, torch.Tensor],
+    thresholds: RelIEThresholds = RelIEThresholds(),
+    n_boot: int = defaults.N_BOOT,
+) -> dict[str, np.ndarray]:
+    """Each language's RelIE classes of the shared ``features``, by the rule its own stage classed
+    its features with (:func:`~crosslens.causal.relative_ie.feature_classes`): its noise floor, and no
+    class at a snapshot where its model is at chance."""
+    classes = {}
+    for language, result in results.items():
+        behaviours = [SnapshotBehaviour.from_dict(b) for b in result.summary.behaviour]
+        floor = result.summary.effect_floor
+        labels, *_ = feature_classes(
+            result.table, features, relie_values[language], thresholds, floor, n_boot, behaviours
+        )
+        classes[language] = labels
+    return classes
+
+
+def language_rows(tables: Mapping[str, IETable], classes: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per snapshot, each language's clean metric and how many of the features it classes
+    ``specific`` there (``classes``: :func:`language_classes`)."""
+    first = next(iter(tables.values()))
+    rows = []
+    for column, label in enumerate(first.snapshot_labels):
+        row: dict[str, Any] = {"snapshot": label}
+        for language, table in tables.items():
+            row[f"{language}: metric"] = float(table.metric_clean[column])
+            row[f"{language}: specific"] = int((classes[language][:, column] == "specific").sum())
+        rows.append(row)
+    return rows
+
+
 def language_report(
     tables: Mapping[str, IETable],
     features: Int[torch.Tensor, " n_selected"],
     relie_values: Mapping[str, torch.Tensor],
+    classes: Mapping[str, np.ndarray],
     thresholds: RelIEThresholds = RelIEThresholds(),
 ):
-    """A report section (``crosslens.htmlreport.Report``) comparing the languages."""
+    """A report section (``crosslens.htmlreport.Report``) comparing the languages; ``classes``:
+    each language's RelIE classes of the features (:func:`language_classes`)."""
     from crosslens.htmlreport import Report
 
     first = next(iter(tables.values()))
@@ -113,18 +151,11 @@ def language_report(
             "RelIE = |IE at a snapshot| / sum over snapshots, per language."
         ),
     )
-    rows = []
-    for column, label in enumerate(first.snapshot_labels):
-        row: dict[str, Any] = {"snapshot": label}
-        for language, table in tables.items():
-            labels = classify_relie(relie_values[language][:, column : column + 1], thresholds)
-            row[f"{language}: metric"] = float(table.metric_clean[column])
-            row[f"{language}: specific"] = int((labels == "specific").sum())
-        rows.append(row)
-    report.add_table(rows)
+    report.add_table(language_rows(tables, classes))
     report.add_text(
         f"metric = {metric_formula(first.config.get('metric'))} (negative: right); specific = shared features "
-        f"whose RelIE at that snapshot is above {thresholds.specific}."
+        f"whose RelIE at that snapshot is above {thresholds.specific} and whose effect clears that language's "
+        "noise floor, as its own causal stage classes them (none at a snapshot where its model is at chance)."
     )
     return report
 
@@ -171,6 +202,7 @@ def run_language_tasks(
             }
         )
     )
-    report = language_report(tables, features, relie_values, thresholds)
+    classes = language_classes(results, features, relie_values, thresholds, stage_kwargs.get("n_boot", defaults.N_BOOT))
+    report = language_report(tables, features, relie_values, classes, thresholds)
     paths["report"] = report.write(out / "languages_report.html")
     return {"results": results, "features": features, "relie": relie_values, "report": report, "paths": paths}

@@ -93,7 +93,7 @@ def _print_snapshots(
     """The per-snapshot lines and the final keep-only restoration; a snapshot at chance is
     printed with its accuracy instead of a feature count, and no restoration of it is shown.
     Where no snapshot has a snapshot-specific feature, a line says what that zero means."""
-    behaviours = [SnapshotBehaviour(**{k: v for k, v in b.items() if k != "at_chance"}) for b in summary.behaviour]
+    behaviours = [SnapshotBehaviour.from_dict(b) for b in summary.behaviour]
     behaving = behaving_columns(behaviours, len(summary.snapshots))
     specific = summary.specific_per_snapshot
     any_specific = any(specific[c] for c in behaving)

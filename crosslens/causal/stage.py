@@ -29,7 +29,6 @@ from crosslens.causal.behaviour import (
     behaving_columns,
     behaviour_per_snapshot,
     chance_note,
-    mark_no_behaviour,
     no_behaviour_message,
 )
 from crosslens.causal.claims import causal_claims
@@ -38,12 +37,10 @@ from crosslens.causal.ie_table import IETable, table_identity
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.relative_ie import (
     RelIEThresholds,
-    bootstrap_ie_ci,
     class_counts,
-    classify_relie,
+    feature_classes,
     reldec,
     relie,
-    relie_floor_mask,
 )
 from crosslens.causal.snapshot_models import (
     PreparedTask,
@@ -171,7 +168,7 @@ def run_causal_stage(
     tokenizer: Any = None,
     progress: bool = True,
     effect_floor: float | None = None,
-    n_boot: int = 1000,
+    n_boot: int = defaults.N_BOOT,
     allow_chance: bool = True,
 ) -> CausalStageResult:
     """Attribute ``task`` at every snapshot, then RelIE and ablation curves; write everything.
@@ -334,11 +331,9 @@ def _relie_of(
     reldec_sel = reldec(norms[selected]) if several else torch.ones(len(selected), 1)
     if effect_floor is None:
         effect_floor = defaults.EFFECT_FLOOR_SHARE * float((table.metric_clean - table.metric_patch).abs().mean())
-    ci_low = ci_high = None
-    if table.ie_per_example is not None and table.ie_per_example.shape[0] > 1 and len(selected):  # none: all IE 0
-        ci_low, ci_high = bootstrap_ie_ci(table.ie_per_example[:, selected], n_boot=n_boot)
-    classed = relie_floor_mask(table.ie[selected], effect_floor, ci_low, ci_high)
-    labels = mark_no_behaviour(classify_relie(relie_sel, thresholds, classed=classed), behaviours)
+    labels, classed, ci_low, ci_high = feature_classes(
+        table, selected, relie_sel, thresholds, effect_floor, n_boot, behaviours
+    )
     return _RelIEResult(
         selected, relie_sel, reldec_sel, labels, class_counts(labels), ci_low, ci_high, classed, effect_floor
     )
