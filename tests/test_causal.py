@@ -791,6 +791,38 @@ def test_an_ie_table_records_its_crosscoder_and_task_and_ranks_only_them(snapsho
     assert table_identity(crosscoder, tokenized).items() <= loaded.config.items()
 
 
+def test_a_task_is_tokenized_only_with_the_models_vocabulary(snapshots, tokenizer, jumprelu):
+    """tokenizer= was used over the models' own tokenizer whatever its ids, and a TokenizedTask with
+    an id beyond the vocabulary reached the embedding as a bare IndexError."""
+    vocab = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
+    shuffled = vocab[:3] + vocab[3:][::-1]  # the same words at other ids
+    inner = Tokenizer(models.WordLevel({w: i for i, w in enumerate(shuffled)}, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    other = PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
+    carrying = [copy.copy(model) for model in snapshots]
+    for model in carrying:
+        model.tokenizer = tokenizer
+    task, config = agreement_pairs("pp", n=4, seed=0), AttributionConfig(n_steps=2)
+    with pytest.raises(
+        PartnerMismatchError,
+        match=r"^tokenizer= has another vocabulary than the models' own tokenizer \(\d+ tokens, theirs \d+, or the same "
+        r"tokens at other ids\); leave tokenizer= out to tokenize the task with the models' own$",
+    ):
+        attribute(carrying, jumprelu, task, snapshots=[0], config=config, tokenizer=other, progress=False)
+    own = attribute(carrying, jumprelu, task, snapshots=[0], config=config, progress=False)
+    same = attribute(carrying, jumprelu, task, snapshots=[0], config=config, tokenizer=tokenizer, progress=False)
+    torch.testing.assert_close(same.ie, own.ie)
+    tokenized = task.tokenize(tokenizer)
+    tokenized.clean_tokens[0, 1] = 10_000
+    refusal = (
+        rf"^the tokenized task holds token id 10000, but the models read ids 0 to {len(tokenizer) - 1}; tokenize it"
+    )
+    with pytest.raises(CrosslensError, match=refusal):
+        attribute(snapshots, jumprelu, tokenized, snapshots=[0], config=config, progress=False)
+    with pytest.raises(CrosslensError, match=refusal):
+        attribute_snapshot(snapshots[0], jumprelu, tokenized, snapshot=0, config=config)
+
+
 def test_a_task_name_or_a_top_k_under_1_is_refused_before_anything_is_written(snapshots, tokenizer, jumprelu, tmp_path):
     """A task's name reached ``'str' object has no attribute 'name'``; ``top_k=0`` was refused after
     every snapshot's attribution, as "k". Both leave no folder behind."""

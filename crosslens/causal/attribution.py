@@ -36,6 +36,7 @@ from crosslens.causal.snapshot_models import (
     TaskActivations,
     activations_at,
     check_snapshot_model,
+    check_token_ids,
     iter_snapshot_models,
     prepare_task,
     run_from_hook,
@@ -180,6 +181,7 @@ def attribute_snapshot(
     hook = crosscoder_hook(crosscoder, hook)
     check_metric(task, metric, logit_diff)
     check_snapshot_model(crosscoder, snapshot, model)
+    check_token_ids(task, model.cfg.d_vocab)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     acts_clean, acts_patch, codes_clean, codes_patch = _snapshot_inputs(
         model, hook, codec, task, acts_clean, acts_patch, codes_clean, codes_patch

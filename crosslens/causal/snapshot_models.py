@@ -199,13 +199,45 @@ def collect_activations(
 
 
 # ---------------------------------------------------------------------------- a task for the models
-def _tokenizer_of(models: SnapshotModels) -> Any:
+def _own_tokenizer(models: SnapshotModels) -> Any:
+    """The models' own tokenizer (a suite's, or the first model's), or None where they carry none."""
     if hasattr(models, "tokenizer") and callable(models.tokenizer):
         return models.tokenizer()
-    first = models[0]
-    if getattr(first, "tokenizer", None) is None:
-        raise ValueError("the models carry no tokenizer; pass tokenizer= (or already tokenized inputs)")
-    return first.tokenizer
+    if hasattr(models, "load"):  # a stand-in for a suite that names no tokenizer
+        return None
+    return getattr(models[0], "tokenizer", None)
+
+
+def _task_tokenizer(models: SnapshotModels, tokenizer: Any) -> Any:
+    """The tokenizer a task is tokenized with for ``models``: their own, or ``tokenizer``, refused
+    where its vocabulary is not theirs (the ids would name other tokens in their embedding)."""
+    own = _own_tokenizer(models)
+    if tokenizer is None:
+        if own is None:
+            raise ValueError("the models carry no tokenizer; pass tokenizer= (or already tokenized inputs)")
+        return resolve_tokenizer(own)
+    tokenizer = resolve_tokenizer(tokenizer)
+    if own is not None and tokenizer is not own and tokenizer.get_vocab() != resolve_tokenizer(own).get_vocab():
+        raise PartnerMismatchError(
+            f"tokenizer= has another vocabulary than the models' own tokenizer ({len(tokenizer.get_vocab())} tokens, "
+            f"theirs {len(resolve_tokenizer(own).get_vocab())}, or the same tokens at other ids); leave tokenizer= "
+            "out to tokenize the task with the models' own"
+        )
+    return tokenizer
+
+
+def check_token_ids(task: TokenizedTask, d_vocab: int | None) -> None:
+    """Refuse a tokenized task holding an id outside the models' vocabulary (``0..d_vocab-1``)."""
+    tensors = [task.clean_tokens, task.corrupted_tokens, task.continuation_tokens]
+    ids = torch.cat([t.flatten() for t in tensors if t is not None])
+    if d_vocab is None or not ids.numel():
+        return
+    outside = ids[(ids < 0) | (ids >= d_vocab)]
+    if outside.numel():
+        raise CrosslensError(
+            f"the tokenized task holds token id {int(outside[0])}, but the models read ids 0 to {d_vocab - 1}; "
+            "tokenize it with the models' tokenizer (or pass the TaskDataset, which is tokenized with theirs)"
+        )
 
 
 def snapshot_labels(models: SnapshotModels, n: int) -> list[str]:
@@ -313,24 +345,36 @@ def tokenize_task(
     task: TaskDataset | TokenizedTask, models: SnapshotModels, tokenizer: Any = None
 ) -> tuple[str, TokenizedTask]:
     """``(name, tokens)`` of ``task`` for ``models``: tokenized with their tokenizer (or
-    ``tokenizer``) within their context; a TokenizedTask as it is, named ``"task"``."""
+    ``tokenizer``, refused where its vocabulary is not theirs) within their context; a
+    TokenizedTask as it is, named ``"task"``. Either way every id is checked to be in their
+    vocabulary."""
     check_task(task)
     if isinstance(task, TokenizedTask):
-        return "task", task
-    tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))
-    return task.name, task.tokenize(tokenizer, max_tokens=context_length(models))
+        name, tokenized = "task", task
+    else:
+        tokenizer = _task_tokenizer(models, tokenizer)
+        name, tokenized = task.name, task.tokenize(tokenizer, max_tokens=context_length(models))
+    check_token_ids(tokenized, _config_value(models, "d_vocab"))
+    return name, tokenized
 
 
 def context_length(models: SnapshotModels) -> int | None:
     """How many tokens the models read at most (``n_ctx``): from a suite's configs, or the
     first model's config; None when neither tells."""
+    return _config_value(models, "n_ctx")
+
+
+def _config_value(models: SnapshotModels, field: str) -> int | None:
+    """A size every snapshot shares (``n_ctx``, ``d_vocab``): from a suite's configs, or the first
+    model's config; None when neither tells."""
     if callable(getattr(models, "check_architectures", None)):
-        return int(models.check_architectures()["n_ctx"])
-    try:
-        n_ctx = getattr(getattr(models[0], "cfg", None), "n_ctx", None)
-    except (TypeError, IndexError, KeyError):
-        return None
-    return int(n_ctx) if n_ctx is not None else None
+        value = models.check_architectures().get(field)
+    else:
+        try:
+            value = getattr(getattr(models[0], "cfg", None), field, None)
+        except (TypeError, IndexError, KeyError):
+            return None
+    return int(value) if value is not None else None
 
 
 @dataclass(frozen=True)
