@@ -124,6 +124,31 @@ def test_task_for_tokenizer_falls_back_to_the_pico_grammar():
     assert task_for_tokenizer("agreement_pp", word_tokenizer(), n=6).name == "agreement_pp"
 
 
+def test_pairs_longer_than_the_models_context_are_dropped_with_a_warning():
+    """`crosslens attribute` kept a pair longer than the model's context (the flag's help says pairs
+    that cannot be scored are dropped with a warning) and the stage refused the whole run over it."""
+    from crosslens.causal.sections import _task_dataset
+    from crosslens.tasks import task_for_tokenizer
+
+    tokenizer = word_tokenizer()
+    long = " ".join(["The pilot near the towers"] * 6)  # 30 words: over a context of 24
+    pairs = TaskDataset("pairs", (MinimalPair("The pilot", " is", " are"), MinimalPair(long, " is", " are")))
+    with pytest.warns(
+        UserWarning, match=r"kept 1 of 2 pairs the tokenizer can score; .*more than the model's context of 24"
+    ):
+        kept = _task_dataset(pairs, tokenizer, 64, 0, 24)
+    assert kept.pairs == pairs.pairs[:1]
+    kept.tokenize(tokenizer, max_tokens=24)
+    assert _task_dataset(pairs, tokenizer, 64, 0, None).pairs == pairs.pairs  # no context known: nothing is dropped
+    lengths = {1 + len(tokenizer(p.clean + p.correct)["input_ids"]) for p in get_task("agreement_rc", n=8)}
+    assert lengths == {8}  # BOS + prompt + continuation, every pair
+    assert len(task_for_tokenizer("agreement_rc", tokenizer, n=8, max_tokens=8)) == 8
+    with pytest.raises(
+        TaskTokenizationError, match=r"BOS \+ prompt \+ continuation is 8 tokens, more than the model's context of 7"
+    ):
+        task_for_tokenizer("agreement_rc", tokenizer, n=8, max_tokens=7)
+
+
 def test_get_task_registry():
     assert {"agreement_simple", "agreement_pp", "agreement_rc", "ioi"} <= set(list_tasks())
     assert get_task("ioi", n=5, seed=2).pairs == ioi_pairs(n=5, seed=2).pairs

@@ -14,6 +14,7 @@ from crosslens.causal import defaults
 from crosslens.causal.behaviour import SnapshotBehaviour, behaving_columns, chance_note
 from crosslens.causal.languages import language_of, run_language_tasks
 from crosslens.causal.relative_ie import RelIEThresholds
+from crosslens.causal.snapshot_models import context_length
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
 from crosslens.checkpoints.on_device import on_device
 from crosslens.core.paths import crosslens_home
@@ -66,7 +67,7 @@ def attribution_sections(
     """
     crosscoder = load_crosscoder(crosscoder, device=str(device))
     suite = on_device(suite, device, dtype)
-    dataset = _task_dataset(task, suite.tokenizer(), n_examples, seed)
+    dataset = _task_dataset(task, suite.tokenizer(), n_examples, seed, context_length(suite))
     out_dir = causal_out_dir(out, dataset.name)
     result = run_causal_stage(suite, crosscoder, dataset, out_dir, **stage_kwargs)
     if out is not None and Path(out).suffix == ".json":
@@ -150,7 +151,8 @@ def language_attribution_sections(
     crosscoder = load_crosscoder(crosscoder, device=str(device))
     suite = on_device(suite, device, dtype)
     tokenizer = suite.tokenizer()
-    datasets = [_task_dataset(task, tokenizer, n_examples, seed) for task in tasks]
+    n_ctx = context_length(suite)
+    datasets = [_task_dataset(task, tokenizer, n_examples, seed, n_ctx) for task in tasks]
     out_dir = causal_out_dir(out, "languages")
     combined = run_language_tasks(suite, crosscoder, datasets, out_dir, **stage_kwargs)
     print(f"causal stage for {len(datasets)} languages: files in {out_dir}")
@@ -169,19 +171,20 @@ def language_attribution_sections(
     return [combined["report"], *(r.report for r in combined["results"].values())]
 
 
-def _task_dataset(task: str | Any, tokenizer: Any, n_examples: int, seed: int) -> Any:
+def _task_dataset(task: str | Any, tokenizer: Any, n_examples: int, seed: int, max_tokens: int | None) -> Any:
     """A named task's ``n_examples`` seeded pairs, or the pairs of a loaded TaskDataset (a BLiMP,
-    CLAMS or crosslens pairs file) that the tokenizer can score, up to ``n_examples``."""
+    CLAMS or crosslens pairs file) that the tokenizer can score within the models' context of
+    ``max_tokens``, up to ``n_examples``."""
     if isinstance(task, str):
-        return task_for_tokenizer(task, tokenizer, n=n_examples, seed=seed)
-    return _fitting(task, tokenizer, n_examples)
+        return task_for_tokenizer(task, tokenizer, n=n_examples, seed=seed, max_tokens=max_tokens)
+    return _fitting(task, tokenizer, n_examples, max_tokens)
 
 
-def _fitting(task: Any, tokenizer: Any, n_examples: int) -> Any:
+def _fitting(task: Any, tokenizer: Any, n_examples: int, max_tokens: int | None = None) -> Any:
     """The first ``n_examples`` pairs of ``task`` that ``tokenizer`` can score (continuations of
-    any length; see :meth:`TaskDataset.check_tokenizer`), with a warning naming why the first
-    dropped one could not be."""
-    problems = task.problems(tokenizer)
+    any length; see :meth:`TaskDataset.check_tokenizer`) within ``max_tokens`` (the models'
+    context), with a warning naming why the first dropped one could not be."""
+    problems = task.problems(tokenizer, max_tokens=max_tokens)
     if len(problems) == len(task):
         first = next(iter(problems.values()))
         raise TaskTokenizationError(f"none of the {len(task)} pairs can be scored with the suite's tokenizer; {first}")

@@ -136,19 +136,22 @@ def list_tasks() -> list[str]:
     return [*_GENERATORS, *PICO_TASKS, *MULTILINGUAL_TASKS]
 
 
-def task_for_tokenizer(name: str, tokenizer, n: int = 64, seed: int = 0) -> TaskDataset:
-    """:func:`get_task`, made to fit ``tokenizer``.
+def task_for_tokenizer(
+    name: str, tokenizer, n: int = 64, seed: int = 0, *, max_tokens: int | None = None
+) -> TaskDataset:
+    """:func:`get_task`, made to fit ``tokenizer`` and a context of ``max_tokens`` (BOS, prompt
+    and continuation; the model's ``n_ctx``).
 
     Continuations may be several tokens. If the tokenizer cannot score the task (e.g. the
     English ``agreement_pp`` on the pico suite's word-level vocabulary, which lacks its
     words), its ``pico_`` counterpart is used when that fits; otherwise the examples that
-    cannot be scored are dropped with a warning.
+    cannot be scored, or are longer than the context, are dropped with a warning.
     """
     import warnings
 
     dataset = get_task(name, n=n, seed=seed)
     try:
-        dataset.check_tokenizer(tokenizer)
+        dataset.check_tokenizer(tokenizer, max_tokens=max_tokens)
         return dataset
     except TaskTokenizationError as error:
         problem = error
@@ -156,12 +159,12 @@ def task_for_tokenizer(name: str, tokenizer, n: int = 64, seed: int = 0) -> Task
     if counterpart in PICO_TASKS:
         alternative = get_task(counterpart, n=n, seed=seed)
         try:
-            alternative.check_tokenizer(tokenizer)
+            alternative.check_tokenizer(tokenizer, max_tokens=max_tokens)
             warnings.warn(f"task {name!r} does not fit this tokenizer ({problem}); using {counterpart!r}", stacklevel=2)
             return alternative
         except TaskTokenizationError:
             pass
-    kept = dataset.filter_tokenizable(tokenizer)
+    kept = dataset.filter_tokenizable(tokenizer, max_tokens=max_tokens)
     warnings.warn(
         f"task {name!r}: kept {len(kept)} of {len(dataset)} examples that fit this tokenizer ({problem})", stacklevel=2
     )
