@@ -531,6 +531,31 @@ def test_the_languages_report_counts_features_as_each_language_s_stage_classes_t
     assert [(r["en: specific"], r["fr: specific"]) for r in rows] == [(0, 0), (0, 0), (1, 0)]
 
 
+def test_two_tasks_in_one_language_are_refused_before_any_stage_runs(tmp_path):
+    """The second task of a language was refused only after the first one's whole stage ran and wrote
+    its files, naming neither task."""
+    from dataclasses import replace
+
+    from crosslens.causal.languages import run_language_tasks
+    from crosslens.core.errors import CrosslensError
+
+    tasks = multilingual_agreement()
+    as_english = replace(
+        tasks["fr"],
+        name="agreement_fr_as_en",
+        pairs=tuple(replace(p, meta={**p.meta, "language": "en"}) for p in tasks["fr"].pairs),
+    )
+    crosscoder = random_crosscoder(n_snapshots=2, d_in=16, d_sae=24, hook="blocks.0.hook_resid_post")
+    out = tmp_path / "languages"
+    with pytest.raises(
+        CrosslensError,
+        match=rf"^tasks '{tasks['en'].name}' and 'agreement_fr_as_en' are both in language 'en'; pass one task per "
+        r"language \(--task\)$",
+    ):
+        run_language_tasks([], crosscoder, [tasks["en"], tasks["es"], as_english], out, progress=False)
+    assert not out.exists()
+
+
 def test_cli_attribute_runs_a_multilingual_task_file(tmp_path, capsys):
     from hf_cache import tiny_neox, write_local_suite
 

@@ -25,6 +25,7 @@ from crosslens.causal.behaviour import SnapshotBehaviour
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.relative_ie import RelIEThresholds, feature_classes, relie, select_top_features
 from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal_stage
+from crosslens.core.errors import CrosslensError
 from crosslens.tasks.base import TaskDataset
 
 if TYPE_CHECKING:
@@ -174,13 +175,19 @@ def run_language_tasks(
     then RelIE per language for a shared feature set, written to ``relie_by_language.json``
     and ``languages_report.html``. Returns ``{"results": {language: stage result},
     "features", "relie", "report", "paths"}``."""
+    by_language: dict[str, TaskDataset] = {}
+    for task in tasks:  # all of them before the first stage runs and writes
+        language = language_of(task)
+        if language in by_language:
+            raise CrosslensError(
+                f"tasks {by_language[language].name!r} and {task.name!r} are both in language {language!r}; "
+                "pass one task per language (--task)"
+            )
+        by_language[language] = task
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, CausalStageResult] = {}
-    for task in tasks:
-        language = language_of(task)
-        if language in results:
-            raise ValueError(f"two tasks are in language {language!r}; pass one task per language")
+    for language, task in by_language.items():
         results[language] = run_causal_stage(
             models, crosscoder, task, out / task.name, top_k=top_k, thresholds=thresholds, **stage_kwargs
         )
