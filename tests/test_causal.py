@@ -825,7 +825,7 @@ def test_a_task_is_tokenized_only_with_the_models_vocabulary(snapshots, tokenize
 
 def test_a_task_name_or_a_top_k_under_1_is_refused_before_anything_is_written(snapshots, tokenizer, jumprelu, tmp_path):
     """A task's name reached ``'str' object has no attribute 'name'``; ``top_k=0`` was refused after
-    every snapshot's attribution, as "k". Both leave no folder behind."""
+    every snapshot's attribution, as "k", and an ablation mode after snapshot 0's. None leaves a folder behind."""
     from crosslens.causal import run_causal_stage
 
     out = tmp_path / "stage"
@@ -838,6 +838,17 @@ def test_a_task_name_or_a_top_k_under_1_is_refused_before_anything_is_written(sn
         attribute(snapshots, jumprelu, "agreement_pp", tokenizer=tokenizer)
     with pytest.raises(ValueError, match=r"^top_k=0: select 1 feature or more per snapshot$"):
         run_causal_stage(snapshots, jumprelu, agreement_pairs("simple", n=4, seed=5), out, top_k=0, progress=False)
+    with pytest.raises(CrosslensError, match=r"^ablation='avg': ablate with 'zero' or 'mean'$"):
+        run_causal_stage(
+            snapshots,
+            jumprelu,
+            agreement_pairs("simple", n=4, seed=5),
+            out,
+            ablation="avg",
+            tokenizer=tokenizer,
+            config=AttributionConfig(n_steps=2),
+            progress=False,
+        )
     assert not out.exists()
 
 

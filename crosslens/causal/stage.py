@@ -50,6 +50,7 @@ from crosslens.causal.snapshot_models import (
     prepare_task,
     with_activations,
 )
+from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.paths import ABLATION_CURVES_NAME, CAUSAL_SUMMARY_NAME, IE_TABLE_NAME, RELIE_NAME
 from crosslens.htmlreport import Report
@@ -199,6 +200,8 @@ def run_causal_stage(
     """
     if top_k < 1:  # checked where it is used, after every snapshot's attribution
         raise ValueError(f"top_k={top_k}: select 1 feature or more per snapshot")
+    if ablation not in ("zero", "mean"):  # checked where it is used, after snapshot 0's attribution
+        raise CrosslensError(f"ablation={ablation!r}: ablate with 'zero' or 'mean'")
     check_task(task)
     crosscoder = load_crosscoder(crosscoder)
     hook = crosscoder_hook(crosscoder, hook)
