@@ -481,6 +481,13 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
     assert IETable.load(paths.ie_table).ie.shape == (D_SAE, N_SNAPSHOTS)
     html = paths.report.read_text()
     assert "RelIE vs RelDec" in html and "Ablation curves" in html and html.count("plotly-graph-div") >= 3
+    # where the patch point and the ablations are, as the code has them: the prompt's positions after BOS,
+    # and the decoder bias where a task has no corrupted prompt (not zero)
+    assert "positions after BOS set to the patch point" in html and "at every task position" not in html
+    assert (
+        "every feature and the error term zeroed, which leaves the crosscoder" in html and "or zero where" not in html
+    )
+    assert "ablated features are set to 0, at the prompt" in html
     # Bootstrap intervals around every selected IE, and the RelIE floor.
     table = result.table
     assert table.ie_per_example.shape == (4, D_SAE, N_SNAPSHOTS)

@@ -10,7 +10,8 @@ positions through the rest of the model (continuation positions keep their own c
 activation: :mod:`crosslens.causal.continuations` says why). Integrated gradients
 (:func:`crosslens.causal.ig.integrated_gradients`) split ``m(patch) - m(clean)``
 over every feature at every prompt position and over the error term, where the patch
-point comes from the corrupted prompt when the task has one and is zero otherwise.
+point comes from the corrupted prompt when the task has one; otherwise every feature and
+the error are zero there, which leaves the decoder bias (``decode(0)``).
 All path points of a batch run as one forward/backward pass along the batch axis.
 
 Per-token effects are optionally thresholded (``|IE| <= threshold`` set to zero,

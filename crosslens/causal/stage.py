@@ -463,9 +463,10 @@ def causal_report(
         "(prefers the correct continuation), and more negative means more confident. An IE is the change in "
         "this metric when a feature is patched: a positive IE means the feature helps the correct answer (taking it "
         "away moves the metric towards the wrong one). "
-        "metric (patched): the metric with the hook's activation over the prompt set to the patch point, the far "
-        "end of each integration path (the corrupted prompt's activation, or zero where the task has no corrupted "
-        "prompt). error-node IE: the part of that change carried by the crosscoder's error term."
+        "metric (patched): the metric with the hook's activation at the prompt's positions after BOS set to the "
+        "patch point, the far end of each integration path: the corrupted prompt's activation, or, where the task "
+        "has no corrupted prompt, every feature and the error term zeroed, which leaves the crosscoder's decoder "
+        "bias for that snapshot. error-node IE: the part of that change carried by the crosscoder's error term."
         + (
             " Features are patched at the prompt's positions; the continuations are scored under teacher "
             "forcing, their positions unedited."
@@ -476,7 +477,7 @@ def causal_report(
     _add_relie_section(report, table, selected, relie_sel, reldec_sel, thresholds, behaviours, labels)
     report.add_heading("Ablation curves")
     mode = next((r["ablation"] for r in rows), "zero")
-    how = "set to 0" if mode == "zero" else "set to their mean code over the task's tokens"
+    how = "set to 0" if mode == "zero" else "set to their mean code over those positions"
     report.add_figure(
         ablation_curves_figure(
             rows,
@@ -484,8 +485,8 @@ def causal_report(
             at_chance=[b.label for b in behaviours or [] if b.at_chance],
         ),
         caption=(
-            f"{mode}-ablation: ablated features are {how}, at every task position, with the crosscoder's error "
-            "term kept. One panel per snapshot. 'ablate top-k' removes the k features with the largest |IE|; "
+            f"{mode}-ablation: ablated features are {how}, at the prompt's positions after BOS, with the "
+            "crosscoder's error term kept. One panel per snapshot. 'ablate top-k' removes the k features with the largest |IE|; "
             "'keep only top-k' ablates every other feature. Dashed: random features active on the task (mean)."
         ),
     )
