@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -353,3 +354,22 @@ def test_a_run_resumes_in_more_micro_batches(store_path, tmp_path, capsys):  # n
     ) in capsys.readouterr().out
     for name, value in straight.items():
         torch.testing.assert_close(getattr(resumed, name), value, rtol=0, atol=PARAMETER_ATOL, msg=name)
+
+
+def test_a_resume_reads_the_kernel_plan_a_run_recorded_before_the_split_was_refused(store_path, tmp_path, capsys):  # noqa: F811
+    """A run given --sparse-step on recorded jumprelu_split True beside it on CUDA, a split its step never took:
+    resumed with the same settings, nothing that shapes the bytes changed, and no note says otherwise."""
+    config = _config(store_path, tmp_path / "run")
+    config = replace(config, sae=replace(config.sae, architecture="jumprelu_crosscoder", sparse_step="on"))
+    runner = CrosscoderTrainingRunner(config)
+    started = {**runner.config_record(), **runner.launch_record()}
+    started["kernel_plan"] = {**started["kernel_plan"], "jumprelu_split": True}
+    run_file = tmp_path / RUN_CONFIG_NAME
+    run_file.write_text(json.dumps(started))
+    capsys.readouterr()
+    runner._say_what_changes_the_bytes(run_file)
+    assert "kernel_plan" not in capsys.readouterr().out
+    started["kernel_plan"] = {**started["kernel_plan"], "jumprelu_split": False, "backend": "triton"}
+    run_file.write_text(json.dumps(started))
+    runner._say_what_changes_the_bytes(run_file)
+    assert "kernel_plan" in capsys.readouterr().out  # a plan that did change is still named

@@ -241,8 +241,11 @@ class KernelPlan:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> KernelPlan:
-        """The plan :meth:`to_dict` wrote."""
+        """The plan :meth:`to_dict` wrote. A record whose ``jumprelu_sparse`` is set reads its
+        ``jumprelu_split`` as False: the step never split there, and runs recorded the flag so."""
         record = dict(record)
+        if record.get("jumprelu_sparse") is not None:
+            record["jumprelu_split"] = False
         for name in ("window_tile", "window_tile_narrow"):
             if isinstance(record.get(name), dict):
                 record[name] = WindowTile(**record[name])

@@ -277,6 +277,8 @@ class CrosscoderTrainingRunner:
         if not isinstance(started, dict):
             return
         now = {**self.config_record(), **self.launch_record()}
+        if isinstance(started.get("kernel_plan"), dict):  # read as the plan it records, not as its words
+            started["kernel_plan"] = KernelPlan.from_dict(started["kernel_plan"]).to_dict()
         keys = [key for key in BYTE_LAYOUT_SETTINGS if key in started and started[key] != now.get(key)]
         if "kernel_plan" in keys and len(keys) > 1:  # another device or mesh: its plan follows
             keys.remove("kernel_plan")
