@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformer_lens.loading_from_pretrained as tl_loading
 from conftest import BLOOM_REPO, OLMO_REPO, PYTHIA_DUPLICATED_REPO, PYTHIA_REPO
-from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_local_suite
+from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_fake_hub_repo, write_local_suite
 from transformers import PreTrainedTokenizerFast
 
 from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef, list_revisions, spaced_steps
@@ -319,6 +319,22 @@ def test_an_unreadable_tokenizer_is_refused_and_a_missing_one_skipped(tmp_path):
     # checkpoints) has nothing to compare: skipped.
     (tmp_path / "step2" / "tokenizer.json").unlink()
     assert CheckpointSuite.local(tmp_path).check_same_tokenizer() == ("step0", "step1")
+
+
+def test_an_unreadable_tokenizer_in_the_hub_cache_is_refused_naming_how_to_fetch_it(offline_hf_home):
+    """A hub snapshot's tokenizer files live in the hub cache: the fix is to fetch them again, not to edit them."""
+    models = {f"step{s}": tiny_neox(seed=s) for s in (0, 1000)}
+    write_fake_hub_repo(offline_hf_home, "EleutherAI/pythia-14m", models, make_word_tokenizer())
+    suite = CheckpointSuite.pythia("EleutherAI/pythia-14m", steps=[0, 1000])
+    cached = suite.snapshot_folder(suite.snapshots[1]) / "tokenizer.json"
+    cached.unlink()  # the cache's link to the blob the first snapshot shares
+    cached.write_text("{not json")
+    with pytest.raises(CrosslensError) as caught:
+        suite.check_same_tokenizer()
+    message = str(caught.value)
+    assert "'step1000'" in message and "cannot be read" in message and len(message.splitlines()) == 1
+    assert "huggingface-cli download EleutherAI/pythia-14m --revision step1000 --force-download" in message
+    assert "save_pretrained" not in message
 
 
 # ---------------------------------------------------------------- schedules and selection

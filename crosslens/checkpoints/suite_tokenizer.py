@@ -133,10 +133,14 @@ class SuiteTokenizer:
         shipped = [name for name in TOKENIZER_FILES if name not in _SETTINGS_FILES and (folder / name).is_file()]
         if shipped:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if self.family == "local":
+                fix = "re-save its tokenizer (tokenizer.save_pretrained) or delete those files"
+            else:  # the files are the hub cache's: fetched again, not edited
+                repo, revision = self.repo_revision(ref)
+                fix = f"fetch them again (huggingface-cli download {repo} --revision {revision} --force-download)"
             raise CrosslensError(
                 f"snapshot {ref.revision!r} of {self.model_id} has tokenizer files that cannot be read "
-                f"({', '.join(shipped)} in {folder}: {reason}); re-save its tokenizer (tokenizer.save_pretrained) "
-                "or delete those files, or drop the snapshot with suite.select(...)"
+                f"({', '.join(shipped)} in {folder}: {reason}); {fix}, or drop the snapshot with suite.select(...)"
             )
 
     def _tokenizer_sources(self) -> list[tuple[str, dict[str, str]]]:
