@@ -157,7 +157,6 @@ def test_a_plan_refuses_the_split_step_it_would_ignore():
     assert KernelPlan.resolve("cuda").jumprelu_split == triton_installed()
 
 
-
 def test_a_recorded_plan_of_pairs_always_or_never_reads_as_one_that_never_split():
     """A CUDA run given --sparse-step on/off recorded jumprelu_split True beside a set jumprelu_sparse (its step
     never split there); its run.json is read back as the plan it ran, not refused."""
@@ -165,6 +164,7 @@ def test_a_recorded_plan_of_pairs_always_or_never_reads_as_one_that_never_split(
         recorded = {**KernelPlan().to_dict(), "jumprelu_split": True, "jumprelu_sparse": sparse}
         plan = KernelPlan.from_dict(recorded)
         assert plan.jumprelu_sparse is sparse and plan.jumprelu_split is False
+
 
 FILE_SUFFIXES = {
     "pt",
