@@ -23,7 +23,7 @@ from crosslens.pico import (
     pico_suite,
     sample_documents,
 )
-from crosslens.pico.config import is_built
+from crosslens.pico.config import foreign_folder, is_built
 from crosslens.pico.corpus import GrammarCorpus
 from crosslens.pico.evals import check_targets, heldout_pairs
 from crosslens.pico.tokenizer import word_level_tokenizer
@@ -314,6 +314,19 @@ def test_force_never_deletes_a_suite_it_did_not_build(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty or new folder"):
         build_pico_suite(tiny_config(), root=root, force=True, progress=False)
     assert (root / "NOTES.txt").read_text() == "keep me"
+
+
+def test_a_build_stopped_before_its_first_state_is_its_own_not_a_foreign_folder(tmp_path: Path) -> None:
+    """Killed after it made its state folder but before the first state landed, a build leaves step0/ and
+    _build/state.pt.partial: that root is the build's own to resume or rebuild, never refused as another's."""
+    root = tmp_path / "stopped"
+    (root / "step0").mkdir(parents=True)
+    (root / "_build").mkdir()
+    (root / "_build" / "state.pt.partial").write_bytes(b"half")
+    assert not foreign_folder(root)
+    (root / "_build" / "state.pt.partial").unlink()
+    (root / "_build").rmdir()
+    assert foreign_folder(root)  # step0/ alone: no sign of a build
 
 
 def test_a_refused_or_failed_forced_rebuild_keeps_the_old_suite(

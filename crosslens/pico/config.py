@@ -202,7 +202,8 @@ def foreign_folder(root: str | Path) -> bool:
     root = Path(root)
     if not root.is_dir() or not any(root.iterdir()):
         return False
-    return pico_manifest(root) is None and not (root / STATE_DIR / "state.pt").is_file()
+    # a build's state folder, even one stopped before its first state landed, marks a build of ours
+    return pico_manifest(root) is None and not (root / STATE_DIR).is_dir()
 
 
 def is_built(root: str | Path, config: PicoConfig | None = None) -> bool:
