@@ -10,6 +10,7 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.hashing`: sha256 of files, JSON values and model weights
 - :mod:`crosslens.core.sealed`: JSON records sealed by their own checksum, written atomically
 - :mod:`crosslens.core.locks`: cross-process locks on output folders
+- :mod:`crosslens.core.staging`: folders written whole or not at all (staged beside, renamed into place)
 - :mod:`crosslens.core.hooks`: TransformerLens hook names: block index, validity, which hook to read
 - :mod:`crosslens.core.metadata`: reading a crosscoder's metadata, whatever object holds it
 - :mod:`crosslens.core.launch`: whether this process is a ``torchrun`` worker, and which one
@@ -49,6 +50,7 @@ __all__ = [
     "progress",
     "sealed",
     "seeding",
+    "staging",
     "tensors",
     "units",
     "weightfiles",

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME, RUN_SEAL_NAME
+from crosslens.core.staging import staged_folder
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.record import open_database
 from crosslens.dashboards.schema import DATABASE_NAME
@@ -195,27 +194,6 @@ def foreign_files(out: Path, manifest: dict[str, Any]) -> list[str]:
     return sorted(
         rel for path in out.rglob("*") if path.is_file() and (rel := path.relative_to(out).as_posix()) not in listed
     )
-
-
-@contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A fresh hidden sibling of ``out`` to write into; on success it replaces ``out`` (an earlier
-    export there is removed only then), on failure it is removed and ``out`` is left as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.replaced"
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, value: Any, *, indent: int | None = 1) -> None:

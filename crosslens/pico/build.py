@@ -29,6 +29,7 @@ from crosslens.checkpoints.local import SUITE_FILE
 from crosslens.core.errors import CrosslensError
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.sealed import write_json_atomically
+from crosslens.core.staging import staged_folder
 from crosslens.pico.config import (
     FORMAT_VERSION,
     MODEL_ID,
@@ -94,13 +95,9 @@ def _transformers_bars_off() -> Iterator[None]:
 
 
 def _save_checkpoint(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    with _transformers_bars_off():
+    with staged_folder(folder) as partial, _transformers_bars_off():
         model.save_pretrained(partial)
-    _save_tokenizer(tokenizer, partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+        _save_tokenizer(tokenizer, partial)
 
 
 def _prepare_data(config: PicoConfig) -> tuple[Any, GrammarCorpus | TextCorpus]:
@@ -192,29 +189,13 @@ def build_pico_suite(
         with _torch_threads(threads):
             inputs = _read_inputs(config)
             if force and root.is_dir() and any(root.iterdir()):
-                _rebuild_beside(config, root, inputs, progress)
+                # until the new suite is complete, the old one stays whole at root
+                with staged_folder(root) as scratch:
+                    _build(config, scratch, inputs, progress, shown=root)
             else:
                 root.mkdir(parents=True, exist_ok=True)
                 _build(config, root, inputs, progress)
     return root
-
-
-def _rebuild_beside(config: PicoConfig, root: Path, inputs: _Inputs, progress: bool) -> None:
-    """Build into a scratch folder beside ``root``, then swap it in: until the new suite is
-    complete, the old one stays whole at ``root``."""
-    scratch = root.with_name(f".{root.name}.rebuild")
-    old = root.with_name(f".{root.name}.old")
-    for leftover in (scratch, old):  # a crashed rebuild's (root's lock is held, so no one is using them)
-        shutil.rmtree(leftover, ignore_errors=True)
-    scratch.mkdir()
-    try:
-        _build(config, scratch, inputs, progress, shown=root)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    os.replace(root, old)
-    os.replace(scratch, root)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

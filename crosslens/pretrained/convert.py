@@ -37,6 +37,7 @@ from crosslens.core.locks import exclusive_lock
 from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 from crosslens.core.paths import crosslens_home
 from crosslens.core.sealed import read_sealed, write_sealed
+from crosslens.core.staging import staged_folder
 from crosslens.pretrained.formats import FORMATS, SourceFiles
 from crosslens.pretrained.tensors import Converted, ConvertOptions, write_safetensors
 
@@ -79,25 +80,12 @@ def convert_once(
     hashes = {files.config.name: file_sha256(files.config), files.weights.name: file_sha256(files.weights)}
     key = conversion_key(files, hashes, options, provenance)
     target = converted_root() / key[:40]
-    if _finished(target, key):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(target.with_name(target.name + ".lock")):
-        if _finished(target, key):  # another process converted it while this one waited
-            return target
-        if target.exists():  # a folder whose record does not verify: never trusted, rebuilt
-            shutil.rmtree(target)
-        scratch = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-        try:
-            record = _write(scratch, files, hashes, key, options, provenance)
-            (scratch / CARD_NAME).write_text(card(record), encoding="utf-8")
-            os.replace(scratch, target)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-    return target
+
+    def write(scratch: Path) -> None:
+        record = _write(scratch, files, hashes, key, options, provenance)
+        (scratch / CARD_NAME).write_text(card(record), encoding="utf-8")
+
+    return _build_once(target, lambda folder: _finished(folder, key), write)
 
 
 def overridden_folder(folder: Path, overrides: Mapping[str, Any]) -> Path:
@@ -114,25 +102,28 @@ def overridden_folder(folder: Path, overrides: Mapping[str, Any]) -> Path:
         }
     )
     target = converted_root() / f"overrides-{key[:40]}"
-    if _complete(target):
+
+    def write(scratch: Path) -> None:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg.update(overrides)
+        (scratch / CFG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+        link_or_copy(weights, scratch / WEIGHTS_NAME)
+
+    return _build_once(target, _complete, write)
+
+
+def _build_once(target: Path, done: Callable[[Path], bool], write: Callable[[Path], None]) -> Path:
+    """``target``, built by ``write`` unless ``done(target)`` already holds: into a staged folder
+    (:func:`~crosslens.core.staging.staged_folder`), under a lock beside it so that processes that
+    race build it once. A folder there that is not done is never trusted, and is replaced."""
+    if done(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(target.with_name(target.name + ".lock")):
-        if _complete(target):  # another process built it while this one waited
+        if done(target):  # another process built it while this one waited
             return target
-        shutil.rmtree(target, ignore_errors=True)
-        scratch = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            cfg.update(overrides)
-            (scratch / CFG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
-            link_or_copy(weights, scratch / WEIGHTS_NAME)
-            os.replace(scratch, target)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
+        with staged_folder(target) as scratch:
+            write(scratch)
     return target
 
 

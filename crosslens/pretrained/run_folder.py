@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from crosslens.core.errors import CrosslensError
 from crosslens.core.metadata import CFG_NAME
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME
+from crosslens.core.staging import staged_folder
 from crosslens.pretrained.convert import SOURCE_RECORD, link_or_copy, source_record
 from crosslens.pretrained.registry import get_release
 from crosslens.pretrained.releases import only_entry
@@ -42,10 +42,8 @@ def release_run(
     lookup = get_release(release)
     entry = lookup.entry(crosscoder_id) if crosscoder_id is not None else only_entry(lookup)
     crosscoder, folder = checked_folder(lookup, entry)
-    scratch = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    (scratch / FINAL_DIRNAME).mkdir(parents=True)
-    try:
+    with staged_folder(out) as scratch:
+        (scratch / FINAL_DIRNAME).mkdir()
         for path in sorted(Path(folder).iterdir()):
             if path.is_file() and path.name != CFG_NAME:
                 link_or_copy(path, scratch / FINAL_DIRNAME / path.name)
@@ -55,12 +53,6 @@ def release_run(
         run = {"pretrained": provenance, "hook_name": entry.hook_name, "store_path": None}
         (scratch / RUN_CONFIG_NAME).write_text(json.dumps(run, indent=1, sort_keys=True))
         seal_run(scratch)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(scratch, out)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return out
 
 
