@@ -21,7 +21,6 @@ from crosslens.core.paths import looks_like_path
 from crosslens.pico.config import (
     PicoConfig,
     default_root,
-    foreign_folder,
     is_built,
     pico_manifest,
     pythia_like_schedule,
@@ -188,20 +187,17 @@ def suite_build(args: argparse.Namespace) -> int:
         check_output_folder(args.root, "--root", "the suite's checkpoints")
     config, configured = _build_config(args)
     root = Path(args.root) if args.root else default_root(config)
-    if foreign_folder(root):  # a user's own checkpoint suite, or any other files: never ours to overwrite
-        raise CLIError(
-            f"--root {root} holds files but no pico suite (a {SUITE_FILE} that `crosslens suite build` did not "
-            "write, or other files); the build writes only into a new or empty folder or a pico suite's, and "
-            "--force deletes no other folder: choose another --root"
-        )
-    if args.root and is_built(root) and not configured:  # a suite built earlier, maybe with other flags: use it
-        config = PicoConfig(**pico_manifest(root)["build"]["config"])
-    if (root / SUITE_FILE).is_file() and not is_built(root, config) and not args.force:
+    # A folder holding no pico suite is never ours to overwrite: build_pico_suite refuses it.
+    manifest = pico_manifest(root)
+    if args.root and manifest is not None and is_built(root) and not configured:
+        config = PicoConfig(**manifest["build"]["config"])  # a suite built earlier, maybe with other flags: use it
+    built = is_built(root, config)
+    if manifest is not None and not built and not args.force:
         raise CLIError(
             f"--root {root} holds a pico suite built with other settings; add --force to rebuild it there "
             "with these flags, drop the flags to use it as it is, or choose another --root"
         )
-    cached = not args.force and is_built(root, config)
+    cached = not args.force and built
     created = not root.exists()
     try:
         root = build_pico_suite(config, root=root, force=args.force, progress=True)

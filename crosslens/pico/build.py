@@ -54,9 +54,9 @@ if TYPE_CHECKING:
 def _check_root(root: Path, config: PicoConfig, force: bool) -> None:
     if foreign_folder(root):
         raise CrosslensError(
-            f"{root} is a non-empty folder that holds no pico suite (no suite.json written by a pico build, "
-            "no interrupted build); refusing to write (or delete) there, even with force=True. "
-            "Pass an empty or new folder as root"
+            f"--root {root} holds files but no pico suite (a {SUITE_FILE} that no pico build wrote, or other "
+            "files, and no interrupted build); the build writes only into an empty or new folder or a pico "
+            "suite's, and force=True (the CLI's --force) deletes no other folder: choose another --root (root=)"
         )
     manifest = pico_manifest(root)
     if manifest is not None and not force:
