@@ -46,7 +46,13 @@ from crosslens.cli.options import (
     data_flags_given,
     data_flags_refusal,
 )
-from crosslens.core.devices import DTYPE_BYTES, RESIDENT_MEMORY_FRACTION, default_model_dtype, reset_peak_memory
+from crosslens.core.devices import (
+    DTYPE_BYTES,
+    RESIDENT_MEMORY_FRACTION,
+    default_model_dtype,
+    dtype_name,
+    reset_peak_memory,
+)
 from crosslens.core.errors import run_again
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME
@@ -395,6 +401,8 @@ def resumed_model_dtype(args: argparse.Namespace, model_dtype: str) -> str:
                 f"--resume: the snapshot models run in {recorded}, as the run in {args.out_dir} did (--dtype {recorded})"
             )
         return str(recorded)
+    # the runner refuses it too, but as a setting of the stream's record and once the token tables
+    # are built: here the flag and its fix are named before anything is read
     if recorded != model_dtype:
         raise CLIError(
             f"--dtype {args.dtype}: the run in {args.out_dir} ran its snapshot models in {recorded}; resume with "
@@ -403,10 +411,10 @@ def resumed_model_dtype(args: argparse.Namespace, model_dtype: str) -> str:
     return model_dtype
 
 
-def slow_forward_hint(model_dtype: str, device: str) -> str | None:
-    """The line saying that float32 snapshot models on a GPU (asked for with --dtype) forego its
-    tensor cores, or None."""
-    if model_dtype != "float32" or not device.startswith("cuda"):
+def slow_forward_hint(asked: str | None, device: str) -> str | None:
+    """The line saying that snapshot models asked for in float32 (``asked``: the --dtype given, None
+    without it) forego the tensor cores of a GPU, or None."""
+    if asked is None or dtype_name(asked) != "float32" or not device.startswith("cuda"):
         return None
     return (
         "the snapshot models run in float32 (--dtype float32), off the tensor cores: without the flag they run "
@@ -457,7 +465,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     check_memory(
         suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len
     )
-    hint = slow_forward_hint(model_dtype, device) if args.dtype is not None else None
+    hint = slow_forward_hint(args.dtype, device)
     if hint is not None and is_main_process():
         print(hint)
     train_NL, heldout_NL = token_tables(tokens, budget, suite.tokenizer())
