@@ -223,8 +223,9 @@ class OnTheFlyProvider(_Batching):
 
     Normalisation factors are measured on the first chunk of epoch 0 unless given.
     Arguments as :class:`ActivationProvider`, plus the suite, hook and token table, the
-    exclusions of :func:`harvest_activations`, and ``harvest_batch_size`` (sequences per
-    forward pass).
+    exclusions of :func:`harvest_activations`, ``harvest_batch_size`` (sequences per
+    forward pass), and ``identities``: each snapshot's file identity where the caller has read
+    them already (:func:`suite_identities`), else read as the first model loads.
     """
 
     def __init__(
@@ -246,6 +247,7 @@ class OnTheFlyProvider(_Batching):
         device: str | torch.device = "cpu",
         model_device: str | torch.device = "cpu",
         harvest_batch_size: int = HARVEST_BATCH_SEQS,
+        identities: Sequence[dict | None] | None = None,
     ) -> None:
         _Batching.__init__(self, batch_size, seed, normalize, drop_last, n_epochs, start_batch, device)
         if chunk_seqs < 1:
@@ -281,7 +283,7 @@ class OnTheFlyProvider(_Batching):
         self.first_n_layers = None if stop_at_layer is None else max(1, stop_at_layer)
         """Blocks a snapshot needs to reach the hook (None: all); loads keep only these
         once a snapshot's full weights hash is known (``CheckpointSuite.load``)."""
-        self._snapshot_identities: list[dict | None] | None = None
+        self._snapshot_identities: list[dict | None] | None = None if identities is None else list(identities)
 
     def _identities(self) -> list[dict | None]:
         """Each snapshot's file identity, read once (refuses byte-identical snapshots)."""

@@ -236,6 +236,12 @@ def snapshot_identity(suite: SnapshotFiles, ref: SnapshotRef) -> dict[str, Any] 
     return None if found is None else identity_from_files(*found)
 
 
+def identified(ref: SnapshotRef, identity: dict[str, Any] | None) -> dict[str, Any]:
+    """``ref``'s record with its files' ``identity`` as ``source``: a snapshot as the partner checks
+    compare it with the snapshots a store or a crosscoder records."""
+    return {**ref.to_dict(), "source": identity}
+
+
 def _identity_files(suite: SnapshotFiles, ref: SnapshotRef) -> tuple[dict[str, str], str | None] | None:
     """The hashes of the files that decide ``ref``'s activations, and the commit its revision
     resolves to (None for a local suite): from its folder on this machine (a local suite's, or the

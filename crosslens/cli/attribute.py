@@ -163,7 +163,7 @@ def _check_snapshots(record: dict, suite, folder: Path, args: argparse.Namespace
     into another snapshot's model. Weights are compared where both sides know an identity (the
     suite's are read from its files: a local suite's are hashed)."""
     from crosslens.activations.partners import snapshot_problem, unverifiable_snapshots
-    from crosslens.checkpoints.identity import snapshot_identities
+    from crosslens.checkpoints.identity import identified, snapshot_identities
 
     recorded = record.get("snapshots")
     if not recorded:
@@ -171,9 +171,7 @@ def _check_snapshots(record: dict, suite, folder: Path, args: argparse.Namespace
             f"--crosscoder {folder}: it records no snapshots it was trained on (saved without that record), so "
             "the suite's snapshots cannot be checked against it; retrain it with this crosslens"
         )
-    offered = [
-        {**ref.to_dict(), "source": identity} for ref, identity in zip(suite.snapshots, snapshot_identities(suite))
-    ]
+    offered = [identified(ref, identity) for ref, identity in zip(suite.snapshots, snapshot_identities(suite))]
     problem = snapshot_problem(recorded, offered, require_identity=False)
     if problem:
         given = [

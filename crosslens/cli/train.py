@@ -350,14 +350,14 @@ def check_memory(
         print(line)
 
 
-def check_stream_eval_store(path: str, hook: str, suite) -> None:
+def check_stream_eval_store(path: str, hook: str, suite, identities: list[dict | None]) -> None:
     """Refuse, before any model loads, an --eval-store that cannot serve the streamed crosscoder: missing,
-    without its hook, or of other snapshots (revisions, steps and the files' identities, read from the suite's
-    files as the store's manifest records them; the model id where a snapshot's files cannot tell). A
+    without its hook, or of other snapshots (revisions, steps and the files' ``identities``, read from the
+    suite's files as the store's manifest records them; the model id where a snapshot's files cannot tell). A
     snapshot whose files cannot be identified before loading is compared by its weights after training."""
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import harvest_command, snapshot_problem, unverifiable_snapshots
-    from crosslens.activations.snapshots import suite_identities
+    from crosslens.checkpoints.identity import identified
     from crosslens.training.streaming import suite_record
 
     if not Path(path).exists():
@@ -367,10 +367,7 @@ def check_stream_eval_store(path: str, hook: str, suite) -> None:
         raise CLIError(
             f"--eval-store {path} holds {', '.join(store.hooks)}, not {hook}; pass a store harvested with --hook {hook}"
         )
-    streamed = [
-        {"revision": ref.revision, "step": int(ref.step), "source": identity}
-        for ref, identity in zip(suite.snapshots, suite_identities(suite))
-    ]
+    streamed = [identified(ref, identity) for ref, identity in zip(suite.snapshots, identities)]
     problem = snapshot_problem(streamed, store.snapshots, require_identity=False)
     model = str((store.manifest.get("spec", {}).get("suite") or {}).get("model_id"))
     if problem is None and unverifiable_snapshots(streamed, store.snapshots) and model != suite.model_id:
@@ -446,6 +443,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     import torch.distributed as dist
 
     from crosslens.activations.harvest_job import check_context, check_hooks
+    from crosslens.activations.snapshots import suite_identities
     from crosslens.activations.streaming import ModelsDoNotFitError
     from crosslens.activations.tokens import token_tables
     from crosslens.training.run_log import append_record
@@ -457,8 +455,10 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
         raise CLIError("train --stream needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
     suite = selected_suite(args, recipe)
     check_hooks(suite.shape(), [config.hook_name])
+    identities = None  # read here for an --eval-store, else as the models load
     if args.eval_store is not None:
-        check_stream_eval_store(args.eval_store, config.hook_name, suite)
+        identities = suite_identities(suite)
+        check_stream_eval_store(args.eval_store, config.hook_name, suite, identities)
     tokens, budget = tokens_of(args, recipe)
     check_context(suite.shape(), budget.seq_len)
     check_token_table_fits(budget.table_tokens + budget.heldout_table_tokens)
@@ -471,7 +471,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     train_NL, heldout_NL = token_tables(tokens, budget, suite.tokenizer())
     record = stream_record(suite, config.hook_name, tokens, budget, model_dtype)
     runner = StreamingTrainingRunner(
-        config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype)
+        config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype), identities=identities
     )
     reset_peak_memory(device)
     # held across training and the quality table, so no other run writes between them

@@ -20,7 +20,7 @@ import torch
 from crosslens.activations.forward import check_hooks
 from crosslens.activations.harvest import load_snapshot
 from crosslens.activations.partners import snapshot_problem
-from crosslens.checkpoints.identity import snapshot_identity
+from crosslens.checkpoints.identity import identified, snapshot_identity
 from crosslens.core.devices import release_model
 from crosslens.core.errors import CrosslensError, LiveMismatchError, LiveUnavailableError
 from crosslens.core.hooks import hook_width
@@ -93,7 +93,7 @@ class ResidentModels:
         ref = self.suite.snapshots[s]
         try:
             identity = snapshot_identity(self.suite, ref)
-            before = self._problem(s, {**ref.to_dict(), "source": identity or {}})
+            before = self._problem(s, identified(ref, identity))
             if before is not None:
                 raise LiveMismatchError(before)
             record, model = load_snapshot(

@@ -24,7 +24,7 @@ resident models after training) behind the part of the store interface the quali
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,8 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         train_NL, heldout_NL: the training token rows and the held-out rows (may be empty).
         stream: what run.json records about the stream (suite, hook, token source, budget).
         model_dtype: dtype the resident models run in.
+        identities: each snapshot's file identity where the caller has read them already
+            (:func:`~crosslens.activations.snapshots.suite_identities`), else read as the models load.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         stream: dict[str, Any],
         *,
         model_dtype: torch.dtype = torch.float32,
+        identities: Sequence[dict | None] | None = None,
     ) -> None:
         if not config.hook_name:
             raise ValueError("streaming needs config.hook_name: there is no store to take the only hook from")
@@ -124,7 +127,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         self.config, self.store, self.suite = resolve_precision(config, *self.shape), None, suite
         self.hook, self.stream = config.hook_name, dict(stream)
         self.train_NL, self.heldout_NL = train_NL, heldout_NL
-        self.model_dtype = model_dtype
+        self.model_dtype, self.identities = model_dtype, identities
         self.out_dir, self.device, self.mesh = Path(config.out_dir), config.device, None
         self.provider: ResidentSnapshotProvider | None = None
         self._norm_factors_S: torch.Tensor | None = None
@@ -163,6 +166,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
             model_device=self.device,
             model_dtype=self.model_dtype,
             chunk_seqs=chunk_seqs_for(self.train_NL.shape[1]),
+            identities=self.identities,
         )
 
     def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
