@@ -54,6 +54,11 @@ class EmergenceRecordError(CrosslensError):
     """A run's saved emergence check is missing, damaged or of another crosscoder; the message is the fix."""
 
 
+class NoEmergenceRecordError(EmergenceRecordError):
+    """A run holds no saved emergence check of the crosscoder asked about: none at all, or one of
+    another crosscoder (the run trained again since), as against one that is there but damaged."""
+
+
 def made_there(agreement: float, line: float) -> bool | None:
     """Whether an event of this ``agreement`` counts as made by the other crosscoder too: at or
     above ``line``; None for NaN (none of the event's latents present beside it)."""
@@ -253,11 +258,12 @@ def _fix(run_dir: Path) -> str:
 
 def read_record(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -> dict[str, Any]:
     """The sealed record of ``run_dir``'s emergence check; :class:`EmergenceRecordError` naming the
-    fix when it is missing, damaged, or (``crosscoder_sha`` given) of another crosscoder."""
+    fix when it is missing, damaged, or (``crosscoder_sha`` given) of another crosscoder (missing or
+    of another crosscoder: :class:`NoEmergenceRecordError`)."""
     run_dir = Path(run_dir)
     path = run_dir / EMERGENCE_NAME
     if not path.is_file():
-        raise EmergenceRecordError(f"{run_dir} has no emergence check ({EMERGENCE_NAME}): {_fix(run_dir)}")
+        raise NoEmergenceRecordError(f"{run_dir} has no emergence check ({EMERGENCE_NAME}): {_fix(run_dir)}")
     try:
         record = read_sealed(path, EMERGENCE_KEY)
     except (UnreadableRecordError, BrokenSealError) as error:
@@ -266,7 +272,7 @@ def read_record(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -
         raise EmergenceRecordError(f"{path} is not a {EMERGENCE_FORMAT} record; {_fix(run_dir)} again")
     recorded = (record.get("partners") or {}).get("crosscoder")
     if crosscoder_sha is not None and recorded != crosscoder_sha:
-        raise EmergenceRecordError(
+        raise NoEmergenceRecordError(
             f"{path} was computed for another crosscoder than {run_dir / FINAL_DIRNAME} (the run was trained again "
             f"since); {_fix(run_dir)} again"
         )
@@ -288,10 +294,13 @@ def _recorded_config(cls: type[Any], recorded: dict[str, Any], what: str, run_di
     return cls(**recorded)
 
 
-def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -> EmergenceResult:
-    """:func:`save_emergence`'s result read back, its tables checked against the record's sha256."""
+def read_emergence(
+    run_dir: str | os.PathLike, crosscoder_sha: str | None = None, *, record: dict[str, Any] | None = None
+) -> EmergenceResult:
+    """:func:`save_emergence`'s result read back, its tables checked against the record's sha256;
+    ``record``: the one :func:`read_record` already read (and checked), not read again."""
     run_dir = Path(run_dir)
-    record = read_record(run_dir, crosscoder_sha)
+    record = read_record(run_dir, crosscoder_sha) if record is None else record
     tensors_path = run_dir / str(record["tensors"])
     if not tensors_path.is_file() or file_sha256(tensors_path) != record.get("tensors_sha256"):
         raise EmergenceRecordError(f"{tensors_path} is missing or altered; {_fix(run_dir)} again")

@@ -169,37 +169,31 @@ def _measured_check(run_dir: Path) -> tuple[Any, dict | None] | None:
     measured on a store: that check, without its agreement (which :func:`_with_agreement` decides
     again), or None where it cannot be read; and that store's seal. Where the record itself cannot be
     read (a broken seal, an older crosslens's format), ``(None, None)``: it may hold such a check.
-    None where there is no such record."""
+    None where there is no such record (none, one of an earlier training of the run, or one measured
+    without a store)."""
     from dataclasses import replace
 
-    from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
+    from crosslens.analysis.emergence_record import (
+        EmergenceRecordError,
+        NoEmergenceRecordError,
+        read_emergence,
+        read_record,
+    )
 
     try:
-        seal = _store_measured(run_dir)
+        record = read_record(run_dir, crosscoder_sha256(run_dir))
+    except NoEmergenceRecordError:
+        return None
     except EmergenceRecordError:
         return None, None
+    seal = (record.get("partners") or {}).get("store") or None
     if seal is None:
         return None
     try:
-        result = read_emergence(run_dir, crosscoder_sha256(run_dir))
+        result = read_emergence(run_dir, record=record)
     except EmergenceRecordError:
         return None, seal
-    return (None if result is None or result.check is None else replace(result, agreement=None)), seal
-
-
-def _store_measured(run_dir: Path) -> dict | None:
-    """The seal of the store latent scaling read for the emergence record the run holds for its
-    final crosscoder (None: no record, one of an earlier training of the run, or one measured
-    without a store); EmergenceRecordError where a record is there but cannot be read."""
-    from crosslens.analysis.emergence_record import read_record
-    from crosslens.core.paths import EMERGENCE_NAME
-
-    if not (run_dir / EMERGENCE_NAME).is_file():
-        return None
-    partners = read_record(run_dir).get("partners") or {}
-    if partners.get("crosscoder") != crosscoder_sha256(run_dir):
-        return None
-    return partners.get("store") or None
+    return (None if result.check is None else replace(result, agreement=None)), seal
 
 
 def _with_agreement(
