@@ -15,7 +15,7 @@ from huggingface_hub import constants as hub_constants
 
 from crosslens.checkpoints.schedules import PYTHIA_STEPS, PYTHIA_V0_STEPS
 from crosslens.checkpoints.snapshot import parse_step, pythia_revision
-from crosslens.checkpoints.trajectory import trajectory_key
+from crosslens.checkpoints.trajectory import group_by_stage, trajectory_key
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import crosslens_home, looks_like_path
 from crosslens.core.sealed import write_json_atomically
@@ -183,12 +183,7 @@ def stage_ends_file(model_id: str) -> Path:
 
 def stage_ends(revisions: Sequence[str]) -> list[str]:
     """The last revision of each stage, per ingredient, among ``revisions`` (none for unstaged names)."""
-    last: dict[tuple[int, int], str] = {}
-    for revision in sort_by_step(list(revisions)):
-        stage, ingredient, _ = trajectory_key(revision)
-        if stage:
-            last[(stage, ingredient)] = revision
-    return [last[key] for key in sorted(last)]
+    return [members[-1] for heading, members in group_by_stage(sort_by_step(list(revisions))) if heading]
 
 
 def remember_stage_ends(model_id: str, revisions: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosslens.checkpoints.snapshot import SnapshotRef, has_step_marker, parse_step
-from crosslens.checkpoints.trajectory import StageStart, check_one_ingredient, parse_stage, place_on_trajectory
+from crosslens.checkpoints.trajectory import StageStart, place_on_trajectory
 from crosslens.core.bounds import whole_number
 from crosslens.core.errors import CrosslensError
 
@@ -128,7 +128,7 @@ def _from_cache_repo(root: Path) -> LocalLayout:
         folders[ref_file.name] = root / "snapshots" / ref_file.read_text().strip()
     if not folders:
         raise ValueError(f"the cached repo {root} has no refs named by step (like 'step1000'); nothing to load")
-    refs, starts = _on_trajectory(list(folders), model_id, root)
+    refs, starts = place_on_trajectory(list(folders), family="local", model_id=model_id)
     return LocalLayout(model_id=model_id, snapshots=_ordered(refs, root), folders=folders, stage_starts=starts)
 
 
@@ -151,20 +151,5 @@ def _from_step_folders(root: Path) -> LocalLayout:
             f"whose names only hold a number ({', '.join(unmarked)}), which would be read as that step; move "
             f"those out of {root}, or list the snapshots in a {SUITE_FILE}"
         )
-    refs, starts = _on_trajectory(list(folders), root.name, root)
+    refs, starts = place_on_trajectory(list(folders), family="local", model_id=root.name)
     return LocalLayout(model_id=root.name, snapshots=_ordered(refs, root), folders=folders, stage_starts=starts)
-
-
-def _on_trajectory(names: list[str], model_id: str, root: Path) -> tuple[list[SnapshotRef], dict[int, StageStart]]:
-    """The snapshots named ``names`` placed on the training trajectory; a later training stage is
-    refused (see the module docstring)."""
-    check_one_ingredient(names, model_id)
-    later = [name for name in names if (parse_stage(name) or 1) > 1]
-    if later:
-        raise CrosslensError(
-            f"local suite {root}: {later[0]!r} is of a later training stage, and where stage 1 ended (so where "
-            "it starts) only the repo's whole list of revisions says; write "
-            f'{root / SUITE_FILE} giving each snapshot its step along the whole run: {{"model_id": NAME, '
-            '"snapshots": [{"revision": NAME, "path": FOLDER, "step": N, "tokens_seen": T}, ...]}'
-        )
-    return place_on_trajectory(names, family="local", model_id=model_id)

@@ -132,10 +132,13 @@ def stage_starts(
     if known is None:
         later = next(r for r in revisions if (parse_stage(r) or 1) > 1)
         raise CrosslensError(
-            f"{model_id + ': ' if model_id else ''}cannot place {later!r} on the training trajectory: which is stage 1's last revision "
-            "only the repo's whole list of revisions says, and offline the cache lists only those downloaded; go "
+            f"{model_id + ': ' if model_id else ''}cannot place {later!r} on the training trajectory: {later!r} is of "
+            "a later training stage, which starts where stage 1 ended, and which is stage 1's last revision only the "
+            "repo's whole list of revisions says (offline the cache lists only those downloaded); go "
             "online once (unset HF_HUB_OFFLINE: crosslens then remembers where each stage ends), or build the "
-            "suite from a store's or crosscoder's record (crosslens.checkpoints.records.suite_from_record)"
+            "suite from a store's or crosscoder's record (crosslens.checkpoints.records.suite_from_record); a "
+            "local suite's folder needs a suite.json giving each snapshot its step along the whole run: "
+            '{"model_id": NAME, "snapshots": [{"revision": NAME, "path": FOLDER, "step": N, "tokens_seen": T}, ...]}'
         )
     pool = {r for r in (*revisions, *known) if parse_stage(r) is not None and parse_step(r) is not None}
     starts: dict[int, StageStart] = {}
