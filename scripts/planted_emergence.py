@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import inspect
 import json
 import os
@@ -53,8 +52,10 @@ from crosslens.analysis.planted_lineage import planted_lineage_scores
 from crosslens.analysis.planted_match import match_planted
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.scaling import latent_scaling
-from crosslens.architectures import defaults_for, sparsity_coefficient_for, uses_k
-from crosslens.training.planted import planted_k, train_planted
+from crosslens.architectures import defaults_for, uses_k
+from crosslens.core.hashing import json_sha256
+from crosslens.training.planted import planted_training_arguments, train_planted
+from crosslens.training.runner import differing_settings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from planted_benchmark import ARCHITECTURES
@@ -82,8 +83,8 @@ def training(generator: str, protocol: dict | None = None) -> dict:
 def train_arguments(generator: str, arch: str, planted, protocol: dict | None = None) -> dict:
     """Every keyword ``train_planted`` trains ``arch`` on ``generator``'s ``planted`` set with (but
     ``seed``), each resolved: its own defaults, read from its signature so that a changed default
-    changes them, then :func:`training`'s, then what the ones left None take (``k``, the sparsity
-    coefficient and warm-up, the learning rate, resampling)."""
+    changes them, then :func:`training`'s, then what the ones left None take
+    (:func:`~crosslens.training.planted.planted_training_arguments`)."""
     skip = ("seed", "init", "plan")
     given = {
         name: p.default
@@ -91,17 +92,8 @@ def train_arguments(generator: str, arch: str, planted, protocol: dict | None = 
         if p.kind is p.KEYWORD_ONLY and name not in skip
     }
     given.update(training(generator, protocol))
-    defaults, config = defaults_for(arch), planted.config
-    resolved = {
-        "k": planted_k(planted, arch),
-        "lr": defaults.lr,
-        "sparsity_coefficient": sparsity_coefficient_for(
-            arch, n_snapshots=config.n_snapshots, d_in=config.d_in, d_sae=given["d_sae"]
-        ),
-        "sparsity_warm_up": defaults.sparsity_warm_up,
-        "resample_dead": defaults.resample_dead,
-    }
-    return {name: resolved[name] if value is None and name in resolved else value for name, value in given.items()}
+    resolved = planted_training_arguments(planted, arch, **given)
+    return {name: resolved[name] for name in given}
 
 
 def cache_settings(generator: str, arch: str, seed: int, protocol: dict | None = None, planted=None) -> dict:
@@ -122,23 +114,13 @@ def cache_settings(generator: str, arch: str, seed: int, protocol: dict | None =
 
 def cache_path(settings: dict, cache: Path) -> Path:
     """Where ``cache`` keeps the crosscoder trained under ``settings``, named by a hash of them."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return cache / f"{settings['generator']}-{settings['arch']}-seed{settings['seed']}-{digest}.pt"
-
-
-def _flat(settings: dict, prefix: str = "") -> dict:
-    out = {}
-    for name, value in settings.items():
-        out.update(_flat(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}": value})
-    return out
+    return cache / f"{settings['generator']}-{settings['arch']}-seed{settings['seed']}-{json_sha256(settings)[:12]}.pt"
 
 
 def differences(saved: dict, settings: dict) -> str:
     """The settings ``saved`` (a cached crosscoder's) holds otherwise than ``settings``, one phrase."""
-    old, new = _flat(saved), _flat(settings)
-    names = [n for n in dict.fromkeys([*new, *old]) if old.get(n, "unrecorded") != new.get(n, "unrecorded")]
-    said = [f"{n} {old.get(n, 'unrecorded')!r}, now {new.get(n, 'unrecorded')!r}" for n in names[:4]]
-    return "; ".join(said) + (f"; and {len(names) - 4} more" if len(names) > 4 else "")
+    found = differing_settings(saved, settings)
+    return "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
 
 
 def other_settings(settings: dict, cache: Path) -> list[str]:
@@ -157,9 +139,11 @@ def cached(
 ) -> dict | None:
     """What ``cache`` holds of the crosscoder trained alike (settings, cfg, state, seconds), or None:
     the same settings (:func:`cache_settings`), and for TopK and BatchTopK a config of their ``k``."""
-    if cache is None:
-        return None
-    settings = cache_settings(generator, arch, seed, protocol, planted)
+    return None if cache is None else cached_as(cache_settings(generator, arch, seed, protocol, planted), cache)
+
+
+def cached_as(settings: dict, cache: Path) -> dict | None:
+    """:func:`cached` for the crosscoder trained under ``settings``."""
     path = cache_path(settings, cache)
     if not path.is_file():
         return None
@@ -169,7 +153,7 @@ def cached(
             f"{path} was trained under other settings than its name says ({differences(saved.get('settings', {}), settings)}); not reused"
         )
         return None
-    if uses_k(arch) and saved["cfg"]["k"] != settings["training"]["k"]:
+    if uses_k(settings["arch"]) and saved["cfg"]["k"] != settings["training"]["k"]:
         return None
     return saved
 
@@ -177,13 +161,13 @@ def cached(
 def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, protocol: dict | None = None):
     """The crosscoder ``train_planted`` gives, from ``cache`` when it holds one trained alike; one
     trained under other settings is not reused, and said so."""
-    saved = cached(generator, arch, seed, cache, protocol, planted)
+    settings = cache_settings(generator, arch, seed, protocol, planted)
+    saved = None if cache is None else cached_as(settings, cache)
     if saved is not None:
         train_cls, train_cfg_cls = crosscoders.ARCHITECTURES[arch][2:4]
         crosscoder = train_cls(train_cfg_cls.from_dict(saved["cfg"]))
         crosscoder.load_state_dict(saved["state"])
         return crosscoder.eval(), saved["seconds"]
-    settings = cache_settings(generator, arch, seed, protocol, planted)
     for other in [] if cache is None else other_settings(settings, cache):
         print(f"training {generator} {arch} seed {seed} again: {cache} holds it under other settings ({other})")
     start = time.perf_counter()
@@ -553,7 +537,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.cached_only:
         if not args.cache:
             parser.error("--cached-only reads --cache: name the folder of trained crosscoders")
-        left_out = [cell[:3] for cell in grid if cached(*cell[:3], Path(args.cache), protocol) is None]
+        settings = {cell[:3]: cache_settings(*cell[:3], protocol) for cell in grid}
+        left_out = [cell[:3] for cell in grid if cached_as(settings[cell[:3]], Path(args.cache)) is None]
         grid = [cell for cell in grid if cell[:3] not in left_out]
         if left_out:
             print(
@@ -561,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
                 + ", ".join(f"{g} {a} seed {s}" for g, a, s in left_out)
             )
         for g, a, s in left_out:
-            for other in other_settings(cache_settings(g, a, s, protocol), Path(args.cache)):
+            for other in other_settings(settings[g, a, s], Path(args.cache)):
                 print(f"  {g} {a} seed {s}: held under other settings, {other}")
     runs = run_grid(run_one, grid, args.jobs)
     if args.json:

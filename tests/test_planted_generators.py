@@ -323,7 +323,7 @@ def test_the_emergence_scripts_cache_keeps_each_protocol_apart_and_reads_none_as
     (short,) = tmp_path.glob("*.pt")
     script.trained("split", "crosscoder", 0, planted, tmp_path, {"n_steps": 3})
     assert len(list(tmp_path.glob("*.pt"))) == 2  # --steps 3 wrote a file beside --steps 2's
-    assert "training.n_steps 2, now 3" in capsys.readouterr().out
+    assert "training.n_steps: 2 in the run, 3 now" in capsys.readouterr().out
     recorded = torch.load(short, weights_only=False)["settings"]
     assert recorded["training"]["n_steps"] == 2
     assert recorded["planted"] == dataclasses.asdict(planted.config)
@@ -339,13 +339,14 @@ def test_the_emergence_scripts_cache_keeps_each_protocol_apart_and_reads_none_as
     assert script.cached("split", "crosscoder", 0, tmp_path, None, planted) is None
     others = script.other_settings(default, tmp_path)
     assert any(
-        o.startswith(short.name) and f"training.n_steps 2, now {CrosscoderRunnerConfig.n_steps}" in o for o in others
+        o.startswith(short.name) and f"training.n_steps: 2 in the run, {CrosscoderRunnerConfig.n_steps} now" in o
+        for o in others
     )
     # a file whose settings are not the ones its name stands for is not reused
     renamed = script.cache_path(script.cache_settings("split", "crosscoder", 0, {"n_steps": 4}, planted), tmp_path)
     short.rename(renamed)
     assert script.cached("split", "crosscoder", 0, tmp_path, {"n_steps": 4}, planted) is None
-    assert "training.n_steps 2, now 4" in capsys.readouterr().out
+    assert "training.n_steps: 2 in the run, 4 now" in capsys.readouterr().out
 
 
 def test_the_emergence_scripts_early_dates_are_a_share_of_the_features_they_are_counted_over(emergence_script, capsys):

@@ -69,22 +69,25 @@ def train_planted(
     ``plan``: the kernels the step runs (the device's default plan where None);
     ``crosscoder_overrides`` go to the crosscoder's config.
     """
-    k = planted_k(planted, architecture) if k is None else k
-    coefficient = sparsity_coefficient
-    if coefficient is None:
-        coefficient = sparsity_coefficient_for(
-            architecture, n_snapshots=planted.config.n_snapshots, d_in=planted.config.d_in, d_sae=d_sae
-        )
-    warm_up = sparsity_warm_up_steps(architecture, n_steps, sparsity_warm_up)
+    resolved = planted_training_arguments(
+        planted,
+        architecture,
+        d_sae=d_sae,
+        k=k,
+        lr=lr,
+        sparsity_coefficient=sparsity_coefficient,
+        sparsity_warm_up=sparsity_warm_up,
+        resample_dead=resample_dead,
+    )
     torch.manual_seed(seed)
     crosscoder = build_training_crosscoder(
         architecture,
         d_in=planted.config.d_in,
         n_snapshots=planted.config.n_snapshots,
         d_sae=d_sae,
-        k=k,
-        sparsity_coefficient=coefficient,
-        sparsity_warm_up_steps=warm_up,
+        k=resolved["k"],
+        sparsity_coefficient=resolved["sparsity_coefficient"],
+        sparsity_warm_up_steps=sparsity_warm_up_steps(architecture, n_steps, resolved["sparsity_warm_up"]),
         **crosscoder_overrides,
     )
     if init is not None:
@@ -94,11 +97,11 @@ def train_planted(
         crosscoder,
         CrosscoderTrainerConfig(
             total_steps=n_steps,
-            lr=lr,
+            lr=resolved["lr"],
             lr_decay_steps=int(n_steps * lr_decay_fraction),
             seed=seed,
             dead_feature_window_tokens=dead_feature_window_tokens,
-            resample_dead=resample_dead,
+            resample_dead=resolved["resample_dead"],
             save_final=False,
         ),
         plan=plan,
@@ -106,6 +109,39 @@ def train_planted(
     trainer.fit(planted.batches(batch_size, seed=1000 + seed))
     crosscoder.eval()
     return crosscoder
+
+
+def planted_training_arguments(
+    planted: PlantedEvolution,
+    architecture: str,
+    *,
+    d_sae: int,
+    k: int | None = None,
+    lr: float | None = None,
+    sparsity_coefficient: float | None = None,
+    sparsity_warm_up: float | None = None,
+    resample_dead: int | None = None,
+    **others: Any,
+) -> dict[str, Any]:
+    """The keywords :func:`train_planted` trains ``architecture`` on ``planted`` with, those left
+    None resolved: ``k`` (:func:`planted_k`), the sparsity coefficient
+    (:func:`~crosslens.architectures.sparsity_coefficient_for` at ``d_sae``), and the learning
+    rate, warm-up share and resampling the architecture defaults to
+    (:func:`~crosslens.architectures.defaults_for`). ``others`` come back as given."""
+    defaults = defaults_for(architecture)
+    if sparsity_coefficient is None:
+        sparsity_coefficient = sparsity_coefficient_for(
+            architecture, n_snapshots=planted.config.n_snapshots, d_in=planted.config.d_in, d_sae=d_sae
+        )
+    return {
+        **others,
+        "d_sae": d_sae,
+        "k": planted_k(planted, architecture) if k is None else k,
+        "lr": defaults.lr if lr is None else lr,
+        "sparsity_coefficient": sparsity_coefficient,
+        "sparsity_warm_up": defaults.sparsity_warm_up if sparsity_warm_up is None else sparsity_warm_up,
+        "resample_dead": defaults.resample_dead if resample_dead is None else resample_dead,
+    }
 
 
 def planted_k(planted: PlantedEvolution, architecture: str) -> int:
