@@ -22,7 +22,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from crosslens.analysis.relatives import unit_rows
 
@@ -119,27 +121,6 @@ class PlantedLineageScores:
         }
 
 
-def _assigned(hits: Sequence[Sequence[int]]) -> dict[int, int]:
-    """A largest one-to-one assignment of planted events to reported events: ``hits[w]`` are the
-    reported events matching planted event ``w``; the answer maps each planted event assigned to
-    its reported event. Augmenting paths (Kuhn's algorithm), the planted events taken in order: one
-    assigned stays assigned, so as many of the first ones are assigned as any largest assignment has."""
-    owner: dict[int, int] = {}
-
-    def augment(w: int, visited: set[int]) -> bool:
-        for k in hits[w]:
-            if k not in visited:
-                visited.add(k)
-                if k not in owner or augment(owner[k], visited):
-                    owner[k] = w
-                    return True
-        return False
-
-    for w in range(len(hits)):
-        augment(w, set())
-    return {w: k for k, w in owner.items()}
-
-
 def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> PlantedLineageScores:
     """Score ``lineage`` (of ``analysis``, the :class:`~crosslens.analysis.EvolutionAnalysis` of a
     crosscoder trained on ``planted``) against ``planted.event_truth``; see the module docstring."""
@@ -148,12 +129,11 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
     truth = getattr(planted, "event_truth", None)
     wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
     live = analysis.present.any(1).nonzero().flatten().tolist()
-    hits: list[list[int]] = []
+    hit_WK = np.zeros((len(wanted), len(lineage.events)), dtype=bool)
     seen: list[bool] = []
-    for kind, at, a, b in wanted:
+    for w, (kind, at, a, b) in enumerate(wanted):
         after = sorted({min(S - 1, at), min(S - 1, at + 1)})
         seen.append(carried_sides(unit, planted, live, kind, at, after, a, b))
-        hits.append([])
         for k, e in enumerate(lineage.events):
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
@@ -162,20 +142,18 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
                 ok = ahead and carries(unit, planted, e.after, after, a)
             else:
                 ok = ahead and carries(unit, planted, e.before, [at - 1], a)
-            if ok:
-                hits[-1].append(k)
-    # the carried events are assigned first, so that the events found among them are as many as can be
-    order = sorted(range(len(wanted)), key=lambda w: not seen[w])
-    finder = _assigned([hits[w] for w in order])
-    found_at = {order[w] for w in finder}
+            hit_WK[w, k] = ok
+    # a pair weighs 1, a carried event's less than 1/n more: the largest assignment, and of those
+    # one that finds as many of the carried events as any does
+    weight_WK = hit_WK * (1 + np.array(seen, dtype=float) / (len(wanted) + 1))[:, None]
+    found_at = {int(w) for w, k in zip(*linear_sum_assignment(weight_WK, maximize=True)) if hit_WK[w, k]}
     found, carried = len(found_at), sum(seen)
     found_carried = sum(seen[w] for w in found_at)
     # an event matching a planted event is that event's report, called planted, even where the
     # assignment gave the planted event another report of it
-    matched = {k for event_hits in hits for k in event_hits}
     labels = []
     for k, e in enumerate(lineage.events):
-        if k in matched:
+        if hit_WK[:, k].any():
             labels.append("planted")
             continue
         rows = [(j, max(0, e.snapshot - 1)) for j in e.before] + [(j, e.snapshot) for j in e.after]
