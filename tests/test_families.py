@@ -263,6 +263,15 @@ def test_offline_a_later_stage_is_placed_only_where_the_hub_said_where_stage_1_e
         assert suite.provenance()["stage_starts"]["2"]["after"] == ["stage1-step2000-tokens6B"]
         assert CheckpointSuite.olmo(OLMO2_REPO, ingredient=1).steps == (1000, 3000)
 
+        # online with the hub out of reach: its listing fails, and the stage ends it last gave still place them
+        def unreachable(repo):
+            raise OSError("the hub is out of reach")
+
+        with monkeypatch.context() as online:
+            online.setattr(hub_module, "hub_offline", lambda: False)
+            online.setattr(huggingface_hub, "list_repo_refs", unreachable)
+            assert CheckpointSuite.olmo(OLMO2_REPO, revisions).steps == (1000, 3000)
+
 
 @pytest.mark.parametrize(
     ("family", "model_id", "revisions"),

@@ -214,9 +214,9 @@ def remembered_stage_ends(model_id: str) -> list[str] | None:
 def placing_revisions(model_id: str, listed: Sequence[str]) -> list[str] | None:
     """The revisions that say where each stage of ``model_id``'s staged run ends, for
     `crosslens.checkpoints.trajectory.stage_starts`: ``listed``, the hub's whole list online;
-    offline, the cached ones ``listed`` plus the stage ends the hub last listed. None where they
-    cannot be had: offline before any online listing, or a listing that failed."""
-    if not hub_offline():
-        return list(listed) or None
+    offline, or online where the listing failed (``listed`` empty), the cached ones ``listed`` plus
+    the stage ends the hub last listed. None where the hub never listed them."""
+    if listed and not hub_offline():
+        return list(listed)
     ends = remembered_stage_ends(model_id)
     return None if ends is None else [*listed, *ends]
