@@ -125,30 +125,21 @@ def test_a_malformed_pairs_line_is_named_by_its_true_line_number(tmp_path, kind)
     assert len(next(iter(load_task_file(write_lines(path, lines)).values()))) == 4
 
 
-def test_a_10000_character_sentence_is_refused_naming_its_line_and_the_context(trained, tmp_path, capsys):
+def test_a_10000_character_sentence_is_dropped_naming_its_line_and_the_context(trained, tmp_path, capsys):
+    """A pair longer than the models' context cannot be scored: like a pair the tokenizer cannot score, it is
+    dropped with a warning that names its line and the context, and the run goes on with the rest."""
     suite, run = trained
     long_prompt = " ".join(["the big old cat"] * 700)[:9980].rsplit(" ", 1)[0]
     long = {"sentence_good": long_prompt + " is here", "sentence_bad": long_prompt + " are here"}
     assert len(long["sentence_good"]) > 9900
     pairs = write_lines(tmp_path / "pairs.jsonl", ["# long", "", json.dumps(GOOD), json.dumps(long)])
-    err = cli_error(
-        [
-            "attribute",
-            "--crosscoder",
-            str(run),
-            "--suite",
-            str(suite),
-            "--task",
-            str(pairs),
-            "--out",
-            str(tmp_path / "ie.json"),
-            "--n-examples",
-            "2",
-        ],
-        capsys,
-    )
-    assert f"{pairs}, line 4:" in err and "more than the model's context of 64" in err, err
-    assert len(err) < 1000, err  # the sentence is not printed whole
+    argv = ["attribute", "--crosscoder", str(run), "--suite", str(suite), "--task", str(pairs)]
+    with pytest.warns(UserWarning, match="kept 1 of 2 pairs") as warned:
+        main([*argv, "--out", str(tmp_path / "ie.json"), "--n-examples", "2", "--allow-chance"])
+    message = " ".join(str(w.message) for w in warned if "kept 1 of 2" in str(w.message))
+    assert f"{pairs}, line 4:" in message and "more than the model's context of 64" in message, message
+    assert len(message) < 1000, message  # the sentence is not printed whole
+    assert (tmp_path / "ie.json").is_file()
 
 
 def test_attribute_of_several_tasks_takes_the_one_task_flags_and_says_where_its_tables_are(trained, tmp_path, capsys):

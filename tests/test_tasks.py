@@ -134,7 +134,7 @@ def test_pairs_longer_than_the_models_context_are_dropped_with_a_warning():
     long = " ".join(["The pilot near the towers"] * 6)  # 30 words: over a context of 24
     pairs = TaskDataset("pairs", (MinimalPair("The pilot", " is", " are"), MinimalPair(long, " is", " are")))
     with pytest.warns(
-        UserWarning, match=r"kept 1 of 2 pairs the tokenizer can score; .*more than the model's context of 24"
+        UserWarning, match=r"kept 1 of 2 pairs the models can score; .*more than the model's context of 24"
     ):
         kept = _task_dataset(pairs, tokenizer, 64, 0, 24)
     assert kept.pairs == pairs.pairs[:1]

@@ -192,7 +192,7 @@ def _fitting(task: Any, tokenizer: Any, n_examples: int, max_tokens: int | None 
     if problems:
         first = next(iter(problems.values()))
         warnings.warn(
-            f"task {task.name!r}: kept {len(fitting)} of {len(task)} pairs the tokenizer can score; {first}",
+            f"task {task.name!r}: kept {len(fitting)} of {len(task)} pairs the models can score; {first}",
             stacklevel=2,
         )
     return fitting if len(fitting) <= n_examples else replace(fitting, pairs=fitting.pairs[:n_examples])

@@ -33,7 +33,8 @@ class AttributeFlags:
     """A MultiBLiMP-style JSONL file (sentence_good, sentence_bad, language): one task per language."""
     skip_invalid: bool = False
     """Drop the lines of a pairs file that do not parse, instead of refusing the file. Pairs the suite's
-    tokenizer cannot score are dropped either way, with a warning naming the first."""
+    tokenizer cannot score, or longer than its models' context, are dropped either way, with a warning
+    naming the first."""
     n_examples: int = field(default=defaults.N_EXAMPLES, metadata={"min": 1})
     """Minimal pairs to score."""
     out: str = "attribution.json"
