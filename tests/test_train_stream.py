@@ -249,22 +249,28 @@ def test_overwrite_replaces_a_finished_streamed_run_and_its_row_digests(streamed
     assert json.loads((out / "run.json").read_text())["stream"]["n_tokens"] == 256
 
 
-def test_an_interrupted_run_resumes_to_the_same_bytes(streamed, inputs, tmp_path, monkeypatch):
-    out = tmp_path / "interrupted"
+def run_stopped_before_step_3(monkeypatch, argv: list[str]) -> int:
+    """Run ``argv`` with the stream stopped (Ctrl-C) after the step-2 checkpoint, before the run ends, as a
+    killed run; the exit status."""
     batches = StreamingTrainingRunner._batches
 
     def interrupting(self, start_step):
         for i, batch in enumerate(batches(self, start_step)):
-            if start_step + i == 3:  # after the step-2 checkpoint, before the run ends
+            if start_step + i == 3:
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(StreamingTrainingRunner, "_batches", interrupting)
-    with pytest.raises(SystemExit) as stopped:
-        main(stream_flags(inputs, out))
-    assert stopped.value.code == 130
+    with monkeypatch.context() as stopped:
+        stopped.setattr(StreamingTrainingRunner, "_batches", interrupting)
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+    return exit_info.value.code
+
+
+def test_an_interrupted_run_resumes_to_the_same_bytes(streamed, inputs, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    assert run_stopped_before_step_3(monkeypatch, stream_flags(inputs, out)) == 130
     assert (out / "step_00000002").is_dir() and not (out / WEIGHTS).exists()
-    monkeypatch.setattr(StreamingTrainingRunner, "_batches", batches)
     assert main(stream_flags(inputs, out, "--resume")) == 0
     assert sha256(out / WEIGHTS) == sha256(streamed[0] / WEIGHTS)
 
@@ -274,20 +280,9 @@ def test_a_resume_without_dtype_takes_the_models_dtype_the_run_recorded(inputs, 
     --dtype is left out on a device whose default is float32 (here the CPU, whose default it is);
     another --dtype given is refused in one line naming the run's."""
     out = tmp_path / "run"
-    batches = StreamingTrainingRunner._batches
-
-    def interrupting(self, start_step):
-        for i, batch in enumerate(batches(self, start_step)):
-            if start_step + i == 3:
-                raise KeyboardInterrupt
-            yield batch
-
     flags = stream_flags(inputs, out)
     flags[flags.index("--heldout-tokens") + 1] = "0"
-    monkeypatch.setattr(StreamingTrainingRunner, "_batches", interrupting)
-    with pytest.raises(SystemExit):
-        main([*flags, "--dtype", "bfloat16"])
-    monkeypatch.setattr(StreamingTrainingRunner, "_batches", batches)
+    run_stopped_before_step_3(monkeypatch, [*flags, "--dtype", "bfloat16"])
     assert (out / "step_00000002").is_dir() and not (out / WEIGHTS).exists()
     capsys.readouterr()
     err = one_line_exit_2([*flags, "--resume", "--dtype", "float32"], capsys)
@@ -309,20 +304,9 @@ def test_a_resume_on_other_weights_under_the_same_names_is_refused(inputs, tmp_p
 
     suite = shutil.copytree(inputs[0], tmp_path / "suite")
     out = tmp_path / "run"
-    batches = StreamingTrainingRunner._batches
-
-    def interrupting(self, start_step):
-        for i, batch in enumerate(batches(self, start_step)):
-            if start_step + i == 3:
-                raise KeyboardInterrupt
-            yield batch
-
     flags = stream_flags(inputs, out)
     flags[flags.index(str(inputs[0]))] = str(suite)
-    monkeypatch.setattr(StreamingTrainingRunner, "_batches", interrupting)
-    with pytest.raises(SystemExit):
-        main(flags)
-    monkeypatch.setattr(StreamingTrainingRunner, "_batches", batches)
+    run_stopped_before_step_3(monkeypatch, flags)
     _write_suite(suite, seeds=[0, 5, 2])  # snapshot step10 retrained from another seed
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
