@@ -14,7 +14,15 @@ import torch
 from jaxtyping import Float, Int
 
 from crosslens.activations.store import snapshot_label
-from crosslens.causal.relative_ie import relie, select_top_features
+from crosslens.causal.behaviour import SnapshotBehaviour, mark_no_behaviour
+from crosslens.causal.relative_ie import (
+    RelIEThresholds,
+    bootstrap_ie_ci,
+    classify_relie,
+    relie,
+    relie_floor_mask,
+    select_top_features,
+)
 from crosslens.causal.snapshot_models import task_sha256
 from crosslens.core.hashing import weights_sha256
 from crosslens.core.metadata import metadata_value
@@ -83,6 +91,25 @@ class IETable:
     def top_features(self, k: int) -> Int[torch.Tensor, " n_selected"]:
         """Union over snapshots of each snapshot's top-k features by |IE|."""
         return select_top_features(self.ie, k)
+
+    def feature_classes(
+        self,
+        features: torch.Tensor,
+        relie_values: torch.Tensor,
+        thresholds: RelIEThresholds,
+        effect_floor: float,
+        n_boot: int,
+        behaviours: Sequence[SnapshotBehaviour],
+    ) -> tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The stage's RelIE classes of ``features`` (their ``relie_values``): none below the noise
+        floor (``effect_floor`` and the bootstrap intervals over examples, ``n_boot`` resamples),
+        none at a snapshot at chance; with the mask of classed entries and the intervals."""
+        ci_low = ci_high = None
+        if self.ie_per_example is not None and self.ie_per_example.shape[0] > 1 and len(features):  # none: all IE 0
+            ci_low, ci_high = bootstrap_ie_ci(self.ie_per_example[:, features], n_boot=n_boot)
+        classed = relie_floor_mask(self.ie[features], effect_floor, ci_low, ci_high)
+        labels = mark_no_behaviour(classify_relie(relie_values, thresholds, classed=classed), behaviours)
+        return labels, classed, ci_low, ci_high
 
     def save(self, path: str | Path) -> Path:
         """JSON: metadata plus tidy rows of every non-zero IE."""

@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 from crosslens.causal import defaults
 from crosslens.causal.behaviour import SnapshotBehaviour
 from crosslens.causal.ie_table import IETable
-from crosslens.causal.relative_ie import RelIEThresholds, feature_classes, relie, select_top_features
+from crosslens.causal.relative_ie import RelIEThresholds, relie, select_top_features
 from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal_stage
 from crosslens.core.errors import CrosslensError
 from crosslens.tasks.base import TaskDataset
@@ -104,14 +104,14 @@ def language_classes(
     n_boot: int = defaults.N_BOOT,
 ) -> dict[str, np.ndarray]:
     """Each language's RelIE classes of the shared ``features``, by the rule its own stage classed
-    its features with (:func:`~crosslens.causal.relative_ie.feature_classes`): its noise floor, and no
+    its features with (:meth:`~crosslens.causal.ie_table.IETable.feature_classes`): its noise floor, and no
     class at a snapshot where its model is at chance."""
     classes = {}
     for language, result in results.items():
         behaviours = [SnapshotBehaviour.from_dict(b) for b in result.summary.behaviour]
         floor = result.summary.effect_floor
-        labels, *_ = feature_classes(
-            result.table, features, relie_values[language], thresholds, floor, n_boot, behaviours
+        labels, *_ = result.table.feature_classes(
+            features, relie_values[language], thresholds, floor, n_boot, behaviours
         )
         classes[language] = labels
     return classes

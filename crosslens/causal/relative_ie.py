@@ -15,19 +15,13 @@ counterpart that RelIE is plotted against.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.causal.behaviour import SnapshotBehaviour, mark_no_behaviour
 from crosslens.core.tensors import one_vs_all_share
-
-if TYPE_CHECKING:
-    from crosslens.causal.ie_table import IETable
 
 RELIE_CLASSES: tuple[str, str, str] = ("other", "shared", "specific")
 BELOW_FLOOR = "below_floor"
@@ -165,23 +159,3 @@ def select_top_features(ie: Float[torch.Tensor, "n_features n_snapshots"], k: in
     values, indices = magnitude.topk(k, dim=0)
     chosen = indices[values > 0]
     return torch.unique(chosen)
-
-
-def feature_classes(
-    table: IETable,
-    features: torch.Tensor,
-    relie_values: torch.Tensor,
-    thresholds: RelIEThresholds,
-    effect_floor: float,
-    n_boot: int,
-    behaviours: Sequence[SnapshotBehaviour],
-) -> tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The stage's RelIE classes of ``features`` (their ``relie_values`` in ``table``): none below
-    the noise floor (``effect_floor`` and the bootstrap intervals over examples, ``n_boot``
-    resamples), none at a snapshot at chance; with the mask of classed entries and the intervals."""
-    ci_low = ci_high = None
-    if table.ie_per_example is not None and table.ie_per_example.shape[0] > 1 and len(features):  # none: all IE 0
-        ci_low, ci_high = bootstrap_ie_ci(table.ie_per_example[:, features], n_boot=n_boot)
-    classed = relie_floor_mask(table.ie[features], effect_floor, ci_low, ci_high)
-    labels = mark_no_behaviour(classify_relie(relie_values, thresholds, classed=classed), behaviours)
-    return labels, classed, ci_low, ci_high

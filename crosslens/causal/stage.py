@@ -38,7 +38,6 @@ from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_
 from crosslens.causal.relative_ie import (
     RelIEThresholds,
     class_counts,
-    feature_classes,
     reldec,
     relie,
 )
@@ -334,8 +333,8 @@ def _relie_of(
     reldec_sel = reldec(norms[selected]) if several else torch.ones(len(selected), 1)
     if effect_floor is None:
         effect_floor = defaults.EFFECT_FLOOR_SHARE * float((table.metric_clean - table.metric_patch).abs().mean())
-    labels, classed, ci_low, ci_high = feature_classes(
-        table, selected, relie_sel, thresholds, effect_floor, n_boot, behaviours
+    labels, classed, ci_low, ci_high = table.feature_classes(
+        selected, relie_sel, thresholds, effect_floor, n_boot, behaviours
     )
     return _RelIEResult(
         selected, relie_sel, reldec_sel, labels, class_counts(labels), ci_low, ci_high, classed, effect_floor
