@@ -363,6 +363,49 @@ def test_causal_scores_come_from_the_attribution_files(tiny, tmp_path):
     assert relevance == {f: pytest.approx(float(ie[f].abs().max())) for f in range(32)}
 
 
+def test_a_pass_stopped_before_attribute_finishes_with_the_ie_tables_found_then(tiny, tmp_path, monkeypatch):
+    """The README's order: dashboards stopped, `crosslens attribute` writes an IE table into the run,
+    the same dashboards command again. The tables are read as the database is written, not by the
+    pass, so the saved pass goes on and its database holds the table, to the bytes of one computed
+    with the table there from the start; a table gone since the stop is left out the same way."""
+    real = compute_module.apply_updates
+    calls = {"n": 0}
+
+    def stop(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    whole = fresh_run(tiny, tmp_path / "whole")
+    write_attribution(whole / "attribution_causal", identity=run_identity(whole))
+    expected = tf.sha256(compute(whole))
+    run = fresh_run(tiny, tmp_path / "stopped")
+    monkeypatch.setattr(compute_module, "apply_updates", stop)
+    with pytest.raises(DashboardsInterrupted):
+        compute(run)
+    monkeypatch.setattr(compute_module, "apply_updates", real)
+    write_attribution(run / "attribution_causal", identity=run_identity(run))
+    assert tf.sha256(compute(run)) == expected
+    assert not (run / "dashboards.partial").exists()
+    record = json.loads((run / schema.RECORD_NAME).read_text())
+    assert set(record["partners"]["attribution"]) == {
+        f"attribution_causal/{name}" for name in ("ie_table.json", "relie.json", "ablation_curves.json", "summary.json")
+    }
+    assert rows(open_database(run), "SELECT task, n_examples FROM tasks") == [("toy", 12)]
+
+    plain = tf.sha256(compute(fresh_run(tiny, tmp_path / "plain")))
+    calls["n"] = 0
+    monkeypatch.setattr(compute_module, "apply_updates", stop)
+    with pytest.raises(DashboardsInterrupted):
+        compute(run, overwrite=True)
+    monkeypatch.setattr(compute_module, "apply_updates", real)
+    shutil.rmtree(run / "attribution_causal")
+    assert tf.sha256(compute(run)) == plain
+    assert json.loads((run / schema.RECORD_NAME).read_text())["partners"]["attribution"] == {}
+    assert rows(open_database(run), "SELECT * FROM tasks") == []
+
+
 def test_the_relie_labels_the_database_declares_are_the_causal_stage_s():
     """The browser refuses a ``relie_class`` outside the column's labels, which it reads without torch
     from the schema: they are the stage's classes and its two labels for what it does not class."""

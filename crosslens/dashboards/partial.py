@@ -6,7 +6,10 @@ file is written under a name of its own and renamed into place, then the sealed 
 (``partial.json``) naming it, its sha256 and the inputs (partners and settings) it was computed
 from, so a reader finds either the previous save or this one. A later call with the same inputs
 continues from it; a call with other inputs, or a damaged save, is refused unless told to
-overwrite (nothing already computed is thrown away silently).
+overwrite (nothing already computed is thrown away silently). The IE tables of ``crosslens
+attribute`` are no input of the pass (:func:`pass_inputs`): their causal rows are read when the
+database is written, so a pass stopped before ``attribute`` wrote a table goes on and its database
+holds the tables found when it finishes, as its record says.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], prefix: str =
     return out
 
 
+def pass_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` (partners and settings, as JSON) less what only the written database reads: the
+    IE tables, read from the run folder as the database is written, not by the pass."""
+    partners = {key: value for key, value in (inputs.get("partners") or {}).items() if key != "attribution"}
+    return as_json({**inputs, "partners": partners})
+
+
 def save_partial(run_dir: Path, state: PassState, inputs: dict[str, Any]) -> Path:
     """Save ``state`` (the pass after ``state.position`` batches) for a later call to continue."""
     folder = run_dir / PARTIAL_DIR
@@ -60,7 +70,7 @@ def save_partial(run_dir: Path, state: PassState, inputs: dict[str, Any]) -> Pat
     os.replace(tmp, folder / name)
     record = {
         "format": PARTIAL_FORMAT,
-        "inputs": as_json(inputs),
+        "inputs": pass_inputs(inputs),
         "state": name,
         "state_sha256": file_sha256(folder / name),
         "position": state.position,
@@ -88,7 +98,7 @@ def load_partial(run_dir: Path, inputs: dict[str, Any], device: torch.device, ov
             raise UnreadableRecordError(f"format {record.get('format')!r}, not {PARTIAL_FORMAT}")
     except (OSError, UnreadableRecordError, BrokenSealError) as error:
         raise DashboardsError(f"{folder} holds a damaged unfinished pass ({error}); {fix}") from None
-    changed = differences(record.get("inputs") or {}, as_json(inputs))
+    changed = differences(pass_inputs(record.get("inputs") or {}), pass_inputs(inputs))
     if changed:
         raise DashboardsError(
             f"{folder} holds an unfinished pass over other inputs ({', '.join(changed)} differ); run the command that "
@@ -110,7 +120,7 @@ def _saved_pass_of(run_dir: Path, inputs: dict[str, Any]) -> bool:
         record = read_sealed(run_dir / PARTIAL_DIR / PARTIAL_RECORD, PARTIAL_KEY)
     except (OSError, UnreadableRecordError, BrokenSealError):
         return False
-    return not differences(record.get("inputs") or {}, as_json(inputs))
+    return not differences(pass_inputs(record.get("inputs") or {}), pass_inputs(inputs))
 
 
 def remove_partial(run_dir: Path) -> None:
