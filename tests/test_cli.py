@@ -143,11 +143,12 @@ def test_a_flag_parser_refusing_a_value_keeps_its_message(tmp_path, capsys):
 
 def test_dashboards_refuses_the_stream_flags_without_stream(tmp_path, capsys):
     """Without --stream the run's store holds the tokens: a suite, snapshot or token flag would be
-    silently ignored, so it is refused, as train refuses it."""
+    silently ignored, so it is refused, as train refuses it; --n-tokens is not, as it caps the
+    tokens the pass reads from the store (test_dashboards.py computes with it)."""
     err = one_line_error(["dashboards", str(tmp_path), "--steps", "0,8", "--n-tokens", "64"], capsys)
     assert err == (
-        "crosslens dashboards: error: --steps, --n-tokens choose the tokens and snapshots --stream harvests; "
-        "add --stream, or drop them (the run's store already holds its tokens)"
+        "crosslens dashboards: error: --steps chooses the tokens and snapshots --stream harvests; "
+        "add --stream, or drop it (the run's store already holds its tokens)"
     )
 
 

@@ -21,6 +21,7 @@ from crosslens.activations import ActivationStore, harvest_activations
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.probes import reads_normalized
 from crosslens.checkpoints import CheckpointSuite
+from crosslens.cli import main
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.core.sealed import write_sealed
@@ -300,6 +301,18 @@ def test_a_streamed_pass_equals_the_store_s(tiny, tmp_path):
         assert rows(db, f"SELECT * FROM {table}") == rows(from_store, f"SELECT * FROM {table}"), table
     tokens = json.loads(rows(db, "SELECT value FROM meta WHERE key = 'tokens'")[0][0])
     assert tokens["stream"]["kind"] == "test" and tokens["seq_len"] == 16
+
+
+def test_n_tokens_caps_a_store_from_the_command_line_as_from_python(tiny, tmp_path, capsys):
+    """`dashboards RUN --n-tokens N` with the run's store reads its first whole sequences up to N
+    tokens, as DashboardsConfig(n_tokens=N) does: the same database bytes."""
+    run = fresh_run(tiny, tmp_path / "cli")
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in CONFIG.items()]
+    assert main(["dashboards", str(run), "--n-tokens", "100", *flags, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    meta = dict(rows(open_database(run), "SELECT key, value FROM meta"))
+    assert json.loads(meta["n_tokens"]) == 90  # six whole sequences of the store's 15 tokens; 360 without the cap
+    assert tf.sha256(run / schema.DATABASE_NAME) == tf.sha256(compute(fresh_run(tiny, tmp_path / "py"), n_tokens=100))
 
 
 def run_identity(run: Path) -> dict:

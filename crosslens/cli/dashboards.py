@@ -5,7 +5,8 @@ browse`` and ``crosslens export``).
 The tokens come from the run's activation store (the one its run.json records, or ``--store``), or
 with ``--stream`` from the suite's snapshot models kept resident, harvested as they are read: the
 suite, snapshot and token flags are ``train --stream``'s and mean the same (without them, the
-crosscoder's own snapshots and the pico grammar's tokens, as ``train --stream`` takes by default).
+crosscoder's own snapshots and the pico grammar's tokens, as ``train --stream`` takes by default);
+of them only ``--n-tokens`` applies to a store too, capping the tokens the pass reads from it.
 The pass is resumable: Ctrl-C saves it, and the same command (without --overwrite) continues it.
 """
 
@@ -48,7 +49,8 @@ def dashboards(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     if args.stream and args.store is not None:
         raise CLIError("--store and --stream each say where the tokens come from: pass one of them")
-    given = data_flags_given(args)
+    # --n-tokens is also DashboardsConfig's: it caps the tokens the pass reads, from a store as from a stream
+    given = [flag for flag in data_flags_given(args) if flag != "--n-tokens"]
     if given and not args.stream:
         raise CLIError(data_flags_refusal(given, "--stream", "the run's store"))
     config = build(DashboardsConfig, explicit(args, DashboardsConfig))

@@ -91,7 +91,8 @@ class DashboardsConfig:
 
     n_tokens: int | None = field(default=None, metadata={"min": 1})
     """Tokens every statistic is computed over, whole sequences from the start of the store or
-    token table (default: all of them, up to {DEFAULT_N_TOKENS:,})."""
+    token table (default: all of them, up to {DEFAULT_N_TOKENS:,}); with --stream also the tokens
+    the snapshot models are streamed over, as train --stream's --n-tokens."""
     top_k: int | None = field(default=None, metadata={"min": 1})
     """Top-activating contexts kept per feature and snapshot, and for the crosscoder's own code
     (default: sized from the crosscoder's shape so the database stays under --max-database-gb:
