@@ -503,6 +503,50 @@ def test_another_crosscoder_that_makes_the_same_moves_agrees_with_every_event_an
     assert lineage_agreement(lin, analysis, same, other_present_FS=scaled)[1] < 0.2
 
 
+def test_a_predecessor_faded_before_the_snapshot_before_its_successor_is_looked_for_in_the_other_crosscoder():
+    """A successor emerges within ``successor_window`` of its predecessor's fade, either way: with
+    the fade one snapshot before the onset, the predecessor is present at neither the event's
+    snapshot nor the one before it, and is read at its last present snapshot instead."""
+    from crosslens.analysis.agreement import event_agreement, lineage_agreement
+
+    u = torch.linalg.qr(torch.randn(D, 8, generator=torch.Generator().manual_seed(0)))[0].T
+    W = torch.zeros(4, S, D)
+    W[0, :3] = u[0]  # present at 0-2, faded at 3
+    W[1, 4:] = _turned(u[0], u[1], 0.9)  # emerges at 4 along latent 0's direction
+    W[2], W[3] = u[2], u[3]
+    analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
+    lt = analysis.lifetimes
+    assert (int(lt.fade[0]), int(lt.emergence[1])) == (3, 4)  # fade = onset - 1
+    lin = lineage_of(analysis)
+    assert [(e.kind, e.snapshot, e.before, e.after) for e in lin.events] == [("handoff", 4, (0,), (1,))]
+
+    # the other crosscoder has nothing along u0 before 3: the successor's row is there (0.9), the
+    # predecessor's nowhere, so the event is not made (latent 0 against 2 and 3 at snapshot 2)
+    V = torch.zeros(3, S, D)
+    V[0, :3], V[0, 3:] = u[7], u[0]
+    V[1], V[2] = u[2], u[3]
+    late = EvolutionAnalysis.from_decoder(V * GROWING_1S1)
+    assert lineage_agreement(lin, analysis, late) == [pytest.approx(0.0, abs=1e-5)]
+    # one that holds the predecessor up to 2 and the successor from 4 makes both moves
+    same = EvolutionAnalysis.from_decoder(W[[3, 1, 2, 0]] * GROWING_1S1)
+    assert lineage_agreement(lin, analysis, same) == [pytest.approx(1.0, abs=1e-5)]
+
+    # a latent present nowhere on its side is no move made; an event with no latent to look for, none read
+    unit, present = unit_rows(analysis.W_dec), analysis.present.clone()
+    present[0] = False
+    other = (unit_rows(same.W_dec), same.present)
+    assert event_agreement(lin.events, unit, present, *other) == [-1.0]
+    present[1] = False
+    unread = event_agreement(lin.events, unit, present, *other)
+    assert math.isnan(unread[0])
+
+    from crosslens.analysis.emergence_report import lineage_agreement_section
+
+    page = lineage_agreement_section(lin, unread, [10 * s for s in range(S)], "B", 0.5).render()
+    assert "0 of 0 lineage events are made too by B" in page
+    assert " 1 more have no latent present beside their snapshot, so no agreement." in page
+
+
 def test_agreement_is_refused_between_crosscoders_of_other_activations():
     from crosslens.analysis.agreement import event_agreement, lineage_agreement
 

@@ -11,9 +11,14 @@ architecture shows such events too; another architecture is the test with teeth.
 For each event at snapshot ``t``, each of its latents is looked for in the other crosscoder:
 a latent present at ``t - 1`` and ``t`` (its move) by the other's latents present at both, scored
 by the smaller of the two snapshots' decoder cosines, so one latent must make the whole move; a
-latent present on one side only (a succession's) by the other's present rows on that side. The
-event's agreement is the least over its latents: 1 where every move is there, near 0 where one
-is nowhere. Only decoder rows are read, so it costs a matmul per latent.
+latent present on one side only (a succession's) by the other's present rows on that side. A
+latent present at neither is read at its nearest present snapshot on its side of the event: a
+latent before it at its last present snapshot before ``t`` (a predecessor that faded at ``t - 1``,
+inside the succession window), a latent after it at its first from ``t`` on (a second successor
+emerging later); one present nowhere on its side scores -1, as a move not made, and an event
+none of whose latents is present on its side is not read (NaN). The event's agreement is the least
+over its latents: 1 where every move is there, near 0 where one is nowhere. Only decoder rows are
+read, so it costs a matmul per latent.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def event_agreement(
 ) -> list[float]:
     """Each event's agreement (module docstring) between the crosscoder of ``unit_FSD`` (unit
     decoder rows) and ``present_FS``, whose events they are, and another's; NaN for an event none
-    of whose latents is present beside its snapshot."""
+    of whose latents is present on its side of the event's snapshot, nothing there to look for."""
     if unit_FSD.shape[1:] != other_unit_FSD.shape[1:]:
         raise ValueError(
             f"decoders of {list(unit_FSD.shape[1:])} and {list(other_unit_FSD.shape[1:])} (snapshots, width) "
@@ -71,21 +76,37 @@ def event_agreement(
     other_present_FS = other_present_FS.bool()
     out = []
     for event in events:
-        t1 = event.snapshot
-        t0 = max(0, t1 - 1)
-        scores = []
+        scores, read = [], False
         for x in event.latents:
-            sides = [t for t in (t0, t1) if bool(present_FS[x, t])]
+            sides = _compared_snapshots(event, x, present_FS[x])
             if not sides:
+                # no move of it to look for, so none shown made: dropped, it would leave the
+                # event's agreement to its other latents alone
+                scores.append(-1.0)
                 continue
+            read = True
             held = other_present_FS[:, sides].all(1)
             if not bool(held.any()):
                 scores.append(-1.0)
                 continue
             cos_FT = torch.stack([other_unit_FSD[held, t] @ unit_FSD[x, t] for t in sides], dim=1)
             scores.append(float(cos_FT.amin(1).max()))
-        out.append(min(scores) if scores else math.nan)
+        out.append(min(scores) if read else math.nan)
     return out
+
+
+def _compared_snapshots(event: Any, latent: int, present_S: Bool[torch.Tensor, " n_snapshots"]) -> list[int]:
+    """The snapshots at which ``latent``'s rows are looked for (module docstring): those of the
+    snapshot before ``event`` and its own where it is present, else its nearest present snapshot on
+    each side of the event it is on; none where it is present nowhere there."""
+    t1 = event.snapshot
+    beside = [t for t in dict.fromkeys((max(0, t1 - 1), t1)) if bool(present_S[t])]
+    if beside:
+        return beside
+    on = torch.nonzero(present_S).flatten().tolist()
+    earlier = [t for t in on if t < t1] if latent in event.before else []
+    later = [t for t in on if t >= t1] if latent in event.after else []
+    return earlier[-1:] + later[:1]
 
 
 def lineage_agreement(

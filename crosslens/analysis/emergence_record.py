@@ -61,7 +61,7 @@ class NoEmergenceRecordError(EmergenceRecordError):
 
 def made_there(agreement: float, line: float) -> bool | None:
     """Whether an event of this ``agreement`` counts as made by the other crosscoder too: at or
-    above ``line``; None for NaN (none of the event's latents present beside it)."""
+    above ``line``; None for NaN (none of the event's latents present on its side of it)."""
     return None if math.isnan(agreement) else agreement >= line
 
 
@@ -78,7 +78,7 @@ class LineageAgreement:
     """The agreement at or above which an event counts as made there too."""
     agreement: list[float]
     """Per event of the lineage (``Lineage.events``, in order); NaN where none of its latents is
-    present beside the event's snapshot."""
+    present on its side of the event's snapshot."""
     store: dict[str, str] | None = None
     """The seal of the store both crosscoders' latent scaling read (:func:`store_seal`): the
     presence each side's moves are looked for in. None where none was named."""
