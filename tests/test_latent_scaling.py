@@ -297,6 +297,48 @@ def test_other_latents_lend_presence_only_where_a_partner_carries_the_direction(
         EmergenceCheckConfig(carrier_cosine=1.5)
 
 
+def test_an_early_presence_read_from_the_error_alone_lives_in_the_error():
+    """Where no partner carries a latent's direction its presence is read from the error target
+    alone, so what co-firing latents reconstruct there does not say where an early presence lives;
+    it counts only at the snapshots where a partner reaches the carrier line."""
+    W = torch.zeros(2, S, D)
+    W[0, :, 0] = torch.tensor([0.01, 0.01, 0.01, 0.01, 1.0, 1.0])  # emerges at 4 by its decoder norm
+    W[1, :, 1] = 1.0
+    analysis = EvolutionAnalysis.from_decoder(W)
+    ones = torch.ones(2, S)
+    scaling = LatentScaling(
+        reference=torch.tensor([[4, 4, 4, 4, 4, 5], list(range(S))]).int(),
+        row_norm=ones,
+        own_cosine=ones,
+        own_norm=analysis.norms.clone(),
+        carrier=torch.ones(2, S, dtype=torch.int32),
+        carrier_cosine=torch.full((2, S), 0.1),  # no partner points latent 0's way
+        amplitude=torch.tensor([[0.0, 2.0, 2.0, 2.0, 2.0, 2.0], [1.0] * S]),  # others reconstruct 1.5 early
+        error_amplitude=torch.tensor([[0.0, 0.5, 0.5, 0.5, 1.0, 1.0], [1.0] * S]),
+        stderr=torch.full((2, S), 0.01),
+        n_fire=torch.tensor([500.0, 500.0]),
+        n_tokens=1000,
+    )
+    check = check_emergence(analysis, scaling)
+    assert check.presence[0].tolist() == [0.0, 0.5, 0.5, 0.5, 1.0, 1.0]  # the error target's, over its peak
+    assert int(check.scaled_emergence[0]) == 1 and check.direction(0) == "earlier"
+    assert check.early_presence[0] == "error"
+    assert (check.counts()["in_error"], check.counts()["in_reconstruction"]) == (1, 0)
+    # a partner at the line at snapshots 1 and 2 lends its reconstruction there: 2 x 1.5 against the
+    # error's 3 x 0.5 over snapshots 1-3, so the early presence is carried by others
+    partnered = scaling.carrier_cosine.clone()
+    partnered[0, 1:3] = 0.9
+    carried = check_emergence(analysis, dataclasses.replace(scaling, carrier_cosine=partnered))
+    assert carried.presence[0].tolist() == [0.0, 1.0, 1.0, 0.25, 0.5, 0.5]
+    assert carried.early_presence[0] == "reconstruction"
+    assert (carried.counts()["in_error"], carried.counts()["in_reconstruction"]) == (0, 1)
+    # at one such snapshot, 1.5 against 1.5: the error's, ties going to it
+    partnered[0, 2] = 0.1
+    assert (
+        check_emergence(analysis, dataclasses.replace(scaling, carrier_cosine=partnered)).early_presence[0] == "error"
+    )
+
+
 def test_the_check_refuses_an_analysis_of_another_crosscoder():
     crosscoder, x_NSD, _ = constructed()
     other = EvolutionAnalysis.from_decoder(torch.rand(F + 1, S, D))

@@ -83,16 +83,22 @@ class EmergenceCheckConfig:
             raise ValueError(f"carrier_cosine={self.carrier_cosine} is a cosine: pick [-1, 1], e.g. 0.5.")
 
 
+def carried(scaling: LatentScaling, config: EmergenceCheckConfig) -> torch.Tensor:
+    """Boolean ``[d_sae, n_snapshots]``: where another latent present carries each latent's direction
+    (its row at ``carrier_cosine`` or more), so that what other latents reconstruct counts toward the
+    latent's presence there."""
+    return scaling.carrier_cosine >= config.carrier_cosine
+
+
 def scaled_presence(
     scaling: LatentScaling, config: EmergenceCheckConfig | None = None
 ) -> Float[torch.Tensor, "d_sae n_snapshots"]:
     """Each latent's amplitude over its largest, 0 where negative or within ``min_t`` standard
     errors of 0. The amplitude is the activation target's where a partner carries the latent's
-    direction (``carrier_cosine``), the error target's elsewhere; its significance is the
+    direction (:func:`carried`), the error target's elsewhere; its significance is the
     activation fit's."""
     config = config or EmergenceCheckConfig()
-    carried_FS = scaling.carrier_cosine >= config.carrier_cosine
-    amplitude_FS = torch.where(carried_FS, scaling.amplitude, scaling.error_amplitude).clamp_min(0.0)
+    amplitude_FS = torch.where(carried(scaling, config), scaling.amplitude, scaling.error_amplitude).clamp_min(0.0)
     amplitude_FS = torch.where(scaling.t_value >= config.min_t, amplitude_FS, 0.0)
     peak_F1 = amplitude_FS.amax(dim=1, keepdim=True)
     return torch.where(peak_F1 > 0, amplitude_FS / peak_F1.clamp_min(1e-12), 0.0)
@@ -185,11 +191,16 @@ class EmergenceCheck:
         return out
 
 
-def _where_early(scaling: LatentScaling, first_FS: torch.Tensor, contested_earlier: torch.Tensor) -> list[str | None]:
+def _where_early(
+    scaling: LatentScaling, config: EmergenceCheckConfig, first_FS: torch.Tensor, contested_earlier: torch.Tensor
+) -> list[str | None]:
     """For each latent contested earlier: ``error`` where its error-target amplitude over the
-    snapshots before its decoder-norm emergence is at least what other latents reconstruct."""
+    snapshots before its decoder-norm emergence is at least what other latents reconstruct there.
+    That counts only where a partner carries the latent's direction (:func:`carried`), as in its
+    presence: elsewhere the presence was read from the error alone, whatever co-firing latents
+    reconstruct."""
     error_F = (scaling.error_amplitude * first_FS).sum(1)
-    other_F = (scaling.reconstruction_amplitude * first_FS).sum(1)
+    other_F = (scaling.reconstruction_amplitude * first_FS * carried(scaling, config)).sum(1)
     return [
         (
             ("error" if float(error_F[i]) >= float(other_F[i]) else "reconstruction")
@@ -259,5 +270,5 @@ def check_emergence(
         scaled=scaled,
         measured=measured_F,
         contested=contested_F,
-        early_presence=_where_early(scaling, early_FS, contested_F & (decoder_F > scaled.emergence)),
+        early_presence=_where_early(scaling, config, early_FS, contested_F & (decoder_F > scaled.emergence)),
     )

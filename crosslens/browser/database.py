@@ -156,6 +156,14 @@ class RunFacts:
         checked = self.emergence.get("agreement")
         return None if checked is None else float(checked["line"])
 
+    @property
+    def carrier_line(self) -> float:
+        """The emergence check's ``carrier_cosine``: the cosine from which another latent carries a
+        feature's direction, what it reconstructs counting toward the feature's presence; -1 (every
+        latent) where the database records no check settings."""
+        settings = ((self.meta.get("emergence") or {}).get("settings") or {}).get("check") or {}
+        return float(settings.get("carrier_cosine", -1.0))
+
 
 def read_run_facts(connection: sqlite3.Connection, path: Path, verified: bool = True) -> RunFacts:
     """The meta table, snapshots, tasks, class counts and vocabulary of an opened database."""

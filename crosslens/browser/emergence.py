@@ -152,10 +152,12 @@ def _diffing_counts(connection: sqlite3.Connection) -> dict[str, int]:
 
 
 def feature_emergence(
-    connection: sqlite3.Connection, feature: int, n_snapshots: int, line: float | None
+    connection: sqlite3.Connection, feature: int, n_snapshots: int, line: float | None, carrier_line: float
 ) -> dict[str, Any]:
     """A feature page's check (verdict, emergences, latent-scaled presence and the latent carrying
-    its direction, ``[latent, cosine]`` or None, per snapshot), its lineage events (each with
+    its direction, ``[latent, cosine]`` or None, per snapshot: the nearest other latent present,
+    where its cosine reaches ``carrier_line``, the check's ``carrier_cosine``; one under it carries
+    nothing the check counted), its lineage events (each with
     ``first_snapshot``: every latent of it strongest at the first snapshot, and its agreement with
     another crosscoder at ``line``, both None where ``line`` is: no agreement that holds) and its
     relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
@@ -178,7 +180,8 @@ def feature_emergence(
         ):
             if 0 <= snapshot < n_snapshots:
                 presence[snapshot] = round(value, 4)
-                carriers[snapshot] = None if carrier is None else [carrier, round(cosine, 3)]
+                carried = carrier is not None and cosine >= carrier_line
+                carriers[snapshot] = [carrier, round(cosine, 3)] if carried else None
         check["presence"], check["carriers"] = presence, carriers
     events = [
         {

@@ -87,7 +87,7 @@ def feature_detail(connection: sqlite3.Connection, feature: int, facts: RunFacts
             "bottom": [[facts.token(t), round(v, 4)] for t, v in zip(ints(bottom_ids), floats(bottom_values))],
         }
     detail |= {"series": series, "histograms": histograms, "logits": logits, "causal": _causal(connection, feature, S)}
-    detail |= feature_emergence(connection, feature, S, facts.agreement_line)
+    detail |= feature_emergence(connection, feature, S, facts.agreement_line, facts.carrier_line)
     detail["neighbours"] = {
         "previous": feature - 1 if feature > 0 else None,
         "next": feature + 1 if feature + 1 < facts.n_features else None,
