@@ -5,6 +5,7 @@ dashboards."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 import urllib.request
@@ -122,6 +123,27 @@ def test_latent_scaling_tells_a_chat_only_latent_from_complete_shrinkage_and_lat
     assert few.verdicts == ["not measured", "not measured", None, "not measured", "not measured", "not measured"]
     with pytest.raises(ValueError, match="same two-model crosscoder"):
         diffing_scaling(DiffingAnalysis.from_norms(torch.ones(3, 2), ("base", "chat")), scaling)
+
+
+def test_a_presence_in_the_other_model_read_from_its_error_alone_is_shrinkage():
+    """Where no latent of the base points a chat-only latent's way, its base presence is read from
+    the base's error alone: co-firing latents reconstructing more there make it no decoupling."""
+    from crosslens.analysis.scaling import latent_scaling
+
+    crosscoder, x_NSD, _ = two_model_crosscoder()
+    scaling = latent_scaling(crosscoder, x_NSD)
+    diffing = DiffingAnalysis.from_crosscoder(crosscoder, labels=("base", "chat"), scaling=scaling)
+    assert float(scaling.carrier_cosine[1, 0]) < EmergenceCheckConfig().carrier_cosine  # nothing carries latent 1
+    # latent 1 (a third as strong in the base, in its error) with others reconstructing twice that along it
+    amplitude = scaling.amplitude.clone()
+    amplitude[1, 0] = 3 * scaling.error_amplitude[1, 0]
+    cofiring = dataclasses.replace(scaling, amplitude=amplitude)
+    assert float(cofiring.reconstruction_amplitude[1, 0]) > float(cofiring.error_amplitude[1, 0]) > 0
+    assert diffing_scaling(diffing, cofiring).verdicts[1] == "shrinkage"
+    # where a base latent at the carrier line points its way, what it reconstructs is the presence
+    partnered = cofiring.carrier_cosine.clone()
+    partnered[1, 0] = 0.9
+    assert diffing_scaling(diffing, dataclasses.replace(cofiring, carrier_cosine=partnered)).verdicts[1] == "decoupling"
 
 
 def test_model_specs_and_labels():

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from crosslens.analysis.emergence_check import EmergenceCheckConfig, scaled_presence
+from crosslens.analysis.emergence_check import EmergenceCheckConfig, carried, scaled_presence
 from crosslens.analysis.scaling import LatentScaling
 from crosslens.core.metadata import metadata_value
 from crosslens.core.model_specs import MODELS_FAMILY
@@ -216,8 +216,9 @@ def diffing_scaling(
     """Latent scaling's verdict on each one-model-only latent of ``diffing``: present in the other
     model where its latent-scaled presence there (:func:`scaled_presence`, ``config``'s lines)
     reaches ``presence_threshold``, in that model's error where its error-target amplitude there
-    is at least what other latents reconstruct (as the emergence check places an early
-    presence), and measured where it fires on ``min_fire`` of the tokens read."""
+    is at least what other latents reconstruct, counted only where a partner carries its direction
+    (as the emergence check places an early presence), and measured where it fires on ``min_fire``
+    of the tokens read."""
     config = config or EmergenceCheckConfig()
     if scaling.amplitude.shape != diffing.norms.shape:
         raise ValueError(
@@ -229,7 +230,8 @@ def diffing_scaling(
     only_F = own_F >= 0
     other_F1 = (1 - own_F).clamp(0, 1)[:, None]
     elsewhere_F = scaled_presence(scaling, config).gather(1, other_F1)[:, 0]
-    in_error_F = (scaling.error_amplitude >= scaling.reconstruction_amplitude).gather(1, other_F1)[:, 0]
+    others_FS = scaling.reconstruction_amplitude * carried(scaling, config)
+    in_error_F = (scaling.error_amplitude >= others_FS).gather(1, other_F1)[:, 0]
     measured_F = scaling.n_fire >= config.min_fire
 
     def nu(target: str) -> torch.Tensor:
