@@ -201,6 +201,96 @@ def test_raw_residual_processing_reads_what_hugging_face_computes(two_models):
     }
 
 
+def test_a_store_loaded_with_other_processing_is_not_the_crosscoders_partner(two_models, tmp_path, capsys):
+    """The weight processing is part of what a store holds: a crosscoder trained on centred
+    activations is refused a store of its models' raw residual streams, before anything is written,
+    and the other way round; a record without processing is crosslens's default."""
+    from crosslens.activations import ActivationStore, harvest_activations
+    from crosslens.activations.partners import check_crosscoder_store
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.checkpoints.models import RAW_RESIDUAL
+    from crosslens.core.errors import PartnerMismatchError
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.comparison import compare_with_saes
+
+    store, run, raw = tmp_path / "store", tmp_path / "run", tmp_path / "raw"
+    assert main(["harvest", "--models", MODELS, "--hook", HOOK, "--out", str(store), "--n-tokens", "512"]) == 0
+    train = ["--arch", "crosscoder", "--d-sae", "16", "--n-steps", "4", "--batch-size", "64", "--spliced-seqs", "0"]
+    assert main(["train", "--store", str(store), "--out", str(run), *train, *CPU]) == 0
+    centred = ActivationStore.open(store)
+    suite = CheckpointSuite.models(MODELS, processing=RAW_RESIDUAL)
+    harvest_activations(suite, HOOK, centred.sequences, raw, progress=False)
+    crosscoder = load_crosscoder_folder(run / "final")
+    assert "processing" not in crosscoder.cfg.metadata.suite  # crosslens's default, left out of the record
+    check_crosscoder_store(crosscoder, centred, crosscoder_name=run)
+    report, emergence = run / "report.html", run / EMERGENCE_NAME
+    assert not report.exists() and not emergence.exists()
+
+    capsys.readouterr()  # what harvest and train printed
+    err = one_line_error(["analyze", "--crosscoder", str(run), "--store", str(raw), *CPU], capsys)
+    assert (
+        "the crosscoder's models were loaded with the weight processing center_writing_weights=True, the store's "
+        "with center_writing_weights=False; pass a store harvested with the crosscoder's processing "
+        f"(`crosslens harvest --suite {MODELS} --steps 0,1 --hook {HOOK}`)" in err
+    )
+    assert not report.exists() and not emergence.exists()
+    err = one_line_error(
+        ["train", "--store", str(store), "--eval-store", str(raw), "--out", str(tmp_path / "r2")], capsys
+    )
+    assert "the training store's models were loaded with the weight processing center_writing_weights=True" in err
+    assert not (tmp_path / "r2").exists()
+    streamed = ["--stream", "--models", MODELS, "--hook", HOOK, "--eval-store", str(raw), "--n-tokens", "256", *CPU]
+    err = one_line_error(["train", *streamed, *train, "--out", str(tmp_path / "r3")], capsys)
+    assert "holds other activations of the streamed snapshots (the streamed models were loaded with" in err
+    assert not (tmp_path / "r3").exists()
+    with pytest.raises(ValueError, match="eval_store holds other activations than store"):
+        compare_with_saes(
+            centred, HOOK, crosscoder, snapshots=[0], architectures=["topk"], n_steps=2, eval_store=raw, progress=False
+        )
+
+    # a crosscoder of raw residual streams (a release records only the flag it chose) and a centred store
+    crosscoder.cfg.metadata.suite["processing"] = dict(RAW_RESIDUAL)
+    check_crosscoder_store(crosscoder, ActivationStore.open(raw), crosscoder_name=run)
+    with pytest.raises(PartnerMismatchError) as refused:
+        check_crosscoder_store(crosscoder, centred, crosscoder_name=run)
+    assert (
+        "the crosscoder's models were loaded with the weight processing center_writing_weights=False, the store's "
+        "with center_writing_weights=True; pass a store harvested with the crosscoder's processing (`crosslens "
+        "harvest` has no flag for the weight processing center_writing_weights=False: harvest in Python from "
+        f"`CheckpointSuite.models('{MODELS}', processing={{'center_writing_weights': False}})` with "
+        "`crosslens.activations.harvest_stores`)" in str(refused.value)
+    )
+
+
+def test_processing_is_compared_where_it_changes_activations():
+    from crosslens.activations.partners import harvest_advice
+    from crosslens.checkpoints.models import architecture_processing, processing_difference
+
+    gemma = {"processing": {"fold_ln": True, "center_writing_weights": True, "center_unembed": False}}
+    raw_gemma = {"processing": {"fold_ln": True, "center_writing_weights": False, "center_unembed": False}}
+    release = {"processing": {"center_writing_weights": False}}
+    olmo2 = {
+        "family": "olmo",
+        "model_id": "allenai/OLMo-2-0425-1B",
+        "processing": {
+            "fold_ln": False,
+            "center_writing_weights": False,
+            "center_unembed": True,
+        },
+    }
+    # no record is the default; centring the unembedding changes only the logits (a softcapped Gemma-2)
+    assert processing_difference({}, gemma) is None and processing_difference(release, raw_gemma) is None
+    assert processing_difference(release, gemma) == ("center_writing_weights=False", "center_writing_weights=True")
+    assert processing_difference({}, raw_gemma) == ("center_writing_weights=True", "center_writing_weights=False")
+    # a post-norm architecture neither folds its norms nor centres, and `crosslens harvest` loads it so
+    assert architecture_processing(olmo2) and architecture_processing(gemma) and architecture_processing({})
+    assert not architecture_processing(release) and not architecture_processing(raw_gemma)
+    snapshots = [{"revision": "stage1-step1000", "step": 1000}]
+    assert harvest_advice(olmo2, snapshots, HOOK) == (
+        f"`crosslens harvest --suite allenai/OLMo-2-0425-1B --steps 1000 --hook {HOOK}`"
+    )
+
+
 def test_models_flag_refusals(two_models, capsys):
     for argv, message in (
         (["--models", BASE], "--models lists one model"),

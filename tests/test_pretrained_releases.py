@@ -26,6 +26,7 @@ from tiny_crosscoders import random_crosscoder
 from trust_fixtures import one_line_exit_2
 
 import crosslens
+from crosslens.activations import HarvestConfig, TokenBudget, harvest_stores
 from crosslens.cli import main
 from crosslens.core.errors import CrosslensError, SnapshotMismatchError
 from crosslens.pretrained import register_release, unregister_release
@@ -158,7 +159,15 @@ def test_cli_reads_a_release_as_its_crosscoder(fake_releases, capsys, tmp_path):
     assert main(["harvest", *harvest, "--n-tokens", "1024", "--seq-len", "16", "--device", "cpu"]) == 0
     capsys.readouterr()
     report = ["--out", str(tmp_path / "measured.html"), "--device", "cpu"]
-    assert main(["analyze", "--crosscoder", crosscoder, "--store", str(store), *report]) == 0
+    # `crosslens harvest` centres the writing weights; the release read its models without that
+    err = one_line_exit_2(["analyze", "--crosscoder", crosscoder, "--store", str(store), *report], capsys)
+    assert "the crosscoder's models were loaded with the weight processing center_writing_weights=False" in err
+    assert not (tmp_path / "measured.html").exists()
+    # the suite the release comes with loads them as the release read them
+    _, suite = crosslens.from_pretrained(MINDER)
+    budget = TokenBudget(n_tokens=1024, seq_len=16)
+    store, _ = harvest_stores(HarvestConfig(str(tmp_path / "raw"), ["blocks.13.hook_resid_post"], budget=budget), suite)
+    assert main(["analyze", "--crosscoder", crosscoder, "--store", str(store.path), *report]) == 0
     assert "  latent scaling on 930 tokens, of the latents one model only:" in capsys.readouterr().out
 
 

@@ -1,8 +1,9 @@
 """Which artifacts belong together, checked by identity before anything is computed.
 
 A crosscoder records the snapshots it was trained on (each with its revision, step and
-weight identities, from the store manifest's ``snapshots``), its hook and its training
-store's seal (:func:`store_seal`). A held-out store records the seal of the store it was
+weight identities, from the store manifest's ``snapshots``), the weight processing its models
+were loaded with (its suite's ``processing``), its hook and its training store's seal
+(:func:`store_seal`). A held-out store records the seal of the store it was
 split from (``heldout_of`` in its manifest), and lives beside it (:func:`heldout_store_path`;
 :func:`open_heldout` opens it checked). The checks here compare those records with the partner
 actually handed over and refuse, in one line naming both sides and the fix, anything that does
@@ -25,10 +26,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from crosslens.activations.store import ActivationStore, snapshot_label, write_manifest
+from crosslens.checkpoints.models import architecture_processing, chosen_processing, processing_difference
 from crosslens.checkpoints.trajectory import parse_ingredient
 from crosslens.core.errors import PartnerMismatchError, check_store_given
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
+from crosslens.core.model_specs import MODELS_FAMILY
 from crosslens.core.paths import HELDOUT_SUFFIX
 
 HELDOUT_OF = "heldout_of"
@@ -117,9 +120,41 @@ def harvest_command(suite: Mapping[str, Any], snapshots: Sequence[Mapping[str, A
     return shlex.join(harvest_words(suite, revisions, [int(entry["step"]) for entry in snapshots], hook))
 
 
+def harvest_advice(suite: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]], hook: str) -> str:
+    """How to harvest a store of a record's snapshots: the :func:`harvest_command`, or, where the
+    record's models were loaded with a processing ``crosslens harvest`` has no flag for, the Python
+    suite that loads them so (a command would harvest other activations)."""
+    if architecture_processing(suite):
+        return f"`{harvest_command(suite, snapshots, hook)}`"
+    chosen = chosen_processing(suite.get("processing"))
+    if suite.get("family") == MODELS_FAMILY:
+        built = f"`CheckpointSuite.models({str(suite.get('model_id'))!r}, processing={chosen!r})`"
+    else:
+        built = f"its suite built with processing={chosen!r}"
+    words = ", ".join(f"{flag}={value}" for flag, value in (chosen or {}).items())
+    return (
+        f"`crosslens harvest` has no flag for the weight processing {words}: harvest in Python from {built} "
+        "with `crosslens.activations.harvest_stores`"
+    )
+
+
+def processing_problem(recorded: Mapping[str, Any], offered: Mapping[str, Any], mine: str, theirs: str) -> str | None:
+    """Why the suite record ``offered`` (``theirs``) holds other activations than ``recorded``
+    (``mine``) of the same snapshots: other weight processing (None when it is the same)."""
+    difference = processing_difference(recorded, offered)
+    if difference is None:
+        return None
+    return f"{mine} were loaded with the weight processing {difference[0]}, {theirs} with {difference[1]}"
+
+
+def store_suite(store: ActivationStore) -> dict[str, Any]:
+    """The record of the suite a store was harvested from (empty where its manifest names none)."""
+    return dict(store.manifest.get("spec", {}).get("suite") or {})
+
+
 def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscoder_name: str | Path) -> None:
-    """Refuse ``store`` unless it holds the crosscoder's snapshots (same identities, same order)
-    at the crosscoder's hook and width."""
+    """Refuse ``store`` unless it holds the crosscoder's snapshots (same identities, same order),
+    loaded with the same weight processing, at the crosscoder's hook and width."""
     where = f"the crosscoder {crosscoder_name} and the store {store.path}"
     problem = crosscoder_record_problem(crosscoder)
     if problem:
@@ -127,13 +162,19 @@ def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscode
             f"the crosscoder {crosscoder_name} {problem} (it was saved without that record), so it cannot be "
             f"checked against the store {store.path}; retrain it on that store with this crosslens"
         )
-    recorded = metadata_value(crosscoder, "suite")["snapshots"]
-    hook = metadata_value(crosscoder, "hook_name")
+    suite = metadata_value(crosscoder, "suite")
+    recorded, hook = suite["snapshots"], metadata_value(crosscoder, "hook_name")
     problem = snapshot_problem(recorded, store.snapshots)
     if problem:
         raise PartnerMismatchError(
             f"{where} do not match: {problem}; pass a store harvested from the crosscoder's snapshots "
-            f"(`{harvest_command(metadata_value(crosscoder, 'suite'), recorded, hook)}`)"
+            f"({harvest_advice(suite, recorded, hook)})"
+        )
+    problem = processing_problem(suite, store_suite(store), "the crosscoder's models", "the store's")
+    if problem:
+        raise PartnerMismatchError(
+            f"{where} do not match: {problem}; pass a store harvested with the crosscoder's processing "
+            f"({harvest_advice(suite, recorded, hook)})"
         )
     if hook not in store.hooks:
         raise PartnerMismatchError(
@@ -224,15 +265,21 @@ def check_eval_store(
     training: ActivationStore, evaluation: ActivationStore, hook: str, flag: str = "--eval-store"
 ) -> None:
     """Refuse, before a crosscoder is trained on ``training`` at ``hook``, a store to evaluate it on
-    that could not serve it: other snapshots, or not that hook at that width. The same check
-    :func:`check_crosscoder_store` makes once the crosscoder exists, made early."""
+    that could not serve it: other snapshots, other weight processing, or not that hook at that
+    width. The same check :func:`check_crosscoder_store` makes once the crosscoder exists, made early."""
     where = f"{flag} {evaluation.path} and the training store {training.path}"
+    suite = store_suite(training)
     problem = snapshot_problem(training.snapshots, evaluation.snapshots)
     if problem:
-        suite = training.manifest.get("spec", {}).get("suite") or {}
         raise PartnerMismatchError(
             f"{where} do not match: {problem}; pass a store harvested from the same snapshots "
-            f"(`{harvest_command(suite, training.snapshots, hook)}`)"
+            f"({harvest_advice(suite, training.snapshots, hook)})"
+        )
+    problem = processing_problem(suite, store_suite(evaluation), "the training store's models", f"{flag}'s")
+    if problem:
+        raise PartnerMismatchError(
+            f"{where} do not match: {problem}; pass a store harvested with the training store's processing "
+            f"({harvest_advice(suite, training.snapshots, hook)})"
         )
     if hook not in evaluation.hooks:
         raise PartnerMismatchError(

@@ -259,10 +259,6 @@ def is_post_norm(architecture: str | None) -> bool:
     return architecture in POST_NORM_ARCHITECTURES
 
 
-DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True}
-"""The TransformerLens weight processing crosslens applies unless an architecture rules it out."""
-
-
 def _finish_cfg_dict(
     cfg_dict: dict[str, Any], *, model_id: str, device: str | torch.device | None, dtype: torch.dtype
 ) -> HookedTransformerConfig:

@@ -26,6 +26,10 @@ from crosslens.checkpoints.snapshot import SnapshotRef
 from crosslens.core.errors import CrosslensError, SnapshotMismatchError
 from crosslens.core.model_specs import ModelSpec, model_labels, models_spec, parse_models
 
+DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True}
+"""The TransformerLens weight processing crosslens applies unless an architecture rules it out
+(`crosslens.checkpoints.convert.processing_flags`); a suite's provenance leaves it out."""
+
 RAW_RESIDUAL = {"center_writing_weights": False}
 """TransformerLens processing that leaves the residual stream, and what each sublayer writes to it,
 as Hugging Face computes it: centring the writing weights subtracts each token's mean over d_model.
@@ -40,6 +44,42 @@ CHOSEN_PROCESSING = ("center_writing_weights", "center_unembed")
 def chosen_processing(record: Mapping[str, bool] | None) -> dict[str, bool] | None:
     """What of a recorded processing a suite is built with again (None: crosslens's)."""
     return {k: v for k, v in (record or {}).items() if k in CHOSEN_PROCESSING} or None
+
+
+HOOK_PROCESSING = ("fold_ln", "center_writing_weights")
+"""The processing that changes activations at a hook (a folded norm's ``hook_normalized``, the
+residual stream and what each sublayer writes to it); centring the unembedding changes only the
+logits, which no hook reads."""
+
+
+def recorded_processing(record: Mapping[str, Any]) -> dict[str, bool]:
+    """The weight processing a suite record (a store's or crosscoder's provenance, a release's
+    suite) says its models were loaded with: crosslens's default where it records none, as
+    provenance leaves the default out; else the flags it records (a release's suite records only
+    those it chose, the rest being its architecture's)."""
+    processing = record.get("processing")
+    return dict(DEFAULT_PROCESSING) if processing is None else dict(processing)
+
+
+def processing_difference(recorded: Mapping[str, Any], offered: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(recorded's, offered's)`` weight processing, as ``flag=value`` words, where the two suite
+    records' models were loaded so that their activations differ: a :data:`HOOK_PROCESSING` flag
+    both state, set otherwise. None where they agree."""
+    mine, theirs = recorded_processing(recorded), recorded_processing(offered)
+    differs = [flag for flag in HOOK_PROCESSING if flag in mine and flag in theirs and mine[flag] != theirs[flag]]
+    if not differs:
+        return None
+    return ", ".join(f"{f}={mine[f]}" for f in differs), ", ".join(f"{f}={theirs[f]}" for f in differs)
+
+
+def architecture_processing(record: Mapping[str, Any]) -> bool:
+    """Whether a suite record's models were loaded with the processing their architecture gives,
+    which is all a suite built from a name (``crosslens harvest --suite/--models``) loads with. An
+    architecture centres the writing weights exactly where it folds its norms (`processing_flags`),
+    and folding is never chosen, so a record whose two flags differ chose its centring; centring the
+    unembedding changes no activation a store holds."""
+    processing = recorded_processing(record)
+    return processing.get("center_writing_weights", True) == processing.get("fold_ln", True)
 
 
 def models_layout(

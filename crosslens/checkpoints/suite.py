@@ -14,7 +14,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBa
 
 from crosslens.checkpoints import weights_cache
 from crosslens.checkpoints.convert import (
-    DEFAULT_PROCESSING,
     architecture_signature,
     hf_to_hooked,
     hooked_config_from_hf,
@@ -25,6 +24,7 @@ from crosslens.checkpoints.hub import list_revisions, placing_revisions, pythia_
 from crosslens.checkpoints.identity import cached_snapshot, snapshot_identity, weight_file_errors
 from crosslens.checkpoints.local import scan_local_suite
 from crosslens.checkpoints.models import (
+    DEFAULT_PROCESSING,
     architecture_mismatch,
     is_local,
     model_folder,

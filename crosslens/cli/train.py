@@ -356,7 +356,13 @@ def check_stream_eval_store(path: str, hook: str, suite, identities: list[dict |
     suite's files as the store's manifest records them; the model id where a snapshot's files cannot tell). A
     snapshot whose files cannot be identified before loading is compared by its weights after training."""
     from crosslens.activations import ActivationStore
-    from crosslens.activations.partners import harvest_command, snapshot_problem, unverifiable_snapshots
+    from crosslens.activations.partners import (
+        harvest_command,
+        processing_problem,
+        snapshot_problem,
+        store_suite,
+        unverifiable_snapshots,
+    )
     from crosslens.checkpoints.identity import identified
     from crosslens.training.streaming import suite_record
 
@@ -376,6 +382,12 @@ def check_stream_eval_store(path: str, hook: str, suite, identities: list[dict |
         raise CLIError(
             f"--eval-store {path} holds other snapshots than the streamed ones ({problem}); pass a store harvested "
             f"from them (`{harvest_command(suite_record(suite), streamed, hook)}`)"
+        )
+    problem = processing_problem({"processing": suite.processing()}, store_suite(store), "the streamed models", "its")
+    if problem is not None:
+        raise CLIError(
+            f"--eval-store {path} holds other activations of the streamed snapshots ({problem}); pass a store "
+            f"harvested from them (`{harvest_command(suite_record(suite), streamed, hook)}`)"
         )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationStore
-from crosslens.activations.partners import snapshot_problem
+from crosslens.activations.partners import processing_problem, snapshot_problem, store_suite
 from crosslens.activations.store import snapshot_label
 from crosslens.core.progress import progress_bar
 from crosslens.training.baselines import (
@@ -263,6 +263,12 @@ def _check_comparison(
     if problem is not None:
         raise ValueError(
             f"eval_store holds other snapshots than store ({problem}); harvest the held-out tokens from the same suite."
+        )
+    problem = processing_problem(store_suite(store), store_suite(eval_store), "store's models", "eval_store's")
+    if problem is not None:
+        raise ValueError(
+            f"eval_store holds other activations than store ({problem}); harvest the held-out tokens from the same "
+            "suite, loaded with store's processing."
         )
     return checked
 
