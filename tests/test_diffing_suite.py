@@ -304,6 +304,27 @@ def test_models_flag_refusals(two_models, capsys):
     assert not Path("never").exists()
 
 
+def test_a_model_to_leave_out_is_named_as_models_lists_it(two_models, capsys):
+    """A model with another tokenizer, or the same weights as another, is refused with the command
+    line's fix (the model as --models lists it) beside the Python one."""
+    odd = make_word_tokenizer()
+    odd.add_tokens(["zebra"])
+    write_fake_hub_repo(two_models, "crosslens-test/tiny-odd", {"main": tiny_neox(2)}, odd)
+    write_fake_hub_repo(two_models, "crosslens-test/tiny-copy", {"main": tiny_neox(0)}, make_word_tokenizer())
+    harvest = ["harvest", "--hook", HOOK, "--out", "never", "--n-tokens", "512", *CPU]
+    capsys.readouterr()  # what writing the models printed
+    err = one_line_error([*harvest, "--models", f"{BASE},crosslens-test/tiny-odd"], capsys)
+    assert err.endswith(
+        "so remove crosslens-test/tiny-odd from --models (in Python: drop it with suite.select(...))"
+    ), err
+    err = one_line_error([*harvest, "--models", f"{BASE},crosslens-test/tiny-copy@main"], capsys)
+    assert err.endswith(
+        "drop one: remove crosslens-test/tiny-copy@main from --models (in Python: suite.select(steps=[...]) "
+        "without step 1). Nothing was written."
+    ), err
+    assert not Path("never").exists()
+
+
 # --------------------------------------------------------------------------- the chain
 def _served(run: Path, paths: list[str]) -> list[dict]:
     with serving(run) as server:

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from crosslens.checkpoints.snapshot import SnapshotRef
 from crosslens.core.errors import CorruptCheckpointError, DuplicateSnapshotError, UncachedRevisionError
 from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.model_specs import MODELS_FAMILY, drop_model_fix
 from crosslens.core.weightfiles import safetensors_problem
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
@@ -269,11 +270,14 @@ def snapshot_identities(suite: SnapshotFiles) -> list[dict[str, Any] | None]:
             continue
         earlier = first_with.setdefault(identity["weights_digest"], ref.revision)
         if earlier != ref.revision:
+            in_python = f"suite.select(steps=[...]) without step {ref.step}"
+            drop = f"drop one, e.g. {in_python}"
+            if suite.family == MODELS_FAMILY:
+                drop = f"drop one: {drop_model_fix(suite.model_id, ref.revision, in_python)}"
             raise DuplicateSnapshotError(
                 f"snapshots {earlier!r} and {ref.revision!r} of {suite.model_id} have identical weights "
                 f"(byte-identical {', '.join(n for n in identity['files'] if n != 'config.json')}), so a crosscoder "
-                f"would see no change between them; drop one, e.g. suite.select(steps=[...]) without step {ref.step}. "
-                "Nothing was written.",
+                f"would see no change between them; {drop}. Nothing was written.",
                 revisions=(earlier, ref.revision),
                 sha256=identity["weights_digest"],
             )

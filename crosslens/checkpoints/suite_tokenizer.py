@@ -13,6 +13,7 @@ from crosslens.checkpoints.hub import cached_revisions, hub_offline, not_in_cach
 from crosslens.checkpoints.identity import TOKENIZER_FILES, tokenizer_files
 from crosslens.checkpoints.snapshot import SnapshotRef
 from crosslens.core.errors import CrosslensError, TokenizerMismatchError
+from crosslens.core.model_specs import MODELS_FAMILY, drop_model_fix
 
 logger = logging.getLogger("crosslens.checkpoints.suite")
 
@@ -113,11 +114,14 @@ class SuiteTokenizer:
                 only_here = sorted(set(vocab) - set(reference))[:5]
                 only_there = sorted(set(reference) - set(vocab))[:5]
                 moved = sum(1 for t in set(vocab) & set(reference) if vocab[t] != reference[t])
+                drop = "drop it with suite.select(...)"
+                if self.family == MODELS_FAMILY:
+                    drop = drop_model_fix(self.model_id, ref.revision, drop)
                 raise TokenizerMismatchError(
                     f"snapshot {ref.revision!r} of {self.model_id} has a different tokenizer "
                     f"({len(vocab)} vs {len(reference)} tokens; new {only_here}, missing {only_there}, "
                     f"{moved} with other ids); activations from different tokenizers cannot share "
-                    "token positions, so drop it with suite.select(...)",
+                    f"token positions, so {drop}",
                     revision=ref.revision,
                     differences={"vocab_size": (len(reference), len(vocab))},
                 )

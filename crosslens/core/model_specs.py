@@ -92,6 +92,15 @@ def models_spec(models: Iterable[ModelSpec]) -> str:
     return SEPARATOR.join(str(m) for m in models)
 
 
+def drop_model_fix(models_id: str, label: str, in_python: str) -> str:
+    """How to leave the model ``label`` out of the suite of models ``models_id`` (its comma-separated
+    list): on the command line, remove it from ``--models`` as the list writes it; ``in_python``, the
+    same for a suite built in Python."""
+    models = parse_models(models_id)
+    listed = dict(zip(model_labels(models), models)).get(label, label)
+    return f"remove {listed} from --models (in Python: {in_python})"
+
+
 def snapshot_model(suite: dict, index: int) -> str | None:
     """The model snapshot ``index`` of a suite record is: in a diffing suite (one with ``models``)
     that snapshot's own model, else the suite's ``model_id`` (None where the record has neither)."""
