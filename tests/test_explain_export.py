@@ -12,10 +12,10 @@ import trust_fixtures as tf
 from explain_fixtures import write_synthetic_explanations
 from test_exports import REVISIONS, seed_database, tiny  # noqa: F401 (the trained run fixture)
 
+from crosslens.core.paths import EXPORT_MANIFEST_NAME
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
-from crosslens.explain import ExplainConfig, import_explanations
+from crosslens.explain import ExplainConfig, ExplainError, import_explanations
 from crosslens.exports import ExportError, export_run
-from crosslens.exports.run import MANIFEST_NAME
 
 # Neuronpedia's utils/neuronpedia-utils/neuronpedia_utils/export-data.py, export_explanations: the
 # Explanation columns it writes, in order, one row per line of SOURCE/explanations/batch-N.jsonl
@@ -55,7 +55,7 @@ def explanations_of(run) -> set[tuple]:
 
 def test_neuronpedia_export_carries_the_explanations_and_they_import_back(explained_run, tmp_path):
     out = export_run(explained_run, format="neuronpedia", out=tmp_path / "np")
-    sources = json.loads((out / MANIFEST_NAME).read_text())["neuronpedia"]["sources"]
+    sources = json.loads((out / EXPORT_MANIFEST_NAME).read_text())["neuronpedia"]["sources"]
     stored = explanations_of(explained_run)
     for index, (source, revision) in enumerate(zip(sources, REVISIONS)):
         lines = (out / source["folder"] / "explanations" / "batch-0.jsonl").read_text().splitlines()
@@ -85,3 +85,46 @@ def test_explanations_of_another_feature_database_are_not_exported(explained_run
         export_run(explained_run, format="neuronpedia", out=tmp_path / "np")
     assert "another feature database" in str(error.value) and "move it aside" in str(error.value)
     assert not (tmp_path / "np").exists()
+
+
+def sources_of(run) -> set[str]:
+    db = sqlite3.connect(run / EXPLANATIONS_NAME)
+    try:
+        return {source for (source,) in db.execute("SELECT DISTINCT source FROM explanations")}
+    finally:
+        db.close()
+
+
+def test_an_export_of_another_crosscoder_is_refused_and_one_no_manifest_vouches_for_is_neuronpedias(
+    explained_run, tmp_path
+):
+    out = export_run(explained_run, format="neuronpedia", out=tmp_path / "np")
+    (explained_run / EXPLANATIONS_NAME).unlink()
+    settings = ExplainConfig(progress=False)
+
+    other = tmp_path / "above" / "other"  # the export of a crosscoder of the same shape, other weights
+    shutil.copytree(out, other)
+    record = json.loads((other / EXPORT_MANIFEST_NAME).read_text())
+    record["crosscoder_weights_sha256"] = "5" * 64
+    (other / EXPORT_MANIFEST_NAME).write_text(json.dumps(record))
+    batch = next(other.glob("*/explanations/batch-0.jsonl"))
+    for given in (other, batch, other.parent):  # the export, a file inside it, a folder holding it
+        with pytest.raises(ExplainError) as error:
+            import_explanations(explained_run, given, settings)
+        message = str(error.value)
+        assert "\n" not in message and str(other / EXPORT_MANIFEST_NAME) in message
+        assert (
+            "another crosscoder (555555555555...)" in message and "crosslens export RUN --format neuronpedia" in message
+        )
+    assert not (explained_run / EXPLANATIONS_NAME).exists()  # refused before the file was made
+
+    loose = tmp_path / "loose.jsonl"  # the same rows with nothing that ties them to this crosscoder
+    shutil.copy(out / batch.relative_to(other), loose)
+    summary = import_explanations(explained_run, loose, settings)
+    assert (summary.added, summary.unverified) == (2 * 32, 2 * 32)
+    assert sources_of(explained_run) == {"neuronpedia"}
+
+    (explained_run / EXPLANATIONS_NAME).unlink()
+    summary = import_explanations(explained_run, out / batch.relative_to(other), settings)  # inside this run's export
+    assert (summary.added, summary.unverified) == (2 * 32, 0)
+    assert sources_of(explained_run) == {"crosslens"}

@@ -299,12 +299,13 @@ def test_neuronpedia_explanation_exports_are_imported(tmp_path):
     result = crosslens("explain", str(run), "--import", str(tmp_path / "exports"))
     assert result.returncode == 0, result.stderr
     assert "neuronpedia: read 4 explanations: 3 added" in result.stdout
+    assert "1 of them are typed as crosslens's own, but no crosslens export manifest" in result.stdout
     got = rows(
         run, "SELECT feature, snapshot, source, text, model, prompt FROM explanations ORDER BY feature, snapshot"
     )
     assert got == [
         (CAT, 2, "neuronpedia", "the word cat", "gpt-4o-mini", "np_max-act-logits"),
-        (DRIFTER, -1, "crosslens", "cats", "gpt-4o-mini", "crosslens-explain-1-code"),
+        (DRIFTER, -1, "neuronpedia", "cats", "gpt-4o-mini", "crosslens-explain-1-code"),  # no manifest vouches
         (DRIFTER, 2, "neuronpedia", "feline words", "gpt-4o-mini", "np_max-act-logits"),
     ]
     listing = tmp_path / "api.json"  # the earlier /api/explanation/export answer: a JSON list

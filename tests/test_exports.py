@@ -15,12 +15,12 @@ import trust_fixtures as tf
 from safetensors.numpy import load_file
 
 from crosslens.core.hashing import file_sha256
+from crosslens.core.paths import EXPORT_MANIFEST_NAME
 from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import schema
 from crosslens.dashboards.record import write_record
 from crosslens.exports import ExportError, SnapshotBenchSAE, export_run, load_bench_sae
-from crosslens.exports.run import MANIFEST_NAME
 
 N_SNAPSHOTS, D_SAE, VOCAB = 3, 32, 60
 EDGES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
@@ -172,7 +172,7 @@ def check_shape(value: dict, spec: dict, where: str) -> None:
 
 def test_neuronpedia_export_has_saedashboards_schema(tiny, seeded, tmp_path):
     out = export_run(tiny / "run", format="neuronpedia", out=tmp_path / "np", features_per_batch=12)
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest = json.loads((out / EXPORT_MANIFEST_NAME).read_text())
     sources = manifest["neuronpedia"]["sources"]
     assert [s["folder"] for s in sources] == [f"suite@{r}" for r in REVISIONS]
     assert [s["neuronpedia_source_id"] for s in sources] == [f"0-res-crosslens__{r}" for r in REVISIONS]
@@ -208,7 +208,7 @@ def test_neuronpedia_export_has_saedashboards_schema(tiny, seeded, tmp_path):
 
 def test_neuronpedia_values_come_from_the_database_and_the_decoder(tiny, seeded, tmp_path):
     out = export_run(tiny / "run", format="neuronpedia", out=tmp_path / "np", snapshots=["step10"])
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "suite@step10"]
+    assert sorted(p.name for p in out.iterdir()) == [EXPORT_MANIFEST_NAME, "suite@step10"]
     feature = json.loads((out / "suite@step10" / "batch-0.json").read_text())["features"][5]
     row = seeded[(5, 1)]
     assert feature["frac_nonzero"] == pytest.approx(row["density"])
@@ -417,7 +417,7 @@ def test_bench_sae_is_saebenchs_interface_over_the_per_snapshot_mode(architectur
 
 def test_saebench_export_loads_back(tiny, tmp_path):
     out = export_run(tiny / "run", format="saebench", out=tmp_path / "sb", snapshots=["10", "step20"])
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "step10", "step20"]
+    assert sorted(p.name for p in out.iterdir()) == [EXPORT_MANIFEST_NAME, "step10", "step20"]
     crosscoder = load_crosscoder_folder(tiny / "run" / "final")
     x = torch.randn(20, crosscoder.cfg.d_in) * 0.2
     for s, revision in ((1, "step10"), (2, "step20")):

@@ -91,6 +91,11 @@ def _import(run_dir: str, config: ExplainConfig) -> int:
         f"{summary.format}: read {summary.read} explanations: {summary.added} added, {summary.kept} already stored "
         f"(kept), {summary.skipped} without an explanation (skipped); {summary.scores} detection scores added"
     )
+    if summary.unverified:
+        print(
+            f"{summary.unverified} of them are typed as crosslens's own, but no crosslens export manifest "
+            "ties them to this run's crosscoder: stored as Neuronpedia's"
+        )
     stored = summary.stored
     print(
         f"{run_dir}/{EXPLANATIONS_NAME} holds {stored['explanations']} explanations of {stored['features']} features; "

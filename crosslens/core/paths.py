@@ -82,6 +82,11 @@ CAUSAL_SUMMARY_NAME = "summary.json"
 """The causal stage's summary (task, metric, per-snapshot behaviour)."""
 RUN_LOCK_NAME = "train.lock"
 """The lock file of a run folder, held while a ``crosslens train`` process writes it."""
+EXPORT_MANIFEST_NAME = "crosslens_export.json"
+"""The record ``crosslens export`` ends an export folder with (written last): which run, crosscoder
+and feature database it was written from; ``crosslens explain --import`` reads it back."""
+EXPORT_MANIFEST_FORMAT = "crosslens.export/1"
+"""That record's ``format``."""
 
 
 def final_weights(run_dir: str | os.PathLike) -> Path:

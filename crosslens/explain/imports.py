@@ -18,6 +18,13 @@ Two layouts are read, each as its tool writes it:
   another hook, is refused); rows of the crosscoder's own code carry a type ending in ``-code``.
   JSON lines (``.jsonl``, ``.jsonl.gz``), a JSON list, or a folder of them.
 
+A feature index means something only for the crosscoder it was counted in. Where ``FILE`` is, lies
+inside or holds a crosslens export (its ``crosslens_export.json``), the crosscoder that manifest
+names must be the run's, or nothing is imported. Rows typed ``crosslens-explain`` are stored as
+crosslens's own (which ``crosslens explain`` then does not ask again) only where such a manifest
+vouches for them; elsewhere nothing ties them to this run's crosscoder, and they are stored as
+Neuronpedia's.
+
 An imported explanation never replaces a stored one of the same feature, reading and source, and
 its detection score is stored only where the explanation kept is the one it judged.
 """
@@ -32,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosslens.core.paths import EXPORT_MANIFEST_FORMAT, EXPORT_MANIFEST_NAME
 from crosslens.dashboards.explanation_schema import (
     CODE_TYPE_SUFFIX,
     NEURONPEDIA_SETS,
@@ -68,6 +76,8 @@ class ImportSummary:
     """Already stored for that feature, reading and source: kept as they were."""
     skipped: int = 0
     """Entries that hold no explanation (delphi's unparsed ones, empty descriptions)."""
+    unverified: int = 0
+    """Rows typed as crosslens's own that no export manifest ties to this run's crosscoder, stored as Neuronpedia's."""
     scores: int = 0
     stored: dict[str, int] = field(default_factory=dict)
 
@@ -130,6 +140,39 @@ def detect_format(path: Path) -> str:
         f"--import {path} is neither a delphi run's output (explanations/MODULE_latentN.txt) nor Neuronpedia's "
         f"explanation export (JSON objects with {', '.join(NEURONPEDIA_KEYS)}): pass one of those"
     )
+
+
+def export_manifests(path: Path) -> list[tuple[Path, dict]]:
+    """(file, record) of the crosslens export manifests of ``path``: the one of the folder it is or
+    lies inside, and (a folder) those of the exports under it."""
+    path = path.resolve()
+    files = [folder / EXPORT_MANIFEST_NAME for folder in ([path] if path.is_dir() else []) + list(path.parents)]
+    if path.is_dir():
+        files += sorted(p for p in path.rglob(EXPORT_MANIFEST_NAME) if p.parent != path)
+    found = []
+    for file in files:
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("format") == EXPORT_MANIFEST_FORMAT:
+            found.append((file, record))
+    return found
+
+
+def vouched(path: Path, crosscoder: str | None) -> bool:
+    """Whether an export manifest ties ``path``'s explanations to the run's crosscoder (weights
+    sha256 ``crosscoder``); :class:`ExplainError` where one names another crosscoder."""
+    manifests = export_manifests(path)
+    for file, record in manifests:
+        made = record.get("crosscoder_weights_sha256")
+        if crosscoder is not None and made != crosscoder:
+            raise ExplainError(
+                f"--import {path}: {file} says this export was written from another crosscoder "
+                f"({str(made)[:12]}...) than this run's ({crosscoder[:12]}...), whose feature indexes name other "
+                "features; import the explanations of this run's export (crosslens export RUN --format neuronpedia)"
+            )
+    return bool(manifests) and crosscoder is not None
 
 
 # --------------------------------------------------------------------------- delphi
@@ -226,8 +269,10 @@ def _records_of(file: Path) -> Iterator[tuple[str, dict]]:
                     yield f"{file}:{line_number}", item
 
 
-def read_neuronpedia(path: Path, names: Snapshots) -> tuple[list[Imported], int]:
-    """The explanations of a Neuronpedia export; how many were skipped (no description)."""
+def read_neuronpedia(path: Path, names: Snapshots, own: bool = False) -> tuple[list[Imported], int]:
+    """The explanations of a Neuronpedia export; how many were skipped (no description). Rows typed
+    ``crosslens-explain`` keep source ``crosslens`` only where ``own`` (an export manifest vouches
+    that they describe the run's crosscoder)."""
     found, skipped, code_seen = [], 0, set()
     for where, row in neuronpedia_records(path):
         if not all(key in row for key in NEURONPEDIA_KEYS):
@@ -244,7 +289,7 @@ def read_neuronpedia(path: Path, names: Snapshots) -> tuple[list[Imported], int]
             if (feature, text) in code_seen:
                 continue  # every snapshot's source carries the crosscoder's own code explanation
             code_seen.add((feature, text))
-        source = "crosslens" if type_name.startswith("crosslens-explain") else "neuronpedia"
+        source = "crosslens" if own and type_name.startswith("crosslens-explain") else "neuronpedia"
         model = row.get("explanationModelName")
         found.append(Imported(feature, snapshot, source, text, str(model) if model else None, type_name))
     return found, skipped
@@ -260,12 +305,15 @@ def import_explanations(run_dir: str | Path, path: str | Path, config: ExplainCo
     explainer = Explainer(run_dir, config)
     try:
         fmt = detect_format(path)
+        own = vouched(path, explainer.crosscoder)
         meta = explainer.database.execute("SELECT value FROM meta WHERE key = 'crosscoder'").fetchone()
         hook = str((json.loads(meta[0]) if meta else {}).get("hook_name") or "")
         rows = explainer.database.execute("SELECT snapshot, revision, label FROM snapshots").fetchall()
         names = Snapshots(rows, hook, explainer.n_features)
-        found, skipped = (read_delphi if fmt == "delphi" else read_neuronpedia)(path, names)
+        found, skipped = read_delphi(path, names) if fmt == "delphi" else read_neuronpedia(path, names, own)
         summary = ImportSummary(fmt, read=len(found) + skipped, skipped=skipped)
+        if fmt == "neuronpedia" and not own:
+            summary.unverified = sum(item.prompt.startswith("crosslens-explain") for item in found)
         store = ExplanationStore(explainer.run_dir, explainer.binding, overwrite=config.overwrite)
         try:
             store.set_drift_rule(explainer.rule)

@@ -130,6 +130,10 @@ class Explainer:
             n_features=self.n_features,
             n_snapshots=self.contexts.n_snapshots,
         )
+        # the weights sha256 of the crosscoder whose features the database numbers: explanations
+        # imported from an export of another crosscoder describe other features under the same numbers
+        made_for = (self._meta("crosscoder") or {}).get("weights_sha256")
+        self.crosscoder: str | None = made_for or (record.get("partners") or {}).get("crosscoder")
         self.rule = DriftRule(config.drift_min_score, config.drift_min_drop)
         self.timer = Timer()
 

@@ -24,7 +24,7 @@ _LAZY = {
     "FORMATS": "crosslens.exports.config",
     "ExportConfig": "crosslens.exports.config",
     "ExportError": "crosslens.exports.config",
-    "MANIFEST_NAME": "crosslens.exports.run",
+    "EXPORT_MANIFEST_NAME": "crosslens.core.paths",
     "export_run": "crosslens.exports.run",
     "run_export": "crosslens.exports.run",
     "BenchSAEConfig": "crosslens.exports.saebench",

@@ -3,7 +3,7 @@ refusing an output folder that holds something else, and writing the folder whol
 
 An export is written into a hidden sibling of ``out`` (``.NAME.partial``) and renamed into place
 only once complete, so an interrupted export leaves ``out`` as it was. Its last file is
-``crosslens_export.json`` (:data:`MANIFEST_NAME`): which run, crosscoder and database it was
+``crosslens_export.json`` (:data:`~crosslens.core.paths.EXPORT_MANIFEST_NAME`): which run, crosscoder and database it was
 written from, the snapshots it holds and the sha256 of every file. Nothing in it depends on the
 time or on where the run lies, so the same run exports to the same bytes.
 """
@@ -20,18 +20,12 @@ from typing import Any
 
 from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.metadata import metadata_value
-from crosslens.core.paths import FINAL_DIRNAME, RUN_SEAL_NAME
+from crosslens.core.paths import EXPORT_MANIFEST_FORMAT, EXPORT_MANIFEST_NAME, FINAL_DIRNAME, RUN_SEAL_NAME
 from crosslens.core.staging import staged_folder
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.record import open_database
 from crosslens.dashboards.schema import DATABASE_NAME
 from crosslens.exports.config import ExportConfig, ExportError
-
-MANIFEST_NAME = "crosslens_export.json"
-"""The record an export folder ends with (written last)."""
-
-MANIFEST_FORMAT = "crosslens.export/1"
-"""``crosslens_export.json``'s ``format``."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +156,10 @@ def check_database_partner(context: ExportContext) -> None:
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     """The export manifest in ``folder`` (None when there is none or it does not parse)."""
     try:
-        record = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        record = json.loads((folder / EXPORT_MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("format") == MANIFEST_FORMAT else None
+    return record if isinstance(record, dict) and record.get("format") == EXPORT_MANIFEST_FORMAT else None
 
 
 def check_out_folder(out: Path, config: ExportConfig) -> None:
@@ -190,7 +184,7 @@ def check_out_folder(out: Path, config: ExportConfig) -> None:
 
 def foreign_files(out: Path, manifest: dict[str, Any]) -> list[str]:
     """Files in ``out`` that its export manifest does not list (sorted)."""
-    listed = set(manifest.get("files") or {}) | {MANIFEST_NAME}
+    listed = set(manifest.get("files") or {}) | {EXPORT_MANIFEST_NAME}
     return sorted(
         rel for path in out.rglob("*") if path.is_file() and (rel := path.relative_to(out).as_posix()) not in listed
     )
@@ -208,10 +202,10 @@ def write_manifest(context: ExportContext, folder: Path, written: dict[str, Any]
     files = {
         path.relative_to(folder).as_posix(): file_sha256(path)
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_NAME
+        if path.is_file() and path.name != EXPORT_MANIFEST_NAME
     }
     record = {
-        "format": MANIFEST_FORMAT,
+        "format": EXPORT_MANIFEST_FORMAT,
         "export": context.config.format,
         **context.provenance,
         "crosscoder": {
@@ -225,7 +219,7 @@ def write_manifest(context: ExportContext, folder: Path, written: dict[str, Any]
         **written,
         "files": files,
     }
-    write_json(folder / MANIFEST_NAME, record)
+    write_json(folder / EXPORT_MANIFEST_NAME, record)
 
 
 def export_run(
