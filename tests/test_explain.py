@@ -9,6 +9,7 @@ whose meaning drifts, one too dense to score, one dead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -400,7 +402,7 @@ def test_drift_compares_the_scores_of_one_judge(run, stub):
     """Drift set an explanation's score on its own contexts, by one model, against its scores on the
     other phases' contexts by another."""
     explain_run(run, config(stub, features=str(DRIFTER), drift=False))  # each scored on its own reading
-    with StubEndpoint(model="other-judge") as other:
+    with StubEndpoint(model="other-judge") as other, pytest.warns(UserWarning, match=f"written by {MODEL} "):
         explain_run(run, config(other, model="other-judge", features=str(DRIFTER)))  # and on the others
     own = "scored_on = (SELECT snapshot FROM explanations e WHERE e.id = explanation)"
     assert set(rows(run, f"SELECT model, {own} FROM scores")) == {(MODEL, 1), ("other-judge", 0)}
@@ -437,3 +439,33 @@ def test_an_error_in_a_worker_stops_the_run_in_one_line(run, stub, monkeypatch):
     assert len(message.splitlines()) == 1 and "OperationalError: database is locked" in message, message
     assert "run the same command again" in message and str(run / EXPLANATIONS_NAME) in message
     assert rows(run, "SELECT count(*) FROM explanations")[0][0] > 0  # what was answered before is kept
+
+
+def test_a_run_asking_another_model_says_whose_explanations_it_keeps_and_keeps_the_record(run, stub):
+    """A run with another --model asked nothing, said nothing, and recorded the new model as the
+    file's endpoint while every explanation stayed the first model's."""
+    explain_run(run, config(stub, features=f"{CAT},{DRIFTER}"))
+    stored = rows(run, "SELECT count(*) FROM explanations")[0][0]
+    assert stored == 8
+    meta = dict(rows(run, "SELECT key, value FROM meta"))
+    assert json.loads(meta["endpoint"]) == {"url": stub.url, "model": MODEL}
+    with StubEndpoint(model="better-model") as better:
+        settings = config(better, model="better-model", features=f"{CAT},{DRIFTER}")
+        for call in (dry_run, explain_run):
+            with pytest.warns(UserWarning) as caught:
+                summary = call(run, settings)
+            assert (summary.explain_requests, summary.score_requests) == (0, 0)
+            (warning,) = [str(w.message) for w in caught]
+            assert len(warning.splitlines()) == 1 and str(run / EXPLANATIONS_NAME) in warning
+            assert f"holds 8 explanations of these features written by {MODEL} (8), not better-model" in warning
+            assert "pass --overwrite to ask better-model for every one" in warning
+        assert better.requests == 0
+        assert dict(rows(run, "SELECT key, value FROM meta"))["endpoint"] == meta["endpoint"]  # nothing was asked
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            explain_run(run, config(stub, features=f"{CAT},{DRIFTER}"))  # its own model: nothing to say
+            fresh = explain_run(run, dataclasses.replace(settings, overwrite=True))
+        assert fresh.explain_requests == 8 and better.requests > 0
+    assert {model for (model,) in rows(run, "SELECT DISTINCT model FROM explanations")} == {"better-model"}
+    assert json.loads(dict(rows(run, "SELECT key, value FROM meta"))["endpoint"])["model"] == "better-model"

@@ -154,7 +154,8 @@ META_KEYS: dict[str, str] = {
     "drift_rule": "{min_score, min_drop}: a feature drifted where a life phase's explanation scores at least min_score "
     "on its own contexts and at least min_drop less on another phase's, by the same judge; every flag in feature_scores "
     "was drawn by it",
-    "endpoint": "the endpoint and model of the last crosslens explain (its URL without credentials; never the key)",
+    "endpoint": "the endpoint and model of the last crosslens explain that asked for something (its URL without "
+    "credentials; never the key)",
 }
 """What ``meta`` holds (values are JSON)."""
 

@@ -18,6 +18,8 @@ import json
 import sqlite3
 import threading
 import time
+import warnings
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
 from crosslens.dashboards.record import open_database, read_record
 from crosslens.dashboards.schema import DATABASE_NAME
-from crosslens.explain.client import Traffic
+from crosslens.explain.client import Traffic, public_url
 from crosslens.explain.config import ExplainConfig, ExplainError
 from crosslens.explain.contexts import FeatureContexts, FeaturePlan, Judged, held_out_passages, plan_feature
 from crosslens.explain.prompts import (
@@ -233,6 +235,7 @@ def dry_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     try:
         selected = explainer.selected()
         stored, scored = ({}, set()) if config.overwrite else read_stored(explainer.run_dir, explainer.binding)
+        warn_of_other_models(explainer.run_dir / EXPLANATIONS_NAME, selected, config)
         summary = Summary(
             features=len(selected), stored=dict(explanations=sum(map(len, stored.values())), scores=len(scored))
         )
@@ -280,6 +283,32 @@ def read_stored(run_dir: Path, binding: Binding) -> tuple[dict, set]:
         connection.close()
 
 
+def warn_of_other_models(path: Path, selected: list, config: ExplainConfig) -> None:
+    """Warn, in one line naming them and ``--overwrite``, where explanations of the selected features
+    that another model wrote are stored: a run asking ``config.model`` keeps them and asks nothing
+    for their readings, since the file holds one explanation per feature, reading and source.
+    ``explain_run`` says it once its endpoint took the run (a refused one says only why)."""
+    if config.overwrite or not config.model or not path.is_file():
+        return
+    features = {feature for feature, _, _ in selected}
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = connection.execute("SELECT feature, model FROM explanations WHERE source = ?", (SOURCE,)).fetchall()
+    except sqlite3.DatabaseError:
+        return  # the run refuses the file, naming why
+    finally:
+        connection.close()
+    others = Counter(str(model or "an unnamed model") for feature, model in rows if feature in features)
+    others.pop(config.model, None)
+    if others:
+        who = ", ".join(f"{model} ({count})" for model, count in sorted(others.items()))
+        warnings.warn(
+            f"{path} holds {others.total()} explanations of these features written by {who}, not {config.model}; "
+            f"they are kept and their readings not asked again: pass --overwrite to ask {config.model} for every one",
+            stacklevel=3,
+        )
+
+
 def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     """Ask for every missing explanation and score of the selected features, storing each as it
     arrives into ``RUN/explanations.sqlite``; returns what was done. Raises :class:`ExplainError`
@@ -315,6 +344,7 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
             ) from error
         session.store.close(compact=summary.stored.get("failures") == 0)
         session.store = None
+        warn_of_other_models(path, selected, config)  # once the endpoint took the run: what it kept
         return summary
     finally:
         if session is not None and session.store is not None:
@@ -370,6 +400,7 @@ class Session:
         self.order = itertools.count()
         self.queue: asyncio.PriorityQueue = asyncio.PriorityQueue()
         self.bar: Any = None
+        self.endpoint_recorded = False
 
     async def run(self) -> Summary:
         started = time.perf_counter()
@@ -399,19 +430,22 @@ class Session:
         return f"{counts['explanations']} explanations and {counts['scores']} scores are stored in {path}"
 
     def open_store(self) -> ExplanationStore:
-        from crosslens.explain.client import public_url
-
         config = self.config
         store = ExplanationStore(self.explainer.run_dir, self.explainer.binding, overwrite=config.overwrite)
-        store.set_meta(
-            {
-                "prompt_format": PROMPT_FORMAT,
-                "endpoint": {"url": public_url(config.endpoint or ""), "model": config.model},
-            }
-        )
+        store.set_meta({"prompt_format": PROMPT_FORMAT})
         with self.explainer.timer():
             store.set_drift_rule(self.explainer.rule)
         return store
+
+    def record_endpoint(self) -> None:
+        """``meta.endpoint``: the endpoint and model this run asks, written with its first request,
+        so that a run that asks nothing leaves the record of the one that wrote the answers."""
+        if not self.endpoint_recorded:
+            with self.explainer.timer():
+                self.store.set_meta(
+                    {"endpoint": {"url": public_url(self.config.endpoint or ""), "model": self.config.model}}
+                )
+            self.endpoint_recorded = True
 
     def finish(self, started: float) -> Summary:
         summary = self.summary
@@ -496,6 +530,7 @@ class Session:
         failure recorded."""
         from crosslens.explain.client import RequestFailed
 
+        self.record_endpoint()
         messages = self.explainer.messages(work)
         error = ""
         for _ in range(ASKS):
