@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from crosslens.core.bounds import whole_number
 from crosslens.core.errors import CrosslensError
+from crosslens.dashboards.schema import empty_database_bytes
 
 DEFAULT_N_TOKENS = 10_000_000
 """Tokens read when ``n_tokens`` is unset (fewer when the store or token table holds fewer)."""
@@ -172,7 +173,9 @@ def predict_database_bytes(
     d_sae: int, n_snapshots: int, budget: Budget, *, vocab_size: int = GE_VOCAB, n_causal_rows: int = 0
 ) -> int:
     """Bytes of the feature database of a crosscoder of this shape at this budget, every feature
-    firing (an upper bound: dead features have no contexts, and repeated windows are searched once)."""
+    firing (an upper bound: dead features have no contexts, and repeated windows are searched once),
+    with the pages a database of no rows takes (:func:`~crosslens.dashboards.schema.empty_database_bytes`),
+    which rule a small crosscoder's database."""
     readings = d_sae * (n_snapshots + 1)
     contexts = readings * (budget.top_k + budget.n_quantile)
     context_bytes = contexts * (CONTEXT_ROW_BYTES + WINDOW_TOKEN_BYTES * budget.width)
@@ -180,7 +183,7 @@ def predict_database_bytes(
     per_snapshot = FEATURE_SNAPSHOT_ROW_BYTES + 4 * budget.n_bins + 16 * budget.n_logits
     rows_bytes = d_sae * n_snapshots * per_snapshot + d_sae * FEATURE_ROW_BYTES
     other = vocab_size * VOCAB_ROW_BYTES + n_causal_rows * CAUSAL_ROW_BYTES
-    return int((context_bytes + search_bytes + rows_bytes + other) / PAGE_FILL)
+    return int((context_bytes + search_bytes + rows_bytes + other) / PAGE_FILL) + empty_database_bytes()
 
 
 def resolve_budget(config: DashboardsConfig, d_sae: int, n_snapshots: int, vocab_size: int = GE_VOCAB) -> Budget:

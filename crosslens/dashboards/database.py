@@ -21,8 +21,6 @@ from crosslens.analysis.evolution import NO_STEP
 from crosslens.dashboards import schema
 from crosslens.dashboards.rows import ReadingStats, optional
 
-PAGE_SIZE = 4096
-
 
 @dataclass
 class DatabaseContent:
@@ -50,7 +48,7 @@ def write_database(path: Path, content: DatabaseContent) -> None:
         stale.unlink(missing_ok=True)
     connection = sqlite3.connect(path)
     try:
-        connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        connection.execute(f"PRAGMA page_size = {schema.PAGE_SIZE}")
         connection.execute("PRAGMA journal_mode = OFF")
         connection.execute("PRAGMA synchronous = OFF")
         with connection:

@@ -25,6 +25,7 @@ column's description (``np.frombuffer(blob, dtype="<i4")``).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from typing import Any
 
@@ -35,6 +36,9 @@ FORMAT = "crosslens.dashboards/6"
 
 DATABASE_NAME = "dashboards.sqlite"
 """The database's file name inside the run folder."""
+
+PAGE_SIZE = 4096
+"""The database's page size in bytes (``PRAGMA page_size``)."""
 
 RECORD_NAME = "dashboards.json"
 """The sealed record beside it: the database's sha256 and the partners it was computed from
@@ -252,6 +256,22 @@ def create_schema(connection: sqlite3.Connection) -> None:
     """Create every table (not the indexes: :data:`INDEXES` go in after the bulk insert)."""
     for sql in TABLES.values():
         connection.execute(sql)
+
+
+@functools.cache
+def empty_database_bytes() -> int:
+    """Bytes of a feature database that holds no row: the schema's pages and a page for each of
+    its B-trees (every table, the full-text index's own tables, every index), counted on one built
+    in memory."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        create_schema(connection)
+        for sql in INDEXES:
+            connection.execute(sql)
+        return int(connection.execute("PRAGMA page_count").fetchone()[0]) * PAGE_SIZE
+    finally:
+        connection.close()
 
 
 def agreement_problem(emergence_meta: dict[str, Any] | None) -> str | None:
