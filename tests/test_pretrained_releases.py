@@ -417,3 +417,68 @@ def test_push_refuses_a_crosscoder_others_published_naming_where_it_is(fake_rele
         assert not api.repo_folder("me/again").exists()
     finally:
         unregister_release("republished")
+
+
+def test_a_kissane_run_records_factors_measured_on_a_store_and_without_them_is_refused_in_one_line(
+    fake_releases, tmp_path, capsys
+):
+    """The run folder of a release whose source did not save its activation scaling was made without
+    a word, and dashboards, export and the live models then died with a bare ValueError naming a
+    Python call that could not reach the run (dashboards after taking its lock)."""
+    from trust_fixtures import token_table
+
+    from crosslens.activations import ActivationStore, harvest_activations
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.errors import LiveUnavailableError
+    from crosslens.dashboards import DashboardsConfig, DashboardsError, compute_dashboards
+    from crosslens.exports import ExportError, export_run
+    from crosslens.live import LiveModels
+
+    hook = "blocks.14.hook_resid_pre"
+    for name, models in (("swapped", [GEMMA_CHAT, GEMMA_BASE]), ("store", [GEMMA_BASE, GEMMA_CHAT])):
+        harvest_activations(CheckpointSuite.models(models), hook, token_table(8), tmp_path / name, progress=False)
+    store = ActivationStore.open(tmp_path / "store")
+    settings = DashboardsConfig(top_k=2, n_quantile=1, window=2)
+
+    assert main(["pretrained", "run", KISSANE, "--out", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    said = capsys.readouterr().out
+    assert f"--out {run} --store STORE --overwrite; until then dashboards, export and the live panels refuse" in said
+    live = LiveModels(run, device="cpu")
+    refusals = {
+        DashboardsError: lambda: compute_dashboards(run, store=store, config=settings, device="cpu", progress=False),
+        ExportError: lambda: export_run(run, format="saebench", out=tmp_path / "bench"),
+        LiveUnavailableError: lambda: live.activations("the cat"),
+    }
+    made = sorted(p.name for p in run.iterdir())
+    fix = f"crosslens pretrained run {KISSANE}/{hook} --out {run} --store STORE --overwrite"
+    for error, call in refusals.items():
+        with pytest.raises(error) as info:
+            call()
+        message = str(info.value)
+        assert len(message.splitlines()) == 1 and "factors its source did not save" in message and fix in message
+    live.close()
+    err = one_line_exit_2(["dashboards", str(run), "--store", str(store.path)], capsys)
+    assert err.startswith("crosslens dashboards: error: ") and fix in err
+    assert sorted(p.name for p in run.iterdir()) == made  # no lock file, nothing else
+    assert not (tmp_path / "bench").exists()
+
+    for release, given, why in (
+        (KISSANE, "swapped", "snapshots [gemma-2-2b, gemma-2-2b-it] vs [gemma-2-2b-it,"),
+        (MINDER, "store", "records how its crosscoder scales activations (or reads them raw)"),
+    ):
+        argv = ["pretrained", "run", release, "--out", str(tmp_path / "other"), "--store", str(tmp_path / given)]
+        err = one_line_exit_2(argv, capsys)
+        assert err.startswith("crosslens pretrained run: error: --store: ") and why in err, err
+        assert not (tmp_path / "other").exists()
+
+    argv = ["pretrained", "run", KISSANE, "--out", str(run), "--store", str(store.path), "--overwrite"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    factors = store.norm_factors(hook).tolist()
+    metadata = json.loads((run / "final" / "cfg.json").read_text())["metadata"]
+    assert metadata["activation_norm_factors"] == factors and len(factors) == 2
+    assert metadata["activation_norm_factors_unknown"] is False and metadata["activation_norm_factors_folded"] is False
+    assert f"activation scaling measured on {store.path}: " in said and f"next: crosslens dashboards {run}" in said
+    database = compute_dashboards(run, store=store, config=settings, device="cpu", progress=False)
+    assert database.is_file()

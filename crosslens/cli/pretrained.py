@@ -9,6 +9,9 @@ from pathlib import Path
 from crosslens.cli.common import CLIError, fail
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_folder
+from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.metadata import saved_metadata
+from crosslens.core.paths import FINAL_DIRNAME
 
 
 @dataclass
@@ -30,6 +33,9 @@ class RunFlags:
     """The run folder to make (for crosslens dashboards, browse, export, analyze)."""
     overwrite: bool = False
     """Replace the folder if it exists."""
+    store: str | None = None
+    """An activation store of the release's models (crosslens harvest --models), to measure on it the
+    activation scaling its source did not save (Kissane's releases); the run records it."""
 
 
 @dataclass
@@ -120,17 +126,37 @@ def pretrained_show(args: argparse.Namespace) -> int:
 
 
 def pretrained_run(args: argparse.Namespace) -> int:
+    from crosslens.activations.store import ActivationStore
     from crosslens.pretrained.run_folder import release_run
+    from crosslens.training.runfolder import norm_factors_problem
 
     check_output_folder(args.out, holds="the run")
     if Path(args.out).expanduser().exists() and not args.overwrite:  # said of --out, not of RELEASE below
         raise CLIError(f"--out {args.out} exists; pick another folder, or pass --overwrite to replace it")
     release, _, crosscoder_id = args.release.partition("/")
+    store = None
+    if args.store is not None:
+        try:
+            store = ActivationStore.open(args.store)
+        except (ValueError, OSError) as exc:
+            fail("--store", str(exc))
     try:
-        run = release_run(release, crosscoder_id or None, args.out, overwrite=args.overwrite)
+        run = release_run(release, crosscoder_id or None, args.out, store=store, overwrite=args.overwrite)
+    except PartnerMismatchError as exc:  # a store of other models, or one the release has no use for
+        fail("--store", str(exc))
     except ValueError as exc:  # unknown release, models not here, bad files: one line naming the fix
         fail("RELEASE", str(exc))
     print(f"run folder: {run}")
+    factors = saved_metadata(run / FINAL_DIRNAME).get("activation_norm_factors")
+    if store is not None:
+        print(f"activation scaling measured on {store.path}: {', '.join(f'{c:.4g}' for c in factors)} (recorded)")
+    if norm_factors_problem(run) is not None:
+        print(
+            f"next: its source did not save the activation scaling it reads; measure it on a store of its models "
+            f"(crosslens harvest --models ...): crosslens pretrained run {args.release} --out {run} --store STORE "
+            "--overwrite; until then dashboards, export and the live panels refuse it"
+        )
+        return 0
     print(f"next: crosslens dashboards {run} --stream (the tokens flags say which), then crosslens browse {run}")
     return 0
 

@@ -40,3 +40,14 @@ def metadata_value(crosscoder: Any, key: str) -> Any:
         return metadata.get(key)
     getter = getattr(metadata, "get", None)
     return getter(key) if callable(getter) else getattr(metadata, key, None)
+
+
+def unmeasured_norm_factors(metadata: Any) -> bool:
+    """Whether a crosscoder with this ``metadata`` (a dict, or anything with ``get``) reads activations
+    scaled by per-snapshot factors its source did not save, none measured since
+    (``crosslens.pretrained.measure_norm_factors``): a stage that reads raw activations cannot run it."""
+    return (
+        bool(metadata.get("activation_norm_factors_unknown"))
+        and metadata.get("activation_norm_factors") is None
+        and not metadata.get("activation_norm_factors_folded")
+    )

@@ -128,13 +128,17 @@ def compute_dashboards(
 
 
 def check_run_folder(run_dir: Path) -> None:
-    """Refuse a folder that is not a finished run with a final crosscoder, naming the fix."""
-    from crosslens.training.runfolder import check_run, finished_run_problem
+    """Refuse a folder that is not a finished run with a final crosscoder, or whose crosscoder cannot
+    read activations yet, naming the fix (before the lock file is made)."""
+    from crosslens.training.runfolder import check_run, finished_run_problem, norm_factors_problem
 
     problem = finished_run_problem(run_dir)
     if problem is not None:
         raise DashboardsError(problem)
     check_run(run_dir)
+    problem = norm_factors_problem(run_dir)
+    if problem is not None:
+        raise DashboardsError(problem)
 
 
 # --------------------------------------------------------------------------- the token source

@@ -74,13 +74,17 @@ def open_feature_database(run_dir: str | os.PathLike) -> sqlite3.Connection:
 
 
 def check_run_folder(run_dir: Path) -> None:
-    """Refuse a folder that is not a finished run: no final crosscoder, or a seal that fails."""
-    from crosslens.training.runfolder import check_run, finished_run_problem
+    """Refuse a folder that is not a finished run (no final crosscoder, or a seal that fails), or
+    whose crosscoder cannot read activations yet."""
+    from crosslens.training.runfolder import check_run, finished_run_problem, norm_factors_problem
 
     problem = finished_run_problem(run_dir)
     if problem is not None:
         raise ExportError(problem)
     check_run(run_dir)
+    problem = norm_factors_problem(run_dir)
+    if problem is not None:
+        raise ExportError(problem)
 
 
 def load_run_crosscoder(run_dir: Path, device: str) -> Any:

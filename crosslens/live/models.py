@@ -63,6 +63,7 @@ from crosslens.live.config import (
 from crosslens.live.resident import ResidentModels
 from crosslens.live.steering import SteeredSnapshot, Steering, continue_twice, direction, steering_hook
 from crosslens.live.text import TextActivations, text_codes
+from crosslens.training.runfolder import norm_factors_problem
 
 T = TypeVar("T")
 
@@ -218,6 +219,9 @@ class LiveModels:
                 f"{self.run_dir} holds no trained crosscoder ({FINAL_DIRNAME}/{CFG_NAME}): the live panels need the "
                 "run folder `crosslens train` wrote; browse that folder"
             )
+        problem = norm_factors_problem(self.run_dir)
+        if problem is not None:
+            raise LiveUnavailableError(problem)
         base = resident_bytes() or 0
         try:
             crosscoder = load_crosscoder_folder(final, device=str(self.device), dtype="float32").eval()

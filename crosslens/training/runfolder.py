@@ -41,7 +41,7 @@ from crosslens.activations.store import MANIFEST_NAME, ActivationStore
 from crosslens.core.errors import CrosslensError, PartnerMismatchError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.locks import exclusive_lock, lock_holder
-from crosslens.core.metadata import CFG_NAME, saved_metadata
+from crosslens.core.metadata import CFG_NAME, saved_metadata, unmeasured_norm_factors
 from crosslens.core.paths import (
     FINAL_DIRNAME,
     QUALITY_NAME,
@@ -187,6 +187,25 @@ def finished_run_problem(run_dir: Path) -> str | None:
             "`crosslens train --resume` and the flags it was started with, or pass the --out folder of a finished run"
         )
     return None
+
+
+def norm_factors_problem(run_dir: Path) -> str | None:
+    """Why the crosscoder of ``run_dir`` cannot read activations yet: a release's, whose source scaled
+    them by per-snapshot factors it did not save, none measured since; the message names the
+    command that measures them into the run. None where it can read them."""
+    if not unmeasured_norm_factors(saved_metadata(run_dir / FINAL_DIRNAME)):
+        return None
+    try:
+        made = json.loads((run_dir / RUN_CONFIG_NAME).read_text(encoding="utf-8")).get("pretrained") or {}
+    except (OSError, ValueError, AttributeError):
+        made = {}
+    release = "/".join(str(made[k]) for k in ("release", "crosscoder_id") if made.get(k)) or "RELEASE"
+    return (
+        f"the crosscoder in {run_dir / FINAL_DIRNAME} reads activations scaled by per-snapshot factors its source "
+        f"did not save, and none were measured; make the run again with them measured on a store of its models: "
+        f"crosslens pretrained run {release} --out {run_dir} --store STORE --overwrite "
+        "(in Python, release_run(..., store=STORE))"
+    )
 
 
 def check_run(run_dir: str | Path) -> None:
