@@ -226,9 +226,38 @@ def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(
     assert sum(counts.values()) == summary["d_sae"] == 48
     served = summary["browser_classes"]
     assert set(served) <= set(counts) and sum(served.values()) == 48
-    assert summary["n_shared_served"] == served.get("shared", 0)
+    assert summary["listed_class"] == "shared" and summary["n_listed"] == served.get("shared", 0)
     assert summary["feature_page_class"] in counts and summary["card_licence"] is True
     assert Path(summary["database"]).is_file()
+
+
+@pytest.mark.parametrize("release", ["pythia-70m-crosscoder-through-time", "gemma-2-2b-crosscoder-kissane"])
+def test_pretrained_runs_on_the_other_kinds_of_release_it_lists(
+    release: str, tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release of one model's checkpoints died at the browser's list with a bare HTTP 400 (no class
+    "shared" among its evolution classes), Kissane's at its dashboards (a scaling its source did not
+    save, which nothing could measure into the run)."""
+    from pretrained_sources import write_fake_releases
+
+    hf_home = tmp_path / "hf_home"
+    write_fake_releases(hf_home, tmp_path / "release_files")
+    env = {**tutorial_env, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
+    _, folder, summary = execute(
+        "05_pretrained.ipynb", tmp_path, env | {"CROSSLENS_TUTORIAL_RELEASE": release}, monkeypatch
+    )
+    assert summary["release"] == release and len(summary["snapshots"]) == 2
+    served = summary["browser_classes"]
+    assert sum(served.values()) == summary["d_sae"] == 48
+    assert summary["n_listed"] == served.get(summary["listed_class"], 0) and Path(summary["database"]).is_file()
+    metadata = json.loads((folder / "run" / "final" / "cfg.json").read_text())["metadata"]
+    if release.startswith("pythia"):  # one model's checkpoints: the evolution classes
+        assert set(served) <= {"initialization", "persistent", "transient", "dead"}
+        assert summary["listed_class"] == max((c for c in served if c != "dead"), key=served.get)
+    else:  # two models: the diffing classes, read through the factors measured on the harvested store
+        assert summary["listed_class"] == "shared" and set(served) <= set(summary["class_counts"])
+        factors = metadata["activation_norm_factors"]
+        assert len(factors) == 2 and all(c > 0 for c in factors) and (folder / "acts").is_dir()
 
 
 def test_explaining_explains_scores_searches_and_exports_offline(
