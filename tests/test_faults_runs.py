@@ -150,7 +150,7 @@ def test_a_second_train_into_a_locked_folder_is_refused_and_readers_wait(store, 
     try:
         assert holder.stdout.readline().strip() == "held"
         before = tree_bytes(run)
-        with pytest.raises(RunFolderLockedError, match=f"process {holder.pid} .*pick another --out"):
+        with pytest.raises(RunFolderLockedError, match=f"process {holder.pid} .*pick another out_dir \\(`--out`\\)"):
             train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, overwrite=True)
         line = cli_error(cli_train(store, run, "--overwrite"), capsys)
         assert f"process {holder.pid}" in line and "is writing" in line
@@ -174,10 +174,10 @@ def test_a_new_run_in_a_finished_folder_needs_overwrite_which_removes_the_old_re
     (run / "activations").mkdir()  # a recipe's store lives here too: never removed
     (run / "activations" / "keep").write_text("kept")
     before = tree_bytes(run)
-    with pytest.raises(RunFolderInUseError, match="holds a finished run; pass --overwrite"):
+    with pytest.raises(RunFolderInUseError, match=r"holds a finished run; pass .*overwrite=True \(`--overwrite`\)"):
         train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, d_sae=16)
     line = cli_error(cli_train(store, run), capsys)
-    assert "holds a finished run; pass --overwrite" in line
+    assert "holds a finished run; pass " in line and "overwrite=True (`--overwrite`) to train a new one" in line
     assert tree_bytes(run) == before
 
     train(store, run, n_steps=20, checkpoint_every=0, d_sae=16, overwrite=True)
@@ -200,7 +200,8 @@ def test_a_folder_with_checkpoints_is_not_silently_started_over(store, tmp_path,
     before = tree_bytes(run)
     line = cli_error(cli_train(store, run), capsys)
     assert line == (
-        f"crosslens train: error: {run} holds a run at step 10; pass --resume to continue or --overwrite to start again"
+        f"crosslens train: error: {run} holds a run at step 10; pass resume=True (`--resume`) to continue or "
+        "overwrite=True (`--overwrite`) to start again"
     )
     assert tree_bytes(run) == before
 
@@ -218,9 +219,9 @@ def test_a_resume_whose_checkpoints_are_all_damaged_says_so(store, tmp_path, cap
         main(cli_train(store, run, "--resume"))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (
-        f"crosslens train: error: --resume: {run} holds a run's results (step_00000010/, step_00000020/, "
-        "step_00000030/, step_00000040/), but no checkpoint or finished run in it verifies; "
-        "pass --overwrite to remove them and start again, or pick another --out"
+        f"crosslens train: error: resume=True (`--resume`): {run} holds a run's results (step_00000010/, "
+        "step_00000020/, step_00000030/, step_00000040/), but no checkpoint or finished run in it verifies; "
+        "pass overwrite=True (`--overwrite`) to remove them and start again, or pick another out_dir (`--out`)"
     )
 
 
@@ -278,6 +279,46 @@ def test_resume_with_another_d_sae_is_refused_naming_it(store, finished_run, tmp
     assert "holds this run, finished: nothing to train" in capsys.readouterr().out
 
 
+def test_a_python_caller_is_told_the_keywords_that_fix_a_refused_start(store, finished_run, tmp_path, capsys):
+    """A notebook rerun meets these refusals from ``run()``, so each names the keyword beside the
+    flag, and the keywords do what the message says."""
+    run = copy_tree(finished_run, tmp_path / "run")
+    before = tree_bytes(run)
+    with pytest.raises(RunFolderInUseError) as finished:
+        train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY)
+    assert str(finished.value) == (
+        f"{run} holds a finished run; pass resume=True (`--resume`) to take it as it is, overwrite=True "
+        "(`--overwrite`) to train a new one in its place, or pick another out_dir (`--out`)"
+    )
+    with pytest.raises(ValueError) as changed:
+        train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, d_sae=64, resume=True)
+    assert str(changed.value) == (
+        f"{run} holds a run with another configuration (differs in sae.d_sae: 32 in the run, 64 now); resume with "
+        "the same settings, pass overwrite=True (`--overwrite`) to start again, or pick another out_dir (`--out`)."
+    )
+    with pytest.raises(RunFolderInUseError) as both:
+        train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, resume=True, overwrite=True)
+    assert str(both.value) == (
+        "resume=True (`--resume`) continues the run in out_dir (`--out`) and overwrite=True (`--overwrite`) "
+        "removes it: pass one of them"
+    )
+    assert tree_bytes(run) == before
+
+    capsys.readouterr()
+    same = train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, resume=True)  # resume=True: as it is
+    assert torch.equal(same.W_dec, SAE.load_from_disk(str(finished_run / "final")).W_dec)
+    assert tree_bytes(run) == before
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == (
+        f"{run} holds this run, finished: nothing to train; overwrite=True (`--overwrite`) instead of resume=True "
+        "(`--resume`) trains it again"
+    )
+    wider = train(store, run, n_steps=20, checkpoint_every=0, d_sae=64, overwrite=True)  # overwrite=True: anew
+    assert wider.cfg.d_sae == 64 and run_problem(run) is None
+    other = train(store, tmp_path / "other", n_steps=20, checkpoint_every=0, d_sae=16)  # another out_dir
+    assert other.cfg.d_sae == 16
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_before_the_first_checkpoint_keeps_its_steps_and_resumes_to_the_same_bytes(
     signum, store, finished_run, tmp_path, monkeypatch
@@ -295,7 +336,7 @@ def test_an_interrupt_before_the_first_checkpoint_keeps_its_steps_and_resumes_to
     assert not (run / "final").exists() and not (run / RUN_SEAL_NAME).exists()
     monkeypatch.undo()
 
-    with pytest.raises(RunFolderInUseError, match="holds a run at step 7; pass --resume"):
+    with pytest.raises(RunFolderInUseError, match=r"holds a run at step 7; pass resume=True \(`--resume`\)"):
         train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY)
     train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, resume=True)
     assert final_files(run) == final_files(finished_run)

@@ -242,7 +242,7 @@ def test_overwrite_replaces_a_finished_streamed_run_and_its_row_digests(streamed
     flags = stream_flags(inputs, out)
     flags[flags.index("--n-tokens") + 1] = "256"
     err = one_line_exit_2(flags, capsys)
-    assert "holds a finished run; pass --overwrite" in err
+    assert "holds a finished run; pass " in err and "overwrite=True (`--overwrite`) to train a new one" in err
     assert main([*flags, "--overwrite"]) == 0
     check_run(out)  # sealed anew, with the new digests
     assert len(RowDigests.load(out / TRAINED_ROWS_NAME).digests) == 256 // 16
@@ -416,7 +416,7 @@ def test_a_streamed_run_and_a_store_run_do_not_resume_as_each_other(streamed, in
     err = one_line_exit_2(flags, capsys)
     assert err == (
         f"crosslens train: error: {out} holds a run that was streamed from resident models: resume it with "
-        "`crosslens train --stream` and its flags, or pick a new --out."
+        "`crosslens train --stream` and its flags, or pick another out_dir (`--out`)."
     )
     stored = tmp_path / "stored"
     assert main([*flags[:-3], "--out", str(stored)]) == 0
@@ -425,7 +425,7 @@ def test_a_streamed_run_and_a_store_run_do_not_resume_as_each_other(streamed, in
     err = one_line_exit_2(stream_flags(inputs, stored, "--resume"), capsys)
     assert err == (
         f"crosslens train: error: {stored} holds a run that trained on a store: resume it with --store, "
-        "without --stream, or pick a new --out."
+        "without --stream, or pick another out_dir (`--out`)."
     )
 
 

@@ -40,10 +40,14 @@ from crosslens.activations.store import (
     shard_relpath,
     write_manifest,
 )
-from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError
+from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, keyword_and_flag
 
 if TYPE_CHECKING:
     from crosslens.activations.team import Unit
+
+HARVEST_OVERWRITE = keyword_and_flag("overwrite=True", "crosslens harvest --overwrite")
+NEW_OUT = keyword_and_flag("out_dir", "--out")
+"""How a refused harvest's fixes are named, for ``harvest_activations``'s callers and the command's."""
 
 
 class HarvestManifest:
@@ -233,7 +237,7 @@ class HarvestManifest:
             raise StoreMismatchError(
                 f"snapshot {entry['revision']!r} has changed since the store {self.root} was harvested "
                 f"({'; '.join(_changed_files(recorded, now))}), so its stored activations are stale; pass "
-                "overwrite=True (`--overwrite`) to harvest afresh, or use a new out_dir."
+                f"{keyword_and_flag('overwrite=True', '--overwrite')} to harvest afresh, or use a new out_dir."
             )
 
     def _resumed_on(self, kind: str, token_source: dict | None) -> None:
@@ -266,8 +270,7 @@ class HarvestManifest:
         if sha is not None and recorded is not None and recorded != sha:
             raise StoreMismatchError(
                 f"snapshot {revision!r} has other weights (sha256 {sha[:12]}...) than the store was built from "
-                f"({recorded[:12]}...); use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest "
-                "--overwrite`) to replace the store."
+                f"({recorded[:12]}...); use a new {NEW_OUT}, or pass {HARVEST_OVERWRITE} to replace the store."
             )
 
 
@@ -388,7 +391,7 @@ def _resumable(root: Path, inputs: HarvestInputs, *, overwrite: bool, verify_has
         if leftovers and not overwrite:
             raise StoreMismatchError(
                 f"{root} is not empty ({leftovers[:3]}...) and holds no activation store; "
-                "choose an empty out_dir or pass overwrite=True (`crosslens harvest --overwrite`)."
+                f"choose an empty out_dir or pass {HARVEST_OVERWRITE}."
             )
         _clear_store_files(root)
         return None
@@ -399,8 +402,7 @@ def _resumable(root: Path, inputs: HarvestInputs, *, overwrite: bool, verify_has
     if manifest.get("format") != STORE_FORMAT:
         raise StoreMismatchError(
             f"{root} holds an activation store of format {manifest.get('format')!r}, written by another "
-            f"crosslens version (this one writes {STORE_FORMAT!r}); pass overwrite=True (`crosslens harvest "
-            "--overwrite`) to harvest it again."
+            f"crosslens version (this one writes {STORE_FORMAT!r}); pass {HARVEST_OVERWRITE} to harvest it again."
         )
     if manifest.get("fingerprint") != inputs.fingerprint:
         if not any(rel.startswith(ACTS_DIR + "/") for rel in manifest.get("files", {})):
@@ -416,8 +418,7 @@ def _resumable(root: Path, inputs: HarvestInputs, *, overwrite: bool, verify_has
             resume = f"pass {' '.join(fixes.values())}{rest} to resume it, "
         raise StoreMismatchError(
             f"{root} holds an activation store built for other inputs (differs in: {'; '.join(differs)}); "
-            f"{resume}use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest --overwrite`) "
-            "to replace it.",
+            f"{resume}use a new {NEW_OUT}, or pass {HARVEST_OVERWRITE} to replace it.",
             differs,
             fixes,
         )

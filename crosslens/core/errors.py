@@ -180,6 +180,13 @@ def storage_errors(
 OPEN_STORE = "crosslens.ActivationStore.open(path)"
 
 
+def keyword_and_flag(keyword: str, flag: str) -> str:
+    """A fix named for both its callers, Python's keyword first, then the command's flag:
+    ``overwrite=True (`--overwrite`)``. A refusal raised below both the library and the CLI reaches
+    either, so it names the setting as each of them spells it."""
+    return f"{keyword} (`{flag}`)"
+
+
 def run_again(command: str | None = None, replacing: str | None = None, adding: str | None = None) -> str:
     """How a stopped command goes on from what it kept: "run the same `crosslens harvest` command
     again" ("the same command" without a ``command``), or "run the same command with --resume"

@@ -38,7 +38,7 @@ from typing import Any
 import crosslens.core.paths as core_paths
 from crosslens.activations.partners import harvest_words, store_seal
 from crosslens.activations.store import MANIFEST_NAME, ActivationStore
-from crosslens.core.errors import CrosslensError, PartnerMismatchError
+from crosslens.core.errors import CrosslensError, PartnerMismatchError, keyword_and_flag
 from crosslens.core.hashing import file_sha256
 from crosslens.core.locks import exclusive_lock, lock_holder
 from crosslens.core.metadata import CFG_NAME, saved_metadata, unmeasured_norm_factors
@@ -69,6 +69,10 @@ OPTIONAL_SEALED = (QUALITY_NAME, TRAINED_ROWS_NAME)
 FINISH_HINT = (
     "finish it with `crosslens train --resume` and the flags it was started with, or train again with --overwrite"
 )
+RESUME = keyword_and_flag("resume=True", "--resume")
+OVERWRITE = keyword_and_flag("overwrite=True", "--overwrite")
+OTHER_OUT = f"another {keyword_and_flag('out_dir', '--out')}"
+"""The run-start refusals' fixes, as the runner's ``run()`` and ``crosslens train`` both take them."""
 
 
 class RunFolderLockedError(CrosslensError):
@@ -102,7 +106,7 @@ def owned_run_folder(run_dir: str | Path, *, enabled: bool = True) -> Iterator[N
 
     def refuse(holder: str) -> None:
         raise RunFolderLockedError(
-            f"another crosslens train ({holder}) is writing {run_dir}; wait for it to finish, or pick another --out"
+            f"another crosslens train ({holder}) is writing {run_dir}; wait for it to finish, or pick {OTHER_OUT}"
         )
 
     with exclusive_lock(run_dir / RUN_LOCK_NAME, on_busy=refuse):
@@ -316,7 +320,7 @@ def _listed(names: tuple[str, ...]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-def refuse_store_folder(run_dir: str | Path, fix: str = "train into another folder (--out)") -> None:
+def refuse_store_folder(run_dir: str | Path, fix: str = f"train into {OTHER_OUT}") -> None:
     """Refuse a run folder that is an activation store (it holds the store's manifest): a run's files
     would mix with the store's, and ``--overwrite`` clears a run's results, never a store."""
     if (Path(run_dir) / MANIFEST_NAME).is_file():
@@ -329,7 +333,10 @@ def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Ru
     finished run, or a folder without results (it then starts from scratch)."""
     run_dir = Path(run_dir)
     if resume and overwrite:
-        raise RunFolderInUseError("--resume continues the run in --out and --overwrite removes it: pass one of them")
+        raise RunFolderInUseError(
+            f"{RESUME} continues the run in {keyword_and_flag('out_dir', '--out')} and {OVERWRITE} removes it: "
+            "pass one of them"
+        )
     refuse_store_folder(run_dir)
     state = run_folder_state(run_dir)
     if overwrite or not state.leftovers:
@@ -338,22 +345,23 @@ def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Ru
         if resume:
             return state
         raise RunFolderInUseError(
-            f"{run_dir} holds a finished run; pass --overwrite to train a new one in its place, or pick another --out"
+            f"{run_dir} holds a finished run; pass {RESUME} to take it as it is, {OVERWRITE} to train a new one "
+            f"in its place, or pick {OTHER_OUT}"
         )
     if state.checkpoint is not None:
         if resume:
             return state
         raise RunFolderInUseError(
-            f"{run_dir} holds a run at step {state.step}; pass --resume to continue or --overwrite to start again"
+            f"{run_dir} holds a run at step {state.step}; pass {RESUME} to continue or {OVERWRITE} to start again"
         )
     if resume:
         raise RunFolderInUseError(
-            f"--resume: {run_dir} holds a run's results ({_listed(state.leftovers)}), but no checkpoint or finished "
-            "run in it verifies; pass --overwrite to remove them and start again, or pick another --out"
+            f"{RESUME}: {run_dir} holds a run's results ({_listed(state.leftovers)}), but no checkpoint or finished "
+            f"run in it verifies; pass {OVERWRITE} to remove them and start again, or pick {OTHER_OUT}"
         )
     raise RunFolderInUseError(
         f"{run_dir} holds another run's results ({_listed(state.leftovers)}) and no checkpoint to continue; "
-        "pass --overwrite to remove them and start again, or pick another --out"
+        f"pass {OVERWRITE} to remove them and start again, or pick {OTHER_OUT}"
     )
 
 

@@ -40,7 +40,7 @@ from crosslens.activations.config import recorded_dataset_path
 from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.activations.tokens import bos_prepended, position_record
 from crosslens.architectures import sparsity_coefficient_for, sparsity_warm_up_steps
-from crosslens.core.errors import StorageError, StoreChangedError, run_again
+from crosslens.core.errors import StorageError, StoreChangedError, keyword_and_flag, run_again
 from crosslens.core.launch import launched_by_torchrun
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
@@ -60,6 +60,9 @@ from crosslens.training.memory import checkpoint_bytes, parameter_counts
 from crosslens.training.precision import precision_line, resolve_precision
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
+    OTHER_OUT,
+    OVERWRITE,
+    RESUME,
     check_run_start,
     checkpoint_space_problem,
     clear_run_results,
@@ -236,12 +239,12 @@ class CrosscoderTrainingRunner:
                 if RUN_STREAM in sealed
                 else "trained on a store: resume it with --store, without --stream"
             )
-            raise ValueError(f"{self.out_dir} holds a run that {how}, or pick a new --out.")
+            raise ValueError(f"{self.out_dir} holds a run that {how}, or pick {OTHER_OUT}.")
         if sealed != current:
             differs = "; ".join(differing_settings(sealed or {}, current))
             raise ValueError(
                 f"{self.out_dir} holds a run with another configuration (differs in {differs}); "
-                "resume with the same settings, pass --overwrite to start again, or pick a new --out."
+                f"resume with the same settings, pass {OVERWRITE} to start again, or pick {OTHER_OUT}."
             )
         try:
             previous = _compared_settings(json.loads(run_file.read_text()), hook)
@@ -390,7 +393,8 @@ class CrosscoderTrainingRunner:
         self.finished_before = True
         if self.is_main:
             print(
-                f"{self.out_dir} holds this run, finished: nothing to train (--overwrite instead of --resume trains it again)"
+                f"{self.out_dir} holds this run, finished: nothing to train; {OVERWRITE} instead of {RESUME} "
+                "trains it again"
             )
         return self._final_crosscoder()
 
@@ -545,8 +549,8 @@ def _store_changed_message(started_on: dict[str, Any], now: dict[str, Any], chec
         what = "it holds other activations for the same inputs (re-harvested, or snapshots changed)"
     return (
         f"the activation store {now['path']} is not the one this run was trained on up to {checkpoint.name}: "
-        f"{what}. Resuming would continue on other data: point --store at the original store "
-        f"({started_on.get('path')}), or start a new run in another --out."
+        f"{what}. Resuming would continue on other data: point {keyword_and_flag('store_path', '--store')} at the "
+        f"original store ({started_on.get('path')}), or start a new run in {OTHER_OUT}."
     )
 
 
