@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -158,6 +160,32 @@ def test_registry_entry_and_model_card(trained_run, pushed):
     assert sum(numbers) == 32
     folder = LocalHubApi().repo_folder(REPO)
     assert (folder / "snapshots" / (folder / "refs" / "main").read_text() / "README.md").read_text() == card
+
+
+def run_fresh(code: str, env: dict[str, str]) -> str:
+    """What ``code`` prints, run in a new interpreter on this checkout (nothing imported before it)."""
+    env = {**env, "PYTHONPATH": str(Path(crosslens.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_cards_load_snippets_run_as_written_in_a_fresh_interpreter(trained_run, pushed):
+    """A reader copies the card's code into a new session: with SAELens alone (the code from its
+    `from sae_lens import SAE` on, after its block's imports) nothing but the hub cache is at hand;
+    the crosslens way has the release registered, as the card says."""
+    want = local_folded(trained_run)
+    shown = "\nprint(type(crosscoder).__name__, tuple(crosscoder.W_dec.shape), type(globals().get('sae')).__name__)"
+    blocks = re.findall(r"```python\n(.*?)```", pushed.card, flags=re.S)
+    (block,) = [b for b in blocks if "SAE.from_pretrained(" in b]
+    lines = block.splitlines()
+    start = lines.index("from sae_lens import SAE")
+    alone = "\n".join([line for line in lines[:start] if line.startswith("import ")] + lines[start:])
+    without_registry = {k: v for k, v in os.environ.items() if k != "CROSSLENS_PRETRAINED"}
+    loaded = f"{type(want).__name__} {tuple(want.W_dec.shape)}"
+    assert run_fresh(alone + shown, without_registry) == f"{loaded} NoneType"
+    (registered,) = [b for b in blocks if "crosslens.load_pretrained(" in b]
+    assert run_fresh(registered + shown, dict(os.environ)) == f"{loaded} JumpReLUSAE"  # and its snapshot SAE
 
 
 def test_unknown_names_list_the_nearest(pushed):

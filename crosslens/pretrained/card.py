@@ -103,6 +103,23 @@ def load_section(code: list[str]) -> list[str]:
     return ["", "## Load", "", "```python", "import crosslens", "", *code, "```"]
 
 
+def saelens_load_section(repo_id: str, crosscoder_id: str) -> list[str]:
+    """How SAELens alone loads a pushed crosscoder, by repo id, as a Python block of its own.
+    ``import crosslens.crosscoders`` is in it because that import registers the architectures
+    with SAELens; ``import crosslens`` alone imports nothing until a name is used."""
+    return [
+        "",
+        "With SAELens alone, by repo id:",
+        "",
+        "```python",
+        "import crosslens.crosscoders  # registers the crosscoder architectures with SAELens",
+        "from sae_lens import SAE",
+        "",
+        f'crosscoder = SAE.from_pretrained("{repo_id}", "{crosscoder_id}")',
+        "```",
+    ]
+
+
 def _load(record: dict[str, Any]) -> list[str]:
     if not record.get("release"):
         return []

@@ -44,6 +44,7 @@ from crosslens.pretrained.card import (
     public_dataset_path,
     publish_local_paths,
     run_diffing,
+    saelens_load_section,
     saved_emergence,
 )
 from crosslens.pretrained.convert import SOURCE_RECORD, source_record
@@ -381,12 +382,10 @@ def model_card(publication: Publication) -> str:
         *load_section(
             [
                 f'crosscoder = crosslens.load_pretrained("{release}", "{crosscoder_id}")  # once the release is registered',
-                "# or with SAELens alone, after `import crosslens` registers the architectures:",
-                "from sae_lens import SAE",
-                f'crosscoder = SAE.from_pretrained("{repo_id}", "{crosscoder_id}")',
-                "sae = crosscoder.snapshot_sae(s)  # checkpoint s as a plain SAELens SAE, for HookedSAETransformer",
+                "sae = crosscoder.snapshot_sae(0)  # checkpoint 0 as a plain SAELens SAE, for HookedSAETransformer",
             ]
         ),
+        *saelens_load_section(repo_id, crosscoder_id),
         "",
         "A snapshot SAE reads checkpoint s's activation alone (the crosscoder's per-snapshot mode), so it "
         "reconstructs less well than the crosscoder, which reads the token at every checkpoint; the figures "
