@@ -184,6 +184,21 @@ def test_sharing_pushes_loads_and_runs_a_snapshot_sae(
     # the notebook pushed into its own HF cache, in the hub's cache layout
     assert (folder / "hf_home" / "hub" / "models--my-org--pico-crosscoders" / "refs" / "main").is_file()
 
+    # run again over its own outputs, as a reader reruns a notebook: the store and the finished run
+    # are reused as they are (no shard computed again, nothing trained), the same crosscoder pushed
+    kept = {path: path.read_bytes() for path in files_under(folder / "acts", folder / "run")}
+    times = {path: path.stat().st_mtime_ns for path in kept if path.name != "manifest.json"}  # a resume rewrites it
+    _, _, again = execute("03_sharing.ipynb", tmp_path, tutorial_env, monkeypatch)
+    assert {path: path.read_bytes() for path in kept} == kept and any(path.suffix == ".npy" for path in times)
+    assert {path: path.stat().st_mtime_ns for path in times} == times
+    assert again["variance_explained"] == summary["variance_explained"] and again["l0"] == summary["l0"]
+    assert again["weights_max_abs_diff"] == 0.0 and again["from_pretrained_equal"] is True
+
+
+def files_under(*folders: Path) -> list[Path]:
+    """The files a run or a harvest wrote in ``folders`` (lock files aside: taking a lock touches them)."""
+    return sorted(p for folder in folders for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
 
 def test_browsing_computes_serves_and_exports_every_feature(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
