@@ -176,6 +176,7 @@ def test_sharing_pushes_loads_and_runs_a_snapshot_sae(
     assert summary["weights_max_abs_diff"] == 0.0 and summary["from_pretrained_equal"] is True
     assert summary["sae_class"] == "JumpReLUSAE"
     assert summary["codes_max_abs_diff"] < 1e-4 and summary["l0"] > 0
+    assert summary["recons_max_abs_diff"] < 1e-4  # the per-snapshot mode's reconstruction, for any architecture
     assert math.isfinite(summary["clean_loss"]) and math.isfinite(summary["spliced_loss"])
     assert len(summary["variance_explained"]) == summary["n_snapshots"] == 3
     assert "snapshot_sae(s)" in summary["refusal_message"]
