@@ -119,6 +119,9 @@ def test_quickstart_runs_and_reports(
     assert set(counts) == {"initialization", "persistent", "transient", "dead"}
     assert sum(counts.values()) == summary["d_sae"]
     assert counts["dead"] < summary["d_sae"]
+    dips = summary["dip_and_recover"]  # the notebook names the dips its emergence and fade rules allow
+    assert 0 <= dips <= summary["d_sae"] - counts["dead"]
+    assert dips == sum(row["dipping"] for row in summary["snapshot_table"])
 
     report = Path(summary["report"])
     assert report.is_file() and report.stat().st_size == summary["report_bytes"] > 50_000
