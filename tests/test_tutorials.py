@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from crosslens.activations import ActivationStore
+from crosslens.cli import main
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = (
@@ -128,6 +132,16 @@ def test_quickstart_runs_and_reports(
     html = report.read_text(encoding="utf-8")
     assert html.lstrip().lower().startswith("<!doctype html") and "plotly" in html.lower()
     assert (Path(summary["crosscoder"]) / "cfg.json").is_file()
+
+    # the shell command the notebook prints is its harvest: the same stores, byte for byte
+    words = shlex.split(summary["harvest_command"])
+    assert words[:2] == ["crosslens", "harvest"] and words[-2] == "--out"
+    shell = tmp_path / "shell-acts"
+    assert main([*words[1:-1], str(shell)]) == 0
+    for suffix in ("", "-heldout"):
+        ours, theirs = ActivationStore.open(summary["train_store"] + suffix), ActivationStore.open(f"{shell}{suffix}")
+        assert (theirs.n_snapshots, theirs.n_tokens) == (ours.n_snapshots, ours.n_tokens) and ours.n_snapshots == 4
+        assert theirs.fingerprint == ours.fingerprint and theirs.content_sha256 == ours.content_sha256
 
 
 def test_attribution_runs_standalone(
