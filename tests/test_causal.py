@@ -578,20 +578,19 @@ def test_ablation_curve_end_points(snapshots, task, acts_all, jumprelu):
         model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)
     ).ie
     clean = float(task_metric(model, task).mean())
-    ablate_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, 3, D_SAE], codes=codes, n_random=2)
+    n = int((ie != 0).sum())  # the features ranked; the others never fire on the task
+    ablate_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, 3, n], codes=codes, n_random=2)
     keep_rows = ablation_curve(
-        model, jumprelu, task, ie, snapshot=1, ks=[0, D_SAE], codes=codes, keep_only=True, n_random=1
+        model, jumprelu, task, ie, snapshot=1, ks=[0, n], codes=codes, keep_only=True, n_random=1
     )
     by = {(r["selection"], r["k"]): r["metric"] for r in ablate_rows}
     assert by[("none", 0)] == pytest.approx(clean, abs=1e-5)
     assert by[("top", 0)] == pytest.approx(clean, abs=1e-5)  # ablating nothing
     kept = {(r["selection"], r["k"]): r["metric"] for r in keep_rows}
-    assert kept[("top", D_SAE)] == pytest.approx(clean, abs=1e-5)  # keeping everything
-    assert kept[("top", 0)] == pytest.approx(by[("top", D_SAE)], abs=1e-5)  # keep none == ablate all
+    assert kept[("top", n)] == pytest.approx(clean, abs=1e-5)  # keeping everything
+    assert kept[("top", 0)] == pytest.approx(by[("top", n)], abs=1e-5)  # keep none == ablate all
     assert len([r for r in ablate_rows if r["selection"] == "random" and r["k"] == 3]) == 2
-    chunked = ablation_curve(
-        model, jumprelu, task, ie, snapshot=1, ks=[0, 3, D_SAE], codes=codes, n_random=2, batch_size=4
-    )
+    chunked = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, 3, n], codes=codes, n_random=2, batch_size=4)
     assert [r["metric"] for r in chunked] == pytest.approx([r["metric"] for r in ablate_rows], abs=1e-5)
     assert by[("top", 3)] != pytest.approx(clean, abs=1e-4)
 
@@ -602,25 +601,89 @@ def test_keep_only_curve_reports_the_all_ablated_floor_and_restoration(snapshots
     ie = attribute_snapshot(
         model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)
     ).ie
+    n = int((ie != 0).sum())  # the features ranked; the others never fire on the task
     for mode in ("zero", "mean"):
         keep_rows = ablation_curve(
-            model, jumprelu, task, ie, snapshot=1, ks=[2, D_SAE], codes=codes, mode=mode, keep_only=True, n_random=0
+            model, jumprelu, task, ie, snapshot=1, ks=[2, n], codes=codes, mode=mode, keep_only=True, n_random=0
         )
-        ablate_rows = ablation_curve(
-            model, jumprelu, task, ie, snapshot=1, ks=[D_SAE], codes=codes, mode=mode, n_random=0
-        )
+        ablate_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[n], codes=codes, mode=mode, n_random=0)
         clean = next(r["metric"] for r in keep_rows if r["selection"] == "none")
         floor = [r for r in keep_rows if r["selection"] == "all"]
         assert len(floor) == 1 and floor[0]["ablation"] == mode
         # The floor is the model with every feature ablated the same way.
-        ablate_all = next(r["metric"] for r in ablate_rows if r["selection"] == "top" and r["k"] == D_SAE)
+        ablate_all = next(r["metric"] for r in ablate_rows if r["selection"] == "top" and r["k"] == n)
         assert floor[0]["metric"] == pytest.approx(ablate_all, abs=1e-5)
         assert floor[0]["metric"] != pytest.approx(clean, abs=1e-3)
         top = {r["k"]: r for r in keep_rows if r["selection"] == "top"}
-        assert top[D_SAE]["restored"] == pytest.approx(1.0, abs=1e-4)  # keeping everything restores it all
+        assert top[n]["restored"] == pytest.approx(1.0, abs=1e-4)  # keeping everything restores it all
         expected = (top[2]["metric"] - floor[0]["metric"]) / (clean - floor[0]["metric"])
         assert top[2]["restored"] == pytest.approx(expected, rel=1e-6)
         assert all("restored" not in r for r in ablate_rows)
+
+
+def test_top_k_curves_rank_only_features_with_an_effect(snapshots, task, acts_all, jumprelu):
+    """A thresholded attribution zeroes small effects; past the features it leaves, the "top"
+    set was filled with features 0, 1, ... by index and drawn as top-IE."""
+    model = snapshots[1]
+    codes = exact_codes(jumprelu, acts_all, 1)
+    full = attribute_snapshot(
+        model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)
+    ).ie
+    strongest = torch.sort(full.abs(), descending=True).indices[:2]
+    ie = torch.zeros_like(full)
+    ie[strongest] = full[strongest]
+    options = dict(snapshot=1, ks=[1, 2, 3, 10], codes=codes, n_random=1)
+    for keep_only in (False, True):
+        rows = ablation_curve(model, jumprelu, task, ie, keep_only=keep_only, **options)
+        assert [r["k"] for r in rows if r["selection"] == "top"] == [1, 2]
+        assert {r["n_with_effect"] for r in rows} == {2}
+        # the random controls are drawn at every k, as they are whatever the IE
+        unfiltered = ablation_curve(model, jumprelu, task, full, keep_only=keep_only, **options)
+        random = [(r["k"], r["metric"]) for r in rows if r["selection"] == "random"]
+        assert [k for k, _ in random] == [1, 2, 3, 10]
+        assert random == [(r["k"], r["metric"]) for r in unfiltered if r["selection"] == "random"]
+    with ablate(model, jumprelu, snapshot=1, features=strongest, codes=codes, positions=task.feature_mask()):
+        both = float(task_metric(model, task).mean())
+    top2 = next(
+        r for r in ablation_curve(model, jumprelu, task, ie, **options) if r["k"] == 2 and r["selection"] == "top"
+    )
+    assert top2["metric"] == pytest.approx(both, abs=1e-5)
+
+
+def test_an_ie_of_zeros_everywhere_draws_no_top_curve_and_says_so(snapshots, task, acts_all, jumprelu):
+    codes = exact_codes(jumprelu, acts_all, 1)
+    with pytest.warns(UserWarning, match=r"snapshot 1: no feature has a nonzero IE, so there is no top-k curve"):
+        rows = ablation_curve(
+            snapshots[1], jumprelu, task, torch.zeros(D_SAE), snapshot=1, ks=[1, 5], codes=codes, n_random=1
+        )
+    assert [(r["selection"], r["k"]) for r in rows] == [("none", 0), ("random", 1), ("random", 5)]
+    assert {r["n_with_effect"] for r in rows} == {0}
+
+
+def test_causal_stage_says_where_no_feature_has_an_effect(snapshots, tokenizer, tmp_path, jumprelu, capsys):
+    from crosslens.causal import run_causal_stage
+    from crosslens.causal.sections import _print_snapshots
+
+    with pytest.warns(UserWarning, match="no feature has a nonzero IE"):
+        result = run_causal_stage(
+            snapshots,
+            jumprelu,
+            agreement_pairs("pp", n=4, seed=7),
+            tmp_path,
+            tokenizer=tokenizer,
+            config=AttributionConfig(n_steps=2, threshold=1e6),  # every per-token effect is below it
+            top_k=2,
+            ks=(1, 3),
+            n_random=1,
+            progress=False,
+        )
+    assert not any(r["selection"] == "top" for r in result.ablation_rows)
+    assert result.summary.features_with_effect == [0] * N_SNAPSHOTS
+    assert result.summary.keep_only_restored_final == {}
+    labels = ", ".join(result.table.snapshot_labels)
+    assert f"No top-k curve at {labels}: no feature has a nonzero IE there" in result.paths.report.read_text()
+    _print_snapshots(dataclasses.replace(result.summary, behaviour=[]), model_lines=False)  # as if it behaved
+    assert "no top-k row, 0 features have a nonzero IE there" in capsys.readouterr().out
 
 
 def test_causal_stage_labels_the_ablation_and_drops_ks_above_d_sae(snapshots, tokenizer, tmp_path, jumprelu):
@@ -644,10 +707,10 @@ def test_causal_stage_labels_the_ablation_and_drops_ks_above_d_sae(snapshots, to
     )
     rows = json.loads(result.paths.ablation_curves.read_text())
     assert {r["ablation"] for r in rows} == {"mean"}
-    assert {r["k"] for r in rows if r["selection"] == "top"} == {2, D_SAE}
     summary = result.summary
-    assert summary.ablation == "mean" and set(summary.keep_only_restored_final) == {"2", str(D_SAE)}
-    assert summary.keep_only_restored_final[str(D_SAE)] == pytest.approx(1.0, abs=1e-4)
+    assert max(summary.features_with_effect) < D_SAE  # so the top-k curves stop before k = D_SAE
+    assert {r["k"] for r in rows if r["selection"] == "top"} == {2} and max(r["k"] for r in rows) <= D_SAE
+    assert summary.ablation == "mean" and set(summary.keep_only_restored_final) == {"2"}
     html = result.paths.report.read_text()
     assert "mean-ablation" in html and "Keep-only restoration" in html
     # IE = m(patch) - m(clean) and the metric is negative when the model is right: a feature that
@@ -1107,9 +1170,10 @@ def test_one_token_results_are_the_previous_implementations(snapshots, task, act
         keep_only=True,
         batch_size=4,
     )
-    torch.testing.assert_close(
-        torch.tensor([r["metric"] for r in rows]), torch.tensor(FROZEN_KEEP_ONLY_CURVE), rtol=0, atol=1e-5
-    )
+    # a feature without an effect is not ranked, so the frozen keep-only top-64 row (index 10) is not drawn
+    assert {r["k"] for r in rows if r["selection"] == "top"} == {1, 5} and rows[0]["n_with_effect"] < 64
+    frozen = FROZEN_KEEP_ONLY_CURVE[:10] + FROZEN_KEEP_ONLY_CURVE[11:]
+    torch.testing.assert_close(torch.tensor([r["metric"] for r in rows]), torch.tensor(frozen), rtol=0, atol=1e-5)
 
 
 def test_multi_token_ablation_curve_end_points(snapshots, multi_task, tokenizer, jumprelu):
@@ -1117,9 +1181,12 @@ def test_multi_token_ablation_curve_end_points(snapshots, multi_task, tokenizer,
     codes = exact_codes(jumprelu, acts, 1)
     model = snapshots[1]
     clean = float(task_metric(model, multi_task).mean())
-    ie = attribute_snapshot(model, jumprelu, multi_task, snapshot=1, config=AttributionConfig(n_steps=2)).ie
+    ie = attribute_snapshot(
+        model, jumprelu, multi_task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=2)
+    ).ie
+    n = int((ie != 0).sum())  # the features ranked; the others never fire on the prompts
     ablated = ablation_curve(
-        model, jumprelu, multi_task, ie, snapshot=1, ks=[0, 5, D_SAE], codes=codes, n_random=0, batch_size=4
+        model, jumprelu, multi_task, ie, snapshot=1, ks=[0, 5, n], codes=codes, n_random=0, batch_size=4
     )
     kept = ablation_curve(
         model,
@@ -1127,7 +1194,7 @@ def test_multi_token_ablation_curve_end_points(snapshots, multi_task, tokenizer,
         multi_task,
         ie,
         snapshot=1,
-        ks=[0, D_SAE],
+        ks=[0, n],
         codes=codes,
         n_random=0,
         keep_only=True,
@@ -1136,15 +1203,15 @@ def test_multi_token_ablation_curve_end_points(snapshots, multi_task, tokenizer,
     by = {(r["selection"], r["k"]): r["metric"] for r in ablated}
     keep = {(r["selection"], r["k"]): r["metric"] for r in kept}
     assert by[("none", 0)] == pytest.approx(clean, abs=1e-5) and by[("top", 0)] == pytest.approx(clean, abs=1e-5)
-    assert keep[("top", D_SAE)] == pytest.approx(clean, abs=1e-5)  # keeping every feature changes nothing
-    assert keep[("top", 0)] == pytest.approx(by[("top", D_SAE)], abs=1e-5)  # keep none == ablate all
-    assert abs(by[("top", D_SAE)] - clean) > 1e-3  # ablating every prompt feature moves the metric
+    assert keep[("top", n)] == pytest.approx(clean, abs=1e-5)  # keeping every feature changes nothing
+    assert keep[("top", 0)] == pytest.approx(by[("top", n)], abs=1e-5)  # keep none == ablate all
+    assert abs(by[("top", n)] - clean) > 1e-3  # ablating every prompt feature moves the metric
     # ablating every feature by hand: the spliced prompt positions decode the zero code (b_dec), error kept
     from crosslens.causal.continuations import rows_from_prompt
 
     part_codes, part_positions = rows_from_prompt(multi_task, codes, multi_task.feature_mask())
     with ablate(model, jumprelu, snapshot=1, features=torch.arange(D_SAE), codes=part_codes, positions=part_positions):
-        assert float(task_metric(model, multi_task).mean()) == pytest.approx(by[("top", D_SAE)], abs=1e-5)
+        assert float(task_metric(model, multi_task).mean()) == pytest.approx(by[("top", n)], abs=1e-5)
 
 
 def test_a_custom_metric_is_refused_for_multi_token_tasks(snapshots, multi_task, jumprelu):

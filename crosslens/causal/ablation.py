@@ -10,7 +10,10 @@ changes:
 
 Curves (Ge et al.): the task metric after ablating the top-k features by |IE| (and
 after keeping only the top-k), for a range of k, with random-k controls drawn from
-the features active on the task.
+the features active on the task. Only features with a nonzero IE are ranked: past them
+a "top" set would be filled by feature index (a thresholded attribution zeroes every
+small effect), so each top-k curve stops at the last k within them, and each row
+records how many there are (``n_with_effect``).
 
 Features are ablated at the prompt's positions only; with multi-token continuations
 the model then scores both continuations under teacher forcing, their positions
@@ -19,6 +22,7 @@ unedited (see :mod:`crosslens.causal.continuations`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -156,6 +160,23 @@ def _ranked(ie_F: torch.Tensor) -> torch.Tensor:
     return torch.sort(ie_F.abs(), descending=True, stable=True).indices
 
 
+def _ranked_with_effect(ie_F: torch.Tensor, ks: Sequence[int], snapshot: int) -> torch.Tensor:
+    """The features with a nonzero IE, by decreasing |IE| (ties by index), after checking the
+    curve's ``ks``; a warning where there are none, since then no top-k curve is drawn."""
+    for k in ks:
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+    ranked = _ranked(ie_F)[: int((ie_F != 0).sum())]
+    if not len(ranked) and any(k > 0 for k in ks):
+        warnings.warn(
+            f"ablation curves at snapshot {snapshot}: no feature has a nonzero IE, so there is no top-k curve, "
+            "only the random-k controls; no feature moves the metric there, or an IE threshold zeroed every "
+            "effect (AttributionConfig.threshold, --ie-threshold: lower it)",
+            stacklevel=3,
+        )
+    return ranked
+
+
 def ablation_curve(
     model: HookedTransformer,
     crosscoder: Crosscoder,
@@ -179,13 +200,18 @@ def ablation_curve(
 
     Codes default to per-snapshot encoding; pass exact codes for exact mode. Each row:
     ``{snapshot, k, selection ("top" | "random" | "none" | "all"), seed, ablation, keep_only,
-    metric (mean), accuracy (share with metric < 0)}``; a ``"none"`` row holds the
-    unablated model. Keep-only curves also get an ``"all"`` row (every feature ablated,
+    metric (mean), accuracy (share with metric < 0), n_with_effect}``; a ``"none"`` row holds
+    the unablated model. Keep-only curves also get an ``"all"`` row (every feature ablated,
     the floor a kept set restores from) and, on each kept row, ``restored``: the share
     of the clean-vs-all-ablated gap the kept set brings back.
+
+    Only the ``n_with_effect`` features with a nonzero ``ie`` are ranked, so there is a
+    ``"top"`` row only for each k up to that number; the random controls are drawn at every
+    k. Where ``ie`` is zero everywhere there is no top-k curve, and a warning says so.
     """
     hook = crosscoder_hook(crosscoder, hook)
     check_metric(task, metric, logit_diff)
+    ranked = _ranked_with_effect(ie, ks, snapshot)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     positions = task.feature_mask(include_bos=include_bos)
     if codes is None:
@@ -193,7 +219,6 @@ def ablation_curve(
             codes = codec.encode_single(activations_at(model, hook, task.clean_tokens, task.mask.long())).cpu()
     mean_codes = mean_feature_codes(codes, positions) if mode == "mean" else None
     active = torch.nonzero((codes[positions] != 0).any(dim=0)).flatten()
-    ranked = _ranked(ie)
     generator = torch.Generator().manual_seed(seed)
 
     settings = dict(
@@ -213,17 +238,16 @@ def ablation_curve(
             "keep_only": keep_only,
             "metric": float(values.mean()),
             "accuracy": float((values < 0).float().mean()),
+            "n_with_effect": len(ranked),
         }
 
-    for k in ks:
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
     rows = [row(0, "none", torch.cat([task_metric(model, part, metric) for _, part in _chunks(task, batch_size)]))]
     if keep_only:
         # Keeping nothing ablates everything: the floor that keep-only restoration is measured from.
         rows.append(row(0, "all", measure(ranked[:0])))
     for k in ks:
-        rows.append(row(k, "top", measure(ranked[:k])))
+        if k <= len(ranked):  # past the features with an effect the set would be filled by index
+            rows.append(row(k, "top", measure(ranked[:k])))
         for draw in range(n_random):
             pool = active if active.numel() >= k else torch.arange(codec.d_sae)
             pick = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
@@ -362,6 +386,23 @@ def snapshot_ablation_rows(
         curve = ablation_curve(model, crosscoder, tokenized, ie, snapshot=snapshot, keep_only=keep, **curve_options)
         rows.extend({**r, "label": label, "task": task_name} for r in curve)
     return rows
+
+
+def top_curves_note(rows: Sequence[dict[str, Any]]) -> str:
+    """A sentence for a report of ablation curves: how many features each snapshot ranks (those
+    with a nonzero IE), where the top-k curves stop, and the snapshots with no top-k curve."""
+    counts = {r.get("label", f"s{r['snapshot']}"): r["n_with_effect"] for r in rows if "n_with_effect" in r}
+    if not counts:
+        return ""
+    listed = ", ".join(f"{label} {n}" for label, n in counts.items())
+    note = f"Only features with a nonzero IE are ranked, so each top-k curve stops at their number ({listed})."
+    empty = [label for label, n in counts.items() if n == 0]
+    if empty:
+        note += (
+            f" No top-k curve at {', '.join(empty)}: no feature has a nonzero IE there (an IE threshold can zero "
+            "every effect)."
+        )
+    return note
 
 
 def top_k_features(ie: Float[torch.Tensor, " d_sae"], k: int) -> Int[torch.Tensor, " k"]:

@@ -127,6 +127,10 @@ def _print_snapshots(
         for k, value in summary.keep_only_restored_final.items()
         if value is not None
     )
+    if not summary.keep_only_restored_final and summary.features_with_effect:
+        restored = (
+            f"no top-k row, {summary.features_with_effect[-1]} features have a nonzero IE there (the most ranked)"
+        )
     print(f"  {where}: {restored}")
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from crosslens.causal import defaults
-from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
+from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows, top_curves_note
 from crosslens.causal.attribution import (
     AttributionConfig,
     attribute_snapshot,
@@ -114,6 +114,8 @@ class CausalSummary:
     """``"logit_diff"`` (every continuation one token) or ``"summed_logprob_diff"``."""
     n_multi_token: int = 0
     """Examples with a continuation of several tokens."""
+    features_with_effect: list[int] = field(default_factory=list)
+    """Per snapshot: the features with a nonzero IE, the most a top-k ablation curve ranks."""
     behaviour: list[dict[str, Any]] = field(default_factory=list)
     """Per snapshot: accuracy on the pairs with its 95% interval, the metric's mean and sd, and
     whether the model is at chance there (:class:`crosslens.causal.behaviour.SnapshotBehaviour`)."""
@@ -385,6 +387,7 @@ def _summary(
         claims_final=causal_claims(rows, table.snapshots[-1]),
         metric=str(table.config.get("metric", "logit_diff")),
         n_multi_token=int((tokenized.continuation_lengths > 1).any(dim=1).sum()),  # type: ignore[operator]
+        features_with_effect=(table.ie != 0).sum(dim=0).tolist(),
         behaviour=[b.to_dict() for b in behaviours],
     )
 
@@ -486,7 +489,8 @@ def causal_report(
         caption=(
             f"{mode}-ablation: ablated features are {how}, at the prompt's positions after BOS, with the "
             "crosscoder's error term kept. One panel per snapshot. 'ablate top-k' removes the k features with the largest |IE|; "
-            "'keep only top-k' ablates every other feature. Dashed: random features active on the task (mean)."
+            "'keep only top-k' ablates every other feature. Dashed: random features active on the task (mean). "
+            + top_curves_note(rows)
         ),
     )
     final = table.snapshots[-1]
