@@ -215,6 +215,43 @@ def test_release_collisions_are_refused(pushed, tmp_path, monkeypatch):
         unregister_release("mine")
 
 
+def test_register_release_takes_what_push_and_the_directory_hand_out(pushed):
+    """push's registry_yaml (text) and a directory's release object were read as mappings:
+    'dictionary update sequence element #0 has length 1' and "object is not iterable"."""
+    published = pretrained_directory()[RELEASE]
+    given = {
+        "as-yaml": pushed.registry_yaml,
+        "as-document": pushed.registry_entry,
+        "as-object": published,
+        "as-fields": pushed.registry_entry[pushed.release],
+    }
+    done = []
+    try:
+        for name, spec in given.items():
+            registered = register_release(name, spec)
+            done.append(name)
+            assert registered.release == name and registered.source == "register_release()"
+            assert (registered.repo_id, registered.model, registered.suite, registered.entries) == (
+                REPO,
+                published.model,
+                published.suite,
+                published.entries,
+            )
+    finally:
+        for name in done:
+            unregister_release(name)
+    two = {"a-release": pushed.registry_entry[RELEASE], "b-release": pushed.registry_entry[RELEASE]}
+    for spec, refusal in (
+        (3, r"^register_release\(\): release 'x': got a int; pass its fields as a mapping, a release object"),
+        ("registry.yaml", r"reads as a YAML str, not a release; pass a release's YAML"),
+        ("a: [", r"^register_release\(\): release 'x' is not valid YAML"),
+        (two, r"holds the releases 'a-release', 'b-release', none named 'x'; pass the one to register"),
+    ):
+        with pytest.raises(PretrainedRegistryError, match=refusal):
+            register_release("x", spec)
+    assert "x" not in pretrained_directory()
+
+
 def test_registry_disagreement_is_refused(pushed, tmp_path, monkeypatch):
     spec = yaml.safe_load(pushed.registry_yaml)
     spec[RELEASE]["suite"]["revisions"] = ["step0", "step11", "step100"]

@@ -238,7 +238,7 @@ def get_release(release: str) -> PretrainedCrosscoderRelease:
 
 def register_release(
     release: str,
-    spec: Mapping[str, Any] | None = None,
+    spec: Mapping[str, Any] | PretrainedCrosscoderRelease | str | None = None,
     /,
     **fields: Any,
 ) -> PretrainedCrosscoderRelease:
@@ -247,13 +247,18 @@ def register_release(
         crosslens.register_release("my-crosscoders", repo_id="me/cc", model="EleutherAI/pythia-160m",
                                    suite={...}, saes=[{"id": "blocks.6.hook_resid_post", ...}])
 
+    ``spec`` may also be a release object (:func:`pretrained_directory`'s values), or a registry
+    document, ``{name: fields}`` as a mapping or as YAML text (``crosslens push``'s
+    ``registry_entry`` and ``registry_yaml``); of a document, the release named ``release`` is
+    registered, or else its only one, under the name ``release``.
+
     Registering the same release again with the same content does nothing; a name that
     another release (packaged, from ``CROSSLENS_PRETRAINED``, or registered) already holds
     is refused.
     """
     if spec is not None and fields:
         raise TypeError("pass the release either as one mapping or as keywords, not both.")
-    raw = dict(spec if spec is not None else fields)
+    raw = dict(_release_fields(release, spec) if spec is not None else fields)
     parsed = parse_release(release, raw, source=_RUNTIME_SOURCE)
     existing = {**_file_directory(), **_RUNTIME_RELEASES}.get(release)
     if existing is not None:
@@ -265,6 +270,35 @@ def register_release(
         )
     _RUNTIME_RELEASES[release] = parsed
     return parsed
+
+
+def _release_fields(release: str, spec: Any) -> Mapping[str, Any]:
+    """The fields of ``release`` in what :func:`register_release` was given (see there)."""
+    where = f"{_RUNTIME_SOURCE}: release {release!r}"
+    if isinstance(spec, PretrainedCrosscoderRelease):
+        return spec.raw
+    if isinstance(spec, str):
+        spec = _load_yaml(spec, source=where)
+        if not isinstance(spec, Mapping):
+            raise PretrainedRegistryError(
+                f"{where}: the text given reads as a YAML {type(spec).__name__}, not a release; pass a release's "
+                "YAML (crosslens push's registry_yaml), or read a registry file first: Path(FILE).read_text()."
+            )
+    if not isinstance(spec, Mapping):
+        raise PretrainedRegistryError(
+            f"{where}: got a {type(spec).__name__}; pass its fields as a mapping, a release object "
+            "(pretrained_directory()[NAME]) or its YAML text (crosslens push's registry_yaml)."
+        )
+    if not spec or set(spec) & _RELEASE_KEYS or not all(isinstance(value, Mapping) for value in spec.values()):
+        return spec  # a release's own fields, which parse_release checks
+    if release in spec:  # a registry document: release name -> fields
+        return spec[release]
+    if len(spec) == 1:
+        return next(iter(spec.values()))
+    raise PretrainedRegistryError(
+        f"{where}: the registry document given holds the releases {_short_list(sorted(map(str, spec)))}, none "
+        f"named {release!r}; pass the one to register: register_release({release!r}, document[NAME])."
+    )
 
 
 def unregister_release(release: str) -> None:
@@ -309,6 +343,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def parse_registry(text: str, *, source: str) -> dict[str, PretrainedCrosscoderRelease]:
     """Parse one registry YAML document (release name -> release). A release, or any key of
     a mapping, given twice is refused naming both lines."""
+    data = _load_yaml(text, source=source)
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise PretrainedRegistryError(f"{source} must map release names to releases, got a {type(data).__name__}.")
+    return {str(name): parse_release(str(name), value, source=source) for name, value in data.items()}
+
+
+def _load_yaml(text: str, *, source: str) -> Any:
+    """YAML ``text`` read with every key of a mapping given once (a second refused naming both lines)."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except _RepeatedKey as repeated:
@@ -319,11 +363,7 @@ def parse_registry(text: str, *, source: str) -> dict[str, PretrainedCrosscoderR
         ) from None
     except yaml.YAMLError as exc:
         raise PretrainedRegistryError(f"{source} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise PretrainedRegistryError(f"{source} must map release names to releases, got a {type(data).__name__}.")
-    return {str(name): parse_release(str(name), value, source=source) for name, value in data.items()}
+    return data
 
 
 def is_release_name(name: str) -> bool:
