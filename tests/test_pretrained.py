@@ -3,6 +3,7 @@ through the registry offline, registry errors, CLI, training metadata and the W&
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -264,6 +265,42 @@ def test_registry_disagreement_is_refused(pushed, tmp_path, monkeypatch):
     bad.write_text(yaml.safe_dump(spec))
     with pytest.raises(PretrainedRegistryError, match="l0 must be a number or 3 numbers"):
         pretrained_directory()
+
+
+def test_an_entry_of_other_steps_or_another_model_is_refused(pushed, tmp_path, monkeypatch):
+    """Only the revisions were compared: an entry listing steps [0, 4, 100], or another model,
+    for this crosscoder loaded without complaint."""
+    entry = yaml.safe_load(pushed.registry_yaml)[RELEASE]
+    assert entry["suite"]["steps"] == [0, 10, 100] and entry["model"] == "suite0"  # the local suite's folder
+    bad = tmp_path / "bad.yaml"
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(bad))
+    for field, value, refusal in (
+        (
+            "steps",
+            [0, 4, 100],
+            r"its snapshots' steps are \[0, 10, 100\], the registry's suite.steps are \[0, 4, 100\]",
+        ),
+        (
+            "model",
+            "EleutherAI/pythia-70m",
+            r"its model is 'suite0', the registry's model is 'EleutherAI/pythia-70m'",
+        ),
+    ):
+        changed = copy.deepcopy(entry)
+        if field == "steps":
+            changed["suite"]["steps"] = value
+        else:
+            changed["model"] = value
+        bad.write_text(yaml.safe_dump({RELEASE: changed}))
+        with pytest.raises(PretrainedRegistryError, match=refusal) as refused:
+            load_pretrained(RELEASE, HOOK)
+        message = str(refused.value)
+        assert len(message.splitlines()) == 1 and message.endswith(
+            f"correct the entry in {bad} to what the crosscoder records, or point it at the crosscoder it describes."
+        )
+    # a model named with an organisation and without it (as SAELens's releases name TransformerLens models) is one
+    bad.write_text(yaml.safe_dump({RELEASE: {**entry, "model": "someone/suite0"}}))
+    assert load_pretrained(RELEASE, HOOK).cfg.metadata.pretrained_release == RELEASE
 
 
 def test_cli_pretrained_list_show_and_release_id_folders(pushed, capsys):

@@ -3,7 +3,7 @@
 Loading goes through SAELens's own machinery: ``SAE.from_pretrained(repo_id, path,
 converter=...)`` with the release's ``conversion_func`` (default SAELens's loader) and its
 ``config_overrides``. What comes back is checked against the registry entry (architecture,
-snapshots, hook, normalisation) and refused on any disagreement.
+snapshots, their steps, model, hook, normalisation) and refused on any disagreement.
 """
 
 from __future__ import annotations
@@ -98,7 +98,16 @@ def load_pretrained(
 def check_against_registry(
     crosscoder: Crosscoder, lookup: PretrainedCrosscoderRelease, entry: PretrainedCrosscoderEntry
 ) -> None:
-    """Refuse a crosscoder that disagrees with its registry entry; fill what the cfg lacks."""
+    """Refuse a crosscoder that disagrees with its registry entry; fill what the cfg lacks.
+
+    Compared with what the crosscoder's cfg.json records: the architecture and snapshot count,
+    and where its metadata records them, the snapshots' revisions and steps (``suite``), the
+    model (SAELens's ``model_name``, else ``suite.model_id``; a name without its organisation
+    matches one with it, as SAELens's releases name TransformerLens models), the hook and
+    whether the normalisation is folded. A cfg.json without a suite cannot confirm the
+    registry's revisions and steps, nor one without a model its ``model``: the crosscoder is
+    given the registry's suite, unchecked.
+    """
     meta = crosscoder.cfg.metadata
     where = f"{lookup.release}/{entry.id} ({lookup.repo_id}/{entry.path}, registry {lookup.source})"
     problems = []
@@ -108,16 +117,26 @@ def check_against_registry(
         problems.append(
             f"it has {crosscoder.cfg.n_snapshots} snapshots, the registry lists {lookup.n_snapshots} revisions"
         )
-    recorded = [s.get("revision") for s in ((meta.get("suite") or {}).get("snapshots") or [])]
+    snapshots = (meta.get("suite") or {}).get("snapshots") or []
+    recorded = [s.get("revision") for s in snapshots]
     if recorded and recorded != lookup.revisions:
         problems.append(f"its snapshots are {recorded}, the registry lists {lookup.revisions}")
+    steps, listed = [s.get("step") for s in snapshots], lookup.suite.get("steps")
+    if steps and None not in steps and listed is not None and steps != list(listed):
+        problems.append(f"its snapshots' steps are {steps}, the registry's suite.steps are {list(listed)}")
+    model = meta.get("model_name") or (meta.get("suite") or {}).get("model_id")
+    if model and not _same_model(str(model), lookup.model):
+        problems.append(f"its model is {model!r}, the registry's model is {lookup.model!r}")
     if entry.hook_name and meta.get("hook_name") and meta.get("hook_name") != entry.hook_name:
         problems.append(f"hook is {meta.get('hook_name')!r}, the registry says {entry.hook_name!r}")
     folded = bool(meta.get("activation_norm_factors_folded"))
     if entry.normalization_folded is not None and entry.normalization_folded != folded:
         problems.append(f"normalisation folded is {folded}, the registry says {entry.normalization_folded}")
     if problems:
-        raise PretrainedRegistryError(f"{where} does not match its registry entry: " + "; ".join(problems) + ".")
+        raise PretrainedRegistryError(
+            f"{where} does not match its registry entry: {'; '.join(problems)}; correct the entry in "
+            f"{lookup.source} to what the crosscoder records, or point it at the crosscoder it describes."
+        )
     if not recorded:  # a cfg.json without provenance: the registry's suite is all we know
         suite = dict(lookup.suite)
         steps = list(suite.get("steps") or [None] * lookup.n_snapshots)
@@ -127,6 +146,15 @@ def check_against_registry(
         meta.suite = suite
     if entry.hook_name and not meta.get("hook_name"):
         meta.hook_name = entry.hook_name
+
+
+def _same_model(recorded: str, registered: str) -> bool:
+    """Whether two model names name one model: equal, or equal but for an organisation only one gives."""
+    if recorded == registered:
+        return True
+    if ("/" in recorded) == ("/" in registered):
+        return False
+    return recorded.rsplit("/", 1)[-1].lower() == registered.rsplit("/", 1)[-1].lower()
 
 
 def _check_cached_folder(repo_id: str, folder: str, release: str, crosscoder_id: str) -> None:
