@@ -221,7 +221,7 @@ def files_under(*folders: Path) -> list[Path]:
 def test_browsing_computes_serves_and_exports_every_feature(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, _, summary = execute("04_browsing.ipynb", tmp_path, tutorial_env, monkeypatch)
+    _, folder, summary = execute("04_browsing.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert summary["small"] is True and summary["n_snapshots"] == 3 and summary["d_sae"] == 64
     assert sum(summary["class_counts"].values()) == 64
     assert len(summary["trajectory"]) == 3 and all(0 < row[2] <= 1 for row in summary["trajectory"][-1:])
@@ -238,6 +238,12 @@ def test_browsing_computes_serves_and_exports_every_feature(
         summary["live_top"] and summary["live_top"][0][0] == summary["live_feature"] and summary["live_top"][0][1] > 0
     )
     assert summary["live_api_gap"] < 1e-5  # the page's heatmap is the array (rounded to 6 decimals)
+
+    # run again over its own outputs: the store and the finished run are reused as they are
+    kept = {path: path.read_bytes() for path in files_under(folder / "acts", folder / "run")}
+    _, _, again = execute("04_browsing.ipynb", tmp_path, tutorial_env, monkeypatch)
+    assert {path: path.read_bytes() for path in kept} == kept and any(path.suffix == ".npy" for path in kept)
+    assert again["class_counts"] == summary["class_counts"] and again["live_top"] == summary["live_top"]
 
 
 def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(
