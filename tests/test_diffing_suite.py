@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,6 +29,7 @@ from crosslens.core.sealed import write_sealed
 
 BASE, CHAT = "crosslens-test/tiny-base", "crosslens-test/tiny-chat"
 MODELS = f"{BASE},{CHAT}"
+THIRD = "crosslens-test/tiny-third"
 HOOK = "blocks.0.hook_resid_post"
 CPU = ["--device", "cpu"]
 
@@ -291,17 +294,70 @@ def test_processing_is_compared_where_it_changes_activations():
     )
 
 
-def test_models_flag_refusals(two_models, capsys):
+def test_models_flag_refusals(two_models, tmp_path, capsys):
+    write_fake_hub_repo(two_models, THIRD, {"main": tiny_neox(2)}, make_word_tokenizer())
+    capsys.readouterr()
     for argv, message in (
         (["--models", BASE], "--models lists one model"),
         (["--models", MODELS, "--suite", "pico"], "--models and --suite both name the suite"),
+        # distinct models have no order, and model diffing compares two
+        (["--models", f"{MODELS},{THIRD}"], "--models lists 3 models; model diffing compares two, in no training"),
+        (["--suite", f"{MODELS},{THIRD}"], "--suite lists 3 models; model diffing compares two"),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            main(["harvest", *argv, "--hook", HOOK, "--out", "never"])
+            main(["harvest", *argv, "--hook", HOOK, "--out", str(tmp_path / "never"), "--n-tokens", "256", *CPU])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
-    assert not Path("never").exists()
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_crosscoder_of_three_models_is_read_by_no_analysis(two_models, tmp_path, capsys):
+    """A suite of three models is still built, harvested and trained in Python; what would read its
+    models as a training order, or diff them, refuses it before it writes anything."""
+    from trust_fixtures import token_table
+
+    from crosslens.activations import harvest_activations
+    from crosslens.analysis import analyze_crosscoder, evolution_report
+    from crosslens.analysis.diffing import is_diffing
+    from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.errors import CrosslensError
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.pretrained import LocalHubApi, push_to_hub
+
+    write_fake_hub_repo(two_models, THIRD, {"main": tiny_neox(2)}, make_word_tokenizer())
+    store, run = tmp_path / "store", tmp_path / "run"
+    harvest_activations(CheckpointSuite.models([BASE, CHAT, THIRD]), HOOK, token_table(64), store, progress=False)
+    train = ["--arch", "crosscoder", "--d-sae", "16", "--n-steps", "4", "--batch-size", "64", "--spliced-seqs", "0"]
+    assert main(["train", "--store", str(store), "--out", str(run), *train, *CPU]) == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+
+    said = "the crosscoder reads 3 distinct models (tiny-base, tiny-chat, tiny-third), which have no training order"
+    fix = "train a crosscoder on a store of two of them (`crosslens harvest --models A,B`"
+    for argv, where in (
+        (["analyze", "--crosscoder", str(run), *CPU], run / "final"),
+        (["dashboards", str(run), *CPU], run),
+        (["export", str(run), "--format", "saebench", "--out", str(tmp_path / "export")], run),
+    ):
+        err = one_line_error(argv, capsys)
+        assert f"error: {where}: {said}" in err and fix in err, err
+    crosscoder = load_crosscoder_folder(run / "final", device="cpu")
+    with pytest.raises(CrosslensError, match="^analyze_crosscoder: " + re.escape(said)):
+        analyze_crosscoder(crosscoder, progress=False)
+    with pytest.raises(CrosslensError, match="^evolution_report: " + re.escape(said)):
+        evolution_report(EvolutionAnalysis.from_crosscoder(crosscoder))
+    with pytest.raises(CrosslensError, match=re.escape(f"{run / 'final'}: {said}")):
+        push_to_hub(run, "me/three", api=LocalHubApi(tmp_path / "hub"), n_eval_tokens=256)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+    # the family says which crosscoder reads distinct models, not its number of snapshots: two
+    # checkpoints of one model keep their analysis through time
+    def of(family: str) -> SimpleNamespace:
+        return SimpleNamespace(cfg=SimpleNamespace(n_snapshots=2, metadata={"suite": {"family": family}}))
+
+    assert is_diffing(of("pythia")) is False and is_diffing(of("models")) is True
 
 
 def test_a_model_to_leave_out_is_named_as_models_lists_it(two_models, capsys):

@@ -75,12 +75,15 @@ def analyze_crosscoder(
     settings in the three configs), kept as ``analysis.emergence`` and given its report section.
     A crosscoder of two models gets the diffing classes instead of the emergence section, with
     latent scaling's verdict on its one-model-only latents where it read the store, kept as
-    ``analysis.diffing``. ``emergence`` may also be a check saved for this crosscoder
+    ``analysis.diffing``; one of another number of distinct models is refused
+    (:class:`~crosslens.core.errors.CrosslensError`): they have no training order, and diffing
+    compares two. ``emergence`` may also be a check saved for this crosscoder
     (:func:`~crosslens.analysis.emergence_record.read_emergence`), taken as it is: a report rebuilt
     without the store latent scaling read keeps it, and without a store classes dead latents by the
     firing frequencies it holds.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
+    diffing = is_diffing(crosscoder, "analyze_crosscoder")  # other than two distinct models: refused before reading
     if emergence and not isinstance(emergence, EmergenceResult):
         check_snapshot_decoders(crosscoder)  # before the store is read: latent scaling and lineage need it
     frequency = None
@@ -101,7 +104,7 @@ def analyze_crosscoder(
         read = {"hook": hook, "tokenizer": tokenizer, "max_tokens": max_context_tokens, "progress": progress}
         contexts = top_activating_contexts(store, crosscoder, features, **read)
     report = evolution_report(
-        analysis, title=title, probes=probes, contexts=contexts, device=device, through_time=not is_diffing(crosscoder)
+        analysis, title=title, probes=probes, contexts=contexts, device=device, through_time=not diffing
     )
     if isinstance(emergence, EmergenceResult):
         analysis.emergence = emergence

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, carried, scaled_presence
 from crosslens.analysis.scaling import LatentScaling
 from crosslens.core.metadata import metadata_value
-from crosslens.core.model_specs import MODELS_FAMILY
+from crosslens.core.model_specs import check_model_pair, is_models_suite
 from crosslens.crosscoders.folding import training_space_decoder
 
 DIFFING_VERDICTS: tuple[str, ...] = ("specific", "shrinkage", "decoupling", "not measured")
@@ -257,10 +257,14 @@ def diffing_scaling(
     )
 
 
-def is_diffing(crosscoder: Any) -> bool:
-    """Whether ``crosscoder`` reads two distinct models (a diffing suite), not one model's checkpoints."""
-    suite = metadata_value(crosscoder, "suite") or {}
-    return suite.get("family") == MODELS_FAMILY and crosscoder.cfg.n_snapshots == 2
+def is_diffing(crosscoder: Any, where: str = "model diffing") -> bool:
+    """Whether ``crosscoder`` reads distinct models (the family its suite record names), not one
+    model's checkpoints, whatever their number. Distinct models have no training order, and model
+    diffing compares two: a crosscoder of another number of them is refused, the message beginning
+    with ``where`` (:func:`~crosslens.core.model_specs.check_model_pair`)."""
+    suite = metadata_value(crosscoder, "suite")
+    check_model_pair(suite, int(crosscoder.cfg.n_snapshots), where)
+    return is_models_suite(suite)
 
 
 def model_labels(crosscoder: Any) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from crosslens.analysis.plots import (
     probe_scatter,
 )
 from crosslens.analysis.probes import ProbeValidation
+from crosslens.core.model_specs import check_model_pair
 from crosslens.htmlreport import Report, feature_link
 from crosslens.htmlreport import format_cell as _format_cell
 
@@ -64,10 +65,12 @@ def evolution_report(
     trajectories, dimensionality, drift, a per-feature table, and, when given, probe
     validation and top-activating contexts. Callers add their own sections to the
     returned report before writing it. ``device`` is where the (quadratic in ``d_sae``)
-    feature dimensionality is computed. ``through_time=False`` (the snapshots are distinct models,
-    not one model's checkpoints) leaves out the sections that read the snapshots as a training
-    order: the classes, the timelines and emergences, and dip and recover.
+    feature dimensionality is computed. ``through_time=False`` (the snapshots are two distinct
+    models, not one model's checkpoints) leaves out the sections that read the snapshots as a
+    training order: the classes, the timelines and emergences, and dip and recover. An analysis of
+    another number of distinct models is refused (they have no order, and diffing compares two).
     """
+    check_model_pair(analysis.metadata.get("suite"), analysis.n_snapshots, "evolution_report")
     report = report or Report(title, subtitle=_subtitle(analysis))
     _add_overview(report, analysis, through_time)
     if through_time:

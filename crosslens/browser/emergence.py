@@ -8,7 +8,7 @@ import json
 import sqlite3
 from typing import Any
 
-from crosslens.core.model_specs import MODELS_FAMILY
+from crosslens.core.model_specs import is_models_suite
 from crosslens.dashboards.schema import agreement_problem
 
 CONTESTED_FILTERS = ("any", "earlier", "later")
@@ -140,9 +140,9 @@ def _agreement_counts(connection: sqlite3.Connection, agreement: dict[str, Any] 
 
 
 def _two_models(meta: dict[str, Any]) -> bool:
-    """Whether the crosscoder reads two distinct models (a diffing suite), as analysis's ``is_diffing``."""
-    suite = meta.get("suite") or {}
-    return suite.get("family") == MODELS_FAMILY and len(suite.get("snapshots") or []) == 2
+    """Whether the crosscoder reads distinct models (a diffing suite: its record's family, as
+    analysis's ``is_diffing`` reads it; ``crosslens dashboards`` builds a database of two only)."""
+    return is_models_suite(meta.get("suite"))
 
 
 def _diffing_counts(connection: sqlite3.Connection) -> dict[str, int]:

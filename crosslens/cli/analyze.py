@@ -81,12 +81,13 @@ def write_report(
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = load_crosscoder_folder(folder, device=device, dtype=dtype)
+    diffing = is_diffing(crosscoder, str(folder))  # before the store is hashed and read
     check_snapshot_decoders(crosscoder, str(folder))  # before the store is hashed and read
     hook = recorded_hook(crosscoder)
     opened = ActivationStore.open(store, verify="full") if store else None
     if opened is not None:
         check_crosscoder_store(crosscoder, opened, crosscoder_name=folder)
-    if lineage_against is not None and is_diffing(crosscoder):
+    if lineage_against is not None and diffing:
         raise CLIError(
             "--lineage-against reads lineage through training; this crosscoder is of two models, with no training "
             "order for a split or a merge: leave the flag out"

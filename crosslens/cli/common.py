@@ -69,22 +69,28 @@ def pico_listing():
 
 
 def suite_from_models(args: argparse.Namespace) -> None:
-    """``--models A,B`` is ``--suite A,B``: every command reads the suite it names from ``args.suite``."""
-    models = getattr(args, "models", None)
-    if models is None:
-        return
-    if getattr(args, "suite", None) is not None:
+    """``--models A,B`` is ``--suite A,B``: every command reads the suite it names from ``args.suite``.
+    A suite of models is two models: distinct models have no training order, so model diffing
+    compares two."""
+    models, suite = getattr(args, "models", None), getattr(args, "suite", None)
+    if models is not None and suite is not None:
         raise CLIError("--models and --suite both name the suite; pass one of them")
+    flag, spec = ("--models", models) if models is not None else ("--suite", suite)
+    if spec is None or (flag == "--suite" and not is_models_spec(spec)):
+        return
     try:
-        specs = parse_models(models)
+        specs = parse_models(spec)
     except ValueError as error:
-        raise CLIError(f"--models: {error}") from None
-    if len(specs) < 2:
+        raise CLIError(f"{flag}: {error}") from None
+    if len(specs) != 2:
+        listed = "one model" if len(specs) == 1 else f"{len(specs)} models"
         raise CLIError(
-            "--models lists one model; a diffing suite compares two or more (one model's checkpoints: --suite)"
+            f"{flag} lists {listed}; model diffing compares two, in no training order: pass two, e.g. "
+            f"{flag} BASE,CHAT (one model's checkpoints: --suite)"
         )
-    check_model_folders(specs, "--models")
-    args.suite = models_spec(specs)
+    check_model_folders(specs, flag)
+    if models is not None:
+        args.suite = models_spec(specs)
 
 
 def check_model_folders(specs, flag: str) -> None:

@@ -10,9 +10,12 @@ Labels that would collide fall back to the full id with ``/`` written ``--``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Any
+
+from crosslens.core.errors import CrosslensError
 
 MODELS_FAMILY = "models"
 """The ``family`` of a suite of distinct models (model diffing), in its records and provenance."""
@@ -68,6 +71,31 @@ def parse_models(spec: str | Iterable[str | ModelSpec | dict]) -> list[ModelSpec
 def is_models_spec(spec: str) -> bool:
     """Whether a ``--suite`` value lists several models (``A,B``) rather than naming one suite."""
     return SEPARATOR in spec
+
+
+def is_models_suite(suite: Mapping[str, Any] | None) -> bool:
+    """Whether a suite record (a crosscoder's or store's provenance, a feature database's ``suite``)
+    is of distinct models, as its ``family`` says: however many snapshots a suite of one model's
+    checkpoints holds, they are in training order, and distinct models are in none."""
+    return isinstance(suite, Mapping) and suite.get("family") == MODELS_FAMILY
+
+
+def check_model_pair(
+    suite: Mapping[str, Any] | None, n_snapshots: int, where: str, error: type[CrosslensError] = CrosslensError
+) -> None:
+    """Refuse (``error``) a crosscoder whose suite record is of other than two distinct models: its
+    analysis reads the snapshots either as a training order, which distinct models do not have, or
+    as model diffing, which compares two. ``where`` begins the message: the crosscoder's folder, or
+    the function that refuses it."""
+    if not is_models_suite(suite) or n_snapshots == 2:
+        return
+    assert suite is not None
+    labels = [str(s.get("revision")) for s in suite.get("snapshots") or []] or [str(suite.get("model_id"))]
+    raise error(
+        f"{where}: the crosscoder reads {n_snapshots} distinct models ({', '.join(labels)}), which have no "
+        "training order to read, and model diffing compares two; train a crosscoder on a store of two of them "
+        "(`crosslens harvest --models A,B`, or CheckpointSuite.models([A, B]) in Python) and analyse that"
+    )
 
 
 def model_labels(models: Iterable[ModelSpec]) -> list[str]:

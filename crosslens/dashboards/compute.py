@@ -26,7 +26,8 @@ import torch
 from crosslens.core.errors import run_again
 from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.locks import exclusive_lock
-from crosslens.core.metadata import metadata_value
+from crosslens.core.metadata import metadata_value, saved_metadata
+from crosslens.core.model_specs import check_model_pair
 from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.core.progress import progress_bar
 from crosslens.dashboards import schema
@@ -113,6 +114,8 @@ def compute_dashboards(
             "or a store's folder as store="
         )
     check_run_folder(run_dir)
+    record = saved_metadata(run_dir / FINAL_DIRNAME).get("suite") or {}
+    check_model_pair(record, len(record.get("snapshots") or []), str(run_dir), DashboardsError)  # before the lock file
     device = resolve_device(device)
 
     def busy(holder: str) -> None:

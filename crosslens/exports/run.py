@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.core.hashing import crosscoder_sha256, file_sha256
-from crosslens.core.metadata import metadata_value
+from crosslens.core.metadata import metadata_value, saved_metadata
+from crosslens.core.model_specs import check_model_pair
 from crosslens.core.paths import EXPORT_MANIFEST_FORMAT, EXPORT_MANIFEST_NAME, FINAL_DIRNAME, RUN_SEAL_NAME
 from crosslens.core.staging import staged_folder
 from crosslens.dashboards.config import DashboardsError
@@ -256,6 +257,8 @@ def run_export(run_dir: str | os.PathLike, config: ExportConfig) -> Path:
     check_out_folder(out, config)
     writer: Writer = import_module(f"crosslens.exports.{config.format}").write_export
     check_run_folder(run_dir)
+    suite = saved_metadata(run_dir / FINAL_DIRNAME).get("suite")
+    check_model_pair(suite, len((suite or {}).get("snapshots") or []), str(run_dir), ExportError)
     database = open_feature_database(run_dir) if config.format == "neuronpedia" else None
     try:
         crosscoder = load_run_crosscoder(run_dir, config.device)

@@ -179,6 +179,7 @@ def push_to_hub(
     folder, run_config = find_final_crosscoder(Path(run_dir))
     refuse_republishing(folder, run_config)
     crosscoder = load_crosscoder_folder(folder)
+    diffing_run = is_diffing(crosscoder, str(folder))  # a suite of three models is refused before the hub
     meta = crosscoder.cfg.metadata
     crosscoder_id = crosscoder_id or meta.get("hook_name") or "crosscoder"
     release = release or default_release_name(repo_id)
@@ -200,7 +201,7 @@ def push_to_hub(
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
     frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
-    diffing = run_diffing(crosscoder, folder, frequency) if is_diffing(crosscoder) else None
+    diffing = run_diffing(crosscoder, folder, frequency) if diffing_run else None
     class_counts = None if diffing is not None else feature_class_counts(crosscoder, frequency)
     emergence = None if diffing is not None else saved_emergence(folder)
     publication = Publication(
