@@ -297,12 +297,16 @@ def test_processing_is_compared_where_it_changes_activations():
 def test_models_flag_refusals(two_models, tmp_path, capsys):
     write_fake_hub_repo(two_models, THIRD, {"main": tiny_neox(2)}, make_word_tokenizer())
     capsys.readouterr()
+    picks = "in no training order, so there are no snapshots to choose among them"
     for argv, message in (
         (["--models", BASE], "--models lists one model"),
         (["--models", MODELS, "--suite", "pico"], "--models and --suite both name the suite"),
-        # distinct models have no order, and model diffing compares two
+        # distinct models have no order, and model diffing compares two: two models, whole
         (["--models", f"{MODELS},{THIRD}"], "--models lists 3 models; model diffing compares two, in no training"),
         (["--suite", f"{MODELS},{THIRD}"], "--suite lists 3 models; model diffing compares two"),
+        (["--models", MODELS, "--n-snapshots", "2"], f"--n-snapshots: --models names two models, {picks}"),
+        (["--models", MODELS, "--steps", "5"], f"--steps: --models names two models, {picks}; drop --steps"),
+        (["--suite", MODELS, "--steps", "0"], f"--steps: --suite names two models, {picks}"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(["harvest", *argv, "--hook", HOOK, "--out", str(tmp_path / "never"), "--n-tokens", "256", *CPU])
@@ -310,6 +314,32 @@ def test_models_flag_refusals(two_models, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "never").exists()
+    # a --steps a suite of models does not hold (a run of two models streamed again) names the models'
+    # steps: `crosslens suite list` lists one model's revisions, not a suite of models
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.cli.common import CLIError, select_snapshots
+
+    with pytest.raises(CLIError) as refused:
+        select_snapshots(CheckpointSuite.models(MODELS), [5], None, MODELS)
+    assert str(refused.value) == (
+        f"--steps: step5 is not among the 2 snapshots of {MODELS}; its models are at steps 0 (tiny-base), 1 (tiny-chat)"
+    )
+
+
+def test_a_suite_of_models_selected_from_more_is_built_again_at_its_models_positions(two_models):
+    """Two models picked from three keep the positions they were harvested at (0 and 2): the suite
+    their record builds is the store's, not one renumbered 0 and 1."""
+    from crosslens.activations.partners import snapshot_problem
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.checkpoints.records import suite_from_record
+
+    write_fake_hub_repo(two_models, THIRD, {"main": tiny_neox(2)}, make_word_tokenizer())
+    picked = CheckpointSuite.models([BASE, CHAT, THIRD]).select(indices=[0, 2])
+    record = picked.provenance()
+    again = suite_from_record(record)
+    assert again.revisions == ("tiny-base", "tiny-third") and again.steps == picked.steps == (0, 2)
+    assert snapshot_problem(record["snapshots"], again.provenance()["snapshots"], require_identity=False) is None
+    assert again.repo_revision(again.snapshots[1]) == (THIRD, "main")
 
 
 def test_a_crosscoder_of_three_models_is_read_by_no_analysis(two_models, tmp_path, capsys):

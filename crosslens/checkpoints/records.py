@@ -11,6 +11,7 @@ says, not where the revisions this machine lists would place them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,9 @@ def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> Check
     processing = chosen_processing(record.get("processing"))
     if family == MODELS_FAMILY:
         models_id, refs, by_label = models_layout(record.get("models") or model_id)
+        # a suite selected from a larger one keeps the positions its snapshots were harvested at
+        at = dict(zip(revisions, steps)) if len(steps) == len(revisions) else {}
+        refs = [replace(ref, step=at.get(ref.revision, ref.step)) for ref in refs]
         suite = CheckpointSuite(MODELS_FAMILY, models_id, refs, models=by_label, processing=processing)
         if check:
             suite.check_architectures()

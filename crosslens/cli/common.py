@@ -70,8 +70,8 @@ def pico_listing():
 
 def suite_from_models(args: argparse.Namespace) -> None:
     """``--models A,B`` is ``--suite A,B``: every command reads the suite it names from ``args.suite``.
-    A suite of models is two models: distinct models have no training order, so model diffing
-    compares two."""
+    A suite of models is two models, whole: distinct models have no training order, so model
+    diffing compares two, and there is nothing for ``--steps`` or ``--n-snapshots`` to choose."""
     models, suite = getattr(args, "models", None), getattr(args, "suite", None)
     if models is not None and suite is not None:
         raise CLIError("--models and --suite both name the suite; pass one of them")
@@ -87,6 +87,16 @@ def suite_from_models(args: argparse.Namespace) -> None:
         raise CLIError(
             f"{flag} lists {listed}; model diffing compares two, in no training order: pass two, e.g. "
             f"{flag} BASE,CHAT (one model's checkpoints: --suite)"
+        )
+    given = [
+        f
+        for f, name in (("--steps", "steps"), ("--n-snapshots", "n_snapshots"))
+        if getattr(args, name, None) is not None
+    ]
+    if given:
+        raise CLIError(
+            f"{given[0]}: {flag} names two models, in no training order, so there are no snapshots to choose "
+            f"among them; drop {given[0]}"
         )
     check_model_folders(specs, flag)
     if models is not None:
@@ -194,15 +204,18 @@ def tokens_of(args: argparse.Namespace, recipe: Recipe | None) -> tuple[TokenSou
 def select_snapshots(suite, steps: list[int] | None, n_snapshots: int | None, spec: str, recipe: str | None = None):
     """``suite`` narrowed to ``--steps``, then to ``--n-snapshots`` log-spaced ones. A step the
     suite does not list, or more snapshots than it holds, is refused, naming the suite: ``spec``
-    (what ``--suite`` said, whose `crosslens suite list` shows the snapshots), or the ``recipe``
-    whose steps the suite is."""
+    (what ``--suite`` said, whose `crosslens suite list` shows the snapshots; a suite of models
+    names its models' steps itself), or the ``recipe`` whose steps the suite is."""
     name = f"recipe {recipe}" if recipe else spec
     listing = "" if recipe else f"; `crosslens suite list {spec}` lists them"
+    models = is_models_spec(spec)
+    if models:  # `suite list` lists one model's revisions: a suite of models says its own, every one
+        listing = "; its models are at steps " + ", ".join(f"{ref.step} ({ref.revision})" for ref in suite.snapshots)
     if steps is not None:
         try:
             suite = suite.select(steps=steps)
         except UnknownRevisionError as error:
-            nearest = f"; nearest: {', '.join(error.nearest)}" if error.nearest else ""
+            nearest = f"; nearest: {', '.join(error.nearest)}" if error.nearest and not models else ""
             raise CLIError(
                 f"--steps: {error.requested} is not among the {len(suite)} snapshots of {name}{nearest}{listing}"
             ) from None

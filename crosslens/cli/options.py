@@ -41,9 +41,9 @@ class SuiteFlags:
     n_snapshots: int | None = field(default=None, metadata={"min": 1})
     """Pick this many snapshots, dense early and sparse late (log spacing)."""
     models: str | None = None
-    """Instead of --suite: comma-separated models that share an architecture (ORG/NAME[@REVISION] or
-    folders), e.g. google/gemma-2-2b,google/gemma-2-2b-it: a diffing suite, one snapshot per model,
-    named by model (--steps 0,1,... picks models by position)."""
+    """Instead of --suite: the two models to diff, comma-separated, sharing an architecture
+    (ORG/NAME[@REVISION] or folders), e.g. google/gemma-2-2b,google/gemma-2-2b-it: a diffing suite,
+    one snapshot per model, named by model (no --steps or --n-snapshots: two models in no order)."""
 
 
 @dataclass
