@@ -448,6 +448,21 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
     # nor do the report's sections that read the snapshots as a training order
     assert "Feature classes" not in html and "Dip and recover" not in html and "Trajectories" not in html
     assert "Direction drift" in html and "Overview" in html
+    # nor do its tables and captions: the models by label, each feature by its diffing class
+    headers = {h.replace("<wbr>", "") for h in re.findall(r"<th(?: [^>]*)?>(.*?)</th>", html)}
+    assert {"model", "present", "class", "relative_norm"} <= headers
+    timed = {"step", "tokens_seen", "emerging", "fading", "dipping", "recovering", "emergence_step", "peak_step"}
+    assert not headers & timed
+    captions = re.findall(
+        r'<caption>feature <a class="feature-link" href="feature/\d+">\d+</a> \((.*?)\)</caption>', html
+    )
+    assert len(captions) == 12 and set(captions) <= {"shared", "tiny-base-only", "tiny-chat-only", "other"}
+    assert "initialization" not in html and "emerges at step" not in html
+    from crosslens.analysis import analyze_crosscoder
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    analysis, _ = analyze_crosscoder(load_crosscoder_folder(run / "final", device="cpu"), emergence=False)
+    assert analysis.classes == analysis.diffing.classes and "initialization" not in analysis.classes
 
     from crosslens.pretrained import LocalHubApi, push_to_hub
 

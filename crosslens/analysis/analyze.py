@@ -14,7 +14,7 @@ import torch
 
 from crosslens.activations.partners import check_recorded_partner
 from crosslens.analysis.contexts import top_activating_contexts
-from crosslens.analysis.diffing import DiffingAnalysis, add_diffing_section, is_diffing
+from crosslens.analysis.diffing import add_diffing_section, is_diffing, set_diffing_classes
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.analysis.emergence_record import EmergenceResult, compute_emergence
 from crosslens.analysis.emergence_report import add_emergence_section
@@ -73,9 +73,9 @@ def analyze_crosscoder(
     With ``emergence`` (default) it also checks every emergence with latent scaling on the store
     and reads the latents' lineage (:func:`~crosslens.analysis.emergence_record.compute_emergence`,
     settings in the three configs), kept as ``analysis.emergence`` and given its report section.
-    A crosscoder of two models gets the diffing classes instead of the emergence section, with
-    latent scaling's verdict on its one-model-only latents where it read the store, kept as
-    ``analysis.diffing``; one of another number of distinct models is refused
+    A crosscoder of two models gets the diffing classes in place of the classes through time and of
+    the emergence section, with latent scaling's verdict on its one-model-only latents where it read
+    the store, kept as ``analysis.diffing``; one of another number of distinct models is refused
     (:class:`~crosslens.core.errors.CrosslensError`): they have no training order, and diffing
     compares two. ``emergence`` may also be a check saved for this crosscoder
     (:func:`~crosslens.analysis.emergence_record.read_emergence`), taken as it is: a report rebuilt
@@ -96,6 +96,14 @@ def analyze_crosscoder(
         if steps is None and not _has_provenance_steps(crosscoder):
             steps, tokens_seen = _store_steps(store, tokens_seen)
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder, steps, tokens_seen, config, frequency=frequency)
+    if isinstance(emergence, EmergenceResult):
+        analysis.emergence = emergence
+    elif emergence:
+        configs = {"scaling_config": scaling_config, "check_config": check_config, "lineage_config": lineage_config}
+        analysis.emergence = compute_emergence(
+            crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs
+        )
+    set_diffing_classes(analysis, crosscoder, analysis.emergence)  # before the contexts are chosen by class
 
     probes, contexts = None, None
     if store is not None:
@@ -106,14 +114,7 @@ def analyze_crosscoder(
     report = evolution_report(
         analysis, title=title, probes=probes, contexts=contexts, device=device, through_time=not diffing
     )
-    if isinstance(emergence, EmergenceResult):
-        analysis.emergence = emergence
-    elif emergence:
-        configs = {"scaling_config": scaling_config, "check_config": check_config, "lineage_config": lineage_config}
-        analysis.emergence = compute_emergence(
-            crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs
-        )
-    _add_checks(report, crosscoder, analysis)
+    _add_checks(report, analysis)
     return analysis, report
 
 
@@ -126,12 +127,11 @@ def _probes(store: Any, crosscoder: Crosscoder, hook: str, n_tokens: int, n_feat
         return None
 
 
-def _add_checks(report: Report, crosscoder: Crosscoder, analysis: EvolutionAnalysis) -> None:
+def _add_checks(report: Report, analysis: EvolutionAnalysis) -> None:
     """The emergence check's section; for a crosscoder of two models instead (a base model and its
     fine-tune have no training order for an emergence or a lineage event to follow), the diffing
-    classes judged by latent scaling, kept as ``analysis.diffing``."""
-    if is_diffing(crosscoder):
-        analysis.diffing = DiffingAnalysis.with_emergence(crosscoder, analysis.emergence, analysis.frequency)
+    classes judged by latent scaling (``analysis.diffing``)."""
+    if analysis.diffing is not None:
         add_diffing_section(report, analysis.diffing)
     elif analysis.emergence is not None:
         add_emergence_section(report, analysis, analysis.emergence)

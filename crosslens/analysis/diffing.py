@@ -267,6 +267,19 @@ def is_diffing(crosscoder: Any, where: str = "model diffing") -> bool:
     return is_models_suite(suite)
 
 
+def set_diffing_classes(analysis: Any, crosscoder: Any, emergence: Any = None) -> DiffingAnalysis | None:
+    """For a crosscoder of two models, its diffing classes (with the latent scaling of its
+    ``emergence``, where it holds one), kept as ``analysis.diffing`` and put in place of the
+    classes through time of ``analysis`` (an
+    :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`), which read the two models
+    as a training order; None, and ``analysis`` as it was, for one model's checkpoints."""
+    if not is_diffing(crosscoder):
+        return None
+    analysis.diffing = DiffingAnalysis.with_emergence(crosscoder, emergence, analysis.frequency)
+    analysis.classes = list(analysis.diffing.classes)
+    return analysis.diffing
+
+
 def model_labels(crosscoder: Any) -> tuple[str, str]:
     """The two models' labels from the crosscoder's record (``A`` and ``B`` where it records none)."""
     snapshots = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []

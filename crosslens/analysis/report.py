@@ -33,11 +33,14 @@ from crosslens.htmlreport import format_cell as _format_cell
 # The feature-evolution report
 # ---------------------------------------------------------------------------
 def representative_features(analysis: EvolutionAnalysis, per_class: int = 2) -> list[int]:
-    """The ``per_class`` strongest (largest peak norm) features of each live class."""
+    """The ``per_class`` strongest (largest peak norm) features of each live class: of the classes
+    through time, or of two models' diffing classes (each model's own first) where the analysis holds them."""
     peak_F = analysis.norms.amax(dim=1)
+    diffing = analysis.diffing
+    names = ("initialization", "persistent", "transient") if diffing is None else (*diffing.only_classes(), "shared")
     chosen: list[int] = []
-    for name in ("initialization", "persistent", "transient"):
-        members = analysis.features_of_class(name)
+    for name in names:
+        members = [i for i, c in enumerate(analysis.classes) if c == name]
         members.sort(key=lambda i: -float(peak_F[i]))
         chosen += members[:per_class]
     return chosen
@@ -66,9 +69,11 @@ def evolution_report(
     validation and top-activating contexts. Callers add their own sections to the
     returned report before writing it. ``device`` is where the (quadratic in ``d_sae``)
     feature dimensionality is computed. ``through_time=False`` (the snapshots are two distinct
-    models, not one model's checkpoints) leaves out the sections that read the snapshots as a
-    training order: the classes, the timelines and emergences, and dip and recover. An analysis of
-    another number of distinct models is refused (they have no order, and diffing compares two).
+    models, not one model's checkpoints) leaves out what reads the snapshots as a training order:
+    the classes through time, the timelines and emergences, dip and recover, and the steps and
+    emergences of the snapshot and feature tables and of the contexts' captions, which give each
+    feature the class the analysis holds (the diffing class where ``analysis.diffing`` is set). An
+    analysis of another number of distinct models is refused (they have no order, and diffing compares two).
     """
     check_model_pair(analysis.metadata.get("suite"), analysis.n_snapshots, "evolution_report")
     report = report or Report(title, subtitle=_subtitle(analysis))
@@ -78,19 +83,33 @@ def evolution_report(
         _add_timelines(report, analysis, trajectory_features)
         _add_dip_section(report, analysis, n_table_features)
     _add_geometry(report, analysis, device)
-    _add_feature_table(report, analysis, n_table_features)
+    _add_feature_table(report, analysis, n_table_features, through_time)
     if probes is not None:
         _add_probe_section(report, probes)
     if contexts:
-        _add_contexts(report, analysis, contexts)
+        _add_contexts(report, analysis, contexts, through_time)
     return report
 
 
 def _add_overview(report: Report, analysis: EvolutionAnalysis, through_time: bool) -> None:
-    """What a present, faded and dead feature is here; the metadata; the snapshots."""
-    cfg = analysis.config
-
+    """What a present, faded and dead feature is here; the metadata; the snapshots (two models: the models)."""
     report.add_heading("Overview")
+    report.add_text(_lives_text(analysis) if through_time else _models_text(analysis))
+    if analysis.metadata:
+        report.add_html(
+            "<details><summary>crosscoder metadata</summary><pre>"
+            + html.escape(json.dumps(analysis.metadata, indent=2, default=str))
+            + "</pre></details>"
+        )
+    if through_time:
+        report.add_table(analysis.snapshot_table(), title="Snapshots")
+    else:
+        report.add_table(_model_rows(analysis), title="Models")
+
+
+def _lives_text(analysis: EvolutionAnalysis) -> str:
+    """What a present, emerging, faded and dead feature is through the snapshots."""
+    cfg = analysis.config
     if cfg.presence == "robust":
         presence_text = (
             f"decoder norm is at least {cfg.emergence_threshold:g} of its peak"
@@ -107,17 +126,11 @@ def _add_overview(report: Report, analysis: EvolutionAnalysis, through_time: boo
             f"decoder norm is at least {cfg.emergence_threshold:g} of its peak (decoder-norm presence, "
             "after Ge et al.); it emerges at the first snapshot from which it stays present"
         )
-    if through_time:
-        lives = (
-            f"{analysis.n_snapshots} snapshots (steps {analysis.steps[0]} to {analysis.steps[-1]}). A feature is "
-            f"present at a snapshot when its {presence_text}, and fades where it falls below "
-            f"{cfg.fade_threshold:g} of its peak and does not climb back to {cfg.emergence_threshold:g} before the end."
-        )
-    else:
-        lives = f"{analysis.n_snapshots} models (which model holds which feature: Model diffing, below)."
-    report.add_text(
-        f"{analysis.d_sae} crosscoder features over {lives} "
-        f"Features are dead when their peak norm is below {cfg.dead_threshold:g} x the median "
+    return (
+        f"{analysis.d_sae} crosscoder features over {analysis.n_snapshots} snapshots (steps {analysis.steps[0]} to "
+        f"{analysis.steps[-1]}). A feature is present at a snapshot when its {presence_text}, and fades where it "
+        f"falls below {cfg.fade_threshold:g} of its peak and does not climb back to {cfg.emergence_threshold:g} "
+        f"before the end. Features are dead when their peak norm is below {cfg.dead_threshold:g} x the median "
         "peak, when their norms never moved from the shared initial value"
         + (
             (
@@ -130,13 +143,29 @@ def _add_overview(report: Report, analysis: EvolutionAnalysis, through_time: boo
             "stopped firing during training)."
         )
     )
-    if analysis.metadata:
-        report.add_html(
-            "<details><summary>crosscoder metadata</summary><pre>"
-            + html.escape(json.dumps(analysis.metadata, indent=2, default=str))
-            + "</pre></details>"
-        )
-    report.add_table(analysis.snapshot_table(), title="Snapshots")
+
+
+def _models_text(analysis: EvolutionAnalysis) -> str:
+    """What the Models table counts, and where a two-model crosscoder's classes are."""
+    return (
+        f"{analysis.d_sae} crosscoder features over {analysis.n_snapshots} models, in no training order. A live "
+        f"feature is present at a model when its decoder norm there is at least "
+        f"{analysis.config.emergence_threshold:g} of its largest (the Models table counts them). Which model holds "
+        "which feature, and which features are dead, is read by relative decoder norm in Model diffing, below; "
+        "the Features table and the contexts give each feature that class."
+    )
+
+
+def _model_rows(analysis: EvolutionAnalysis) -> list[dict[str, object]]:
+    """One row per model: its label and how many live features are present there (no steps, no
+    emergences: two models are in no order)."""
+    recorded = (analysis.metadata.get("suite") or {}).get("snapshots") or []
+    labels = [str(entry.get("revision")) for entry in recorded]
+    if len(labels) != analysis.n_snapshots:
+        labels = [f"snapshot{s}" for s in range(analysis.n_snapshots)]
+    live_F = torch.tensor([c != "dead" for c in analysis.classes])
+    present_S = ((analysis.normalized >= analysis.config.emergence_threshold) & live_F[:, None]).sum(0)
+    return [{"snapshot": s, "model": label, "present": int(present_S[s])} for s, label in enumerate(labels)]
 
 
 def _add_feature_classes(report: Report, analysis: EvolutionAnalysis) -> None:
@@ -190,13 +219,23 @@ def _add_geometry(report: Report, analysis: EvolutionAnalysis, device: str | tor
     )
 
 
-def _add_feature_table(report: Report, analysis: EvolutionAnalysis, n_table_features: int) -> None:
+def _add_feature_table(report: Report, analysis: EvolutionAnalysis, n_table_features: int, through_time: bool) -> None:
     report.add_heading("Features")
     peak_F = analysis.norms.amax(dim=1)
     strongest = sorted(range(analysis.d_sae), key=lambda i: -float(peak_F[i]))[:n_table_features]
-    report.add_table(
-        analysis.feature_table(strongest), title=f"The {len(strongest)} features with the largest peak norm"
-    )
+    rows = analysis.feature_table(strongest)
+    if not through_time:
+        rows = [_model_feature_row(analysis, row) for row in rows]
+    report.add_table(rows, title=f"The {len(strongest)} features with the largest peak norm")
+
+
+def _model_feature_row(analysis: EvolutionAnalysis, row: dict) -> dict:
+    """A feature table's row of two models: its class, peak norm, frequency and (where the analysis
+    holds the diffing classes) relative decoder norm, without the steps of a training order."""
+    kept = {k: v for k, v in row.items() if not k.endswith("_step")}
+    if analysis.diffing is not None:
+        kept["relative_norm"] = round(float(analysis.diffing.relative_norm[row["feature"]]), 4)
+    return kept
 
 
 def _add_probe_section(report: Report, probes: ProbeValidation) -> None:
@@ -210,15 +249,19 @@ def _add_probe_section(report: Report, probes: ProbeValidation) -> None:
     report.add_figure(probe_scatter(probes))
 
 
-def _add_contexts(report: Report, analysis: EvolutionAnalysis, contexts: Mapping[int, Sequence[Context]]) -> None:
+def _add_contexts(
+    report: Report, analysis: EvolutionAnalysis, contexts: Mapping[int, Sequence[Context]], through_time: bool
+) -> None:
     report.add_heading("Top-activating contexts")
     for feature, items in contexts.items():
         cls = analysis.classes[feature] if feature < analysis.d_sae else "?"
         lines = "".join(f'<tr><td>{c.activation:.3f}</td><td class="text context">{c.html()}</td></tr>' for c in items)
-        emergence = analysis.emergence_step(feature) if feature < analysis.d_sae else None
+        said = html.escape(cls)
+        if through_time:
+            emergence = analysis.emergence_step(feature) if feature < analysis.d_sae else None
+            said += f", emerges at step {_format_cell(emergence)}"
         report.add_html(
-            f"<table><caption>feature {feature_link(feature)} ({html.escape(cls)}, emerges at step "
-            f"{_format_cell(emergence)})</caption><thead><tr><th>activation</th>"
+            f"<table><caption>feature {feature_link(feature)} ({said})</caption><thead><tr><th>activation</th>"
             f'<th class="text">context</th></tr></thead><tbody>{lines}</tbody></table>'
         )
 

@@ -392,7 +392,7 @@ def source_suite(source: TokenSource) -> Any:
 def _content(
     crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits, emergence
 ) -> DatabaseContent:
-    from crosslens.analysis.diffing import DiffingAnalysis, is_diffing
+    from crosslens.analysis.diffing import set_diffing_classes
     from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
     stats = ReadingStats.of(state)
@@ -401,11 +401,9 @@ def _content(
     # so that a latent is not dead in the report and the check but persistent here; the densities are the pass's
     frequency = stats.frequency() if result is None or result.frequency is None else result.frequency
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder, frequency=frequency)
-    verdicts = None
-    if is_diffing(crosscoder):  # a base model and its fine-tune: no training order for classes through time
-        diffing = DiffingAnalysis.with_emergence(crosscoder, result, analysis.frequency)
-        analysis.classes = diffing.classes
-        verdicts = None if diffing.latent_scaling is None else diffing.latent_scaling.verdicts
+    # a base model and its fine-tune: no training order for classes through time
+    diffing = set_diffing_classes(analysis, crosscoder, result)
+    verdicts = None if diffing is None or diffing.latent_scaling is None else diffing.latent_scaling.verdicts
     table_QL = source.token_table().numpy()
     top, quantile = top_contexts(state, table_QL, budget.window), quantile_contexts(state, table_QL, budget)
     pieces = vocabulary_pieces(tokenizer)
