@@ -123,9 +123,18 @@ def test_the_database_holds_a_verdict_for_every_one_model_latent(run):
 
 def test_the_neuronpedia_export_carries_the_verdicts(run, tmp_path):
     assert main(["export", str(run), "--format", "neuronpedia", "--out", str(tmp_path / "np")]) == 0
-    flags = json.loads((tmp_path / "np" / "emergence_flags.json").read_text())["features"]
+    written = json.loads((tmp_path / "np" / "emergence_flags.json").read_text())
+    flags = written["features"]
     expected = {str(f): verdict for f, (_, verdict, _) in database_verdicts(run).items()}
     assert {f: entry["diffing"] for f, entry in flags.items() if "diffing" in entry} == expected
+    # and nothing that reads the two models as a training order: no emergence at a model, no
+    # contested flag, early presence or lineage event
+    assert set(written) == {"format", "record", "n_tokens", "diffing", "features"}
+    assert written["diffing"] == {v: list(expected.values()).count(v) for v in BROWSER_VERDICTS}
+    assert len(flags) == 48 and all(set(entry) <= {"measured", "diffing"} for entry in flags.values())
+    with sqlite3.connect(run / "dashboards.sqlite") as db:
+        measured = dict(db.execute("SELECT feature, measured FROM emergence").fetchall())
+    assert {f: entry["measured"] for f, entry in flags.items()} == {str(f): bool(m) for f, m in measured.items()}
 
 
 def test_the_api_filters_on_the_verdict(run, server):

@@ -9,9 +9,13 @@ feature id (the same ids as the batches'), read from the feature database's emer
      "reported_emergence": "step0", "early_presence": "error",
      "lineage": [{"kind": "split", "at": "step128", "before": [12], "after": [12, 40]}]}, ...}}
 
-Snapshots are named by their revision, as the sources are. A two-model crosscoder's one-model-only
-latents also carry latent scaling's verdict on them (``"diffing": "specific"``, ``"shrinkage"``,
-``"decoupling"`` or ``"not measured"``). Where ``crosslens analyze --lineage-against OTHER``
+Snapshots are named by their revision, as the sources are. A two-model crosscoder's models are in
+no training order, so its file holds nothing that reads them as one (no emergence, contested
+flag, early presence, lineage or agreement): each feature says whether latent scaling measured it
+and, for a one-model-only latent, its verdict (``"diffing": "specific"``, ``"shrinkage"``,
+``"decoupling"`` or ``"not measured"``), and ``"diffing"`` at the top counts the latents per
+verdict (``{"format", "record", "n_tokens", "diffing", "features": {"12": {"measured": true,
+"diffing": "specific"}, ...}}``). Where ``crosslens analyze --lineage-against OTHER``
 checked the lineage, the file names that crosscoder (``"agreement": {"against", "crosscoder": its
 weights' sha256, "line"}``) and each event carries its ``"agreement"`` (null: none of its latents
 present beside it). Nothing is written where the database holds no emergence
@@ -24,6 +28,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from crosslens.analysis.diffing import DIFFING_VERDICTS
+from crosslens.core.model_specs import is_models_suite
 from crosslens.dashboards.schema import agreement_problem
 
 FLAGS_NAME = "emergence_flags.json"
@@ -32,11 +38,14 @@ _KEYS = ("contested", "decoder_norm_emergence", "latent_scaled_emergence", "repo
 
 
 def emergence_flags(context: Any) -> dict[str, Any] | None:
-    """The flags of every feature in the emergence table, and of every feature in a lineage event."""
+    """The flags of every feature in the emergence table, and of every feature in a lineage event
+    (a crosscoder of two models: :func:`diffing_flags`)."""
     record = context.meta("emergence")
     database = context.database
     if record is None or database is None:
         return None
+    if is_models_suite(context.meta("suite")):
+        return diffing_flags(record, database)
     labels = dict(database.execute("SELECT snapshot, label FROM snapshots").fetchall())
     name = lambda s: None if s is None else labels.get(s)  # noqa: E731
     features: dict[str, dict[str, Any]] = {}
@@ -72,6 +81,24 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
         "n_tokens": record.get("n_tokens"),
         "counts": record.get("counts"),
         **({"agreement": checked} if checked else {}),
+        "features": features,
+    }
+
+
+def diffing_flags(record: dict[str, Any], database: Any) -> dict[str, Any]:
+    """A two-model crosscoder's flags: whether latent scaling measured each latent, and its verdict
+    on the one-model-only ones, with their counts; nothing that reads the two models as a training order."""
+    features: dict[str, dict[str, Any]] = {}
+    counts = dict.fromkeys(DIFFING_VERDICTS, 0)
+    for f, measured, diffing in database.execute("SELECT feature, measured, diffing FROM emergence ORDER BY feature"):
+        features[str(f)] = {"measured": bool(measured), **({"diffing": diffing} if diffing is not None else {})}
+        if diffing is not None:
+            counts[diffing] = counts.get(diffing, 0) + 1
+    return {
+        "format": FLAGS_FORMAT,
+        "record": record.get("record"),
+        "n_tokens": record.get("n_tokens"),
+        "diffing": counts,
         "features": features,
     }
 
