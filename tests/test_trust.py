@@ -459,7 +459,7 @@ def test_a_run_and_a_store_never_share_a_folder(store_path, suite_root, tmp_path
     store = copy_tree(store_path, tmp_path / "store")
     before = tree_bytes(store)
     err = one_line_exit_2(["train", "--store", str(store), "--out", str(store), "--n-steps", "2"], capsys)
-    assert "is an activation store" in err and "(--out)" in err
+    assert "is an activation store" in err and "(`--out`)" in err
     err = one_line_exit_2(["train", "--store", str(store), "--out", str(store), "--overwrite"], capsys)
     assert "is an activation store" in err
     assert tree_bytes(store) == before
