@@ -89,6 +89,21 @@ def test_resume_with_other_settings_is_refused(store_path, tmp_path):
         changed.run(resume=True)
 
 
+def test_a_refused_resume_leaves_the_seal_and_quality_in_place(store_path, tmp_path):
+    """A finished run whose seal no longer verifies, resumed with other flags, is refused before
+    its seal and quality.json are removed."""
+    run = tmp_path / "run"
+    CrosscoderTrainingRunner(_config(store_path, run, n_steps=30)).run()
+    (run / "final" / "sae_weights.safetensors").unlink()
+    (run / "quality.json").write_text('{"explained_variance": [0.5]}')
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert "crosslens_run.json" in before
+    changed = CrosscoderTrainingRunner(_config(store_path, run, n_steps=30, d_sae=32))
+    with pytest.raises(ValueError, match="another configuration"):
+        changed.run(resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_unknown_architecture_names_the_choices(store_path, tmp_path):
     with pytest.raises(ValueError, match="jumprelu_crosscoder"):
         _config(store_path, tmp_path, architecture="relu")

@@ -341,13 +341,14 @@ class CrosscoderTrainingRunner:
             run_file = self.out_dir / RUN_CONFIG_NAME
             if resume and state.finished:
                 return self._finished(run_file)
+            resume_from = state.checkpoint if resume else None
+            if resume_from is not None:  # a refused resume leaves the folder as it was
+                self._check_resumable(resume_from, run_file)
             if self.is_main:
                 clear_run_results(self.out_dir, everything=overwrite)
-            resume_from = state.checkpoint if resume else None
             if resume and resume_from is None and self.is_main:
                 print(f"--resume: no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
             if resume_from is not None:
-                self._check_resumable(resume_from, run_file)
                 if self.is_main:
                     step = checkpoint_step(Path(resume_from).name)
                     of = "" if step is None else f" (step {step} of {self.config.n_steps})"
