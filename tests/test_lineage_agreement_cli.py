@@ -299,3 +299,26 @@ def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, t
     assert ActivationStore.open(moved).content_sha256 == ActivationStore.open(store).content_sha256
     main([*base, "--store", str(moved), "--lineage-against", str(runs / "relu")])
     assert "lineage events " in capsys.readouterr().out
+
+
+def test_a_run_of_another_hook_or_store_is_refused_before_its_check_is_read(runs, capsys, tmp_path):
+    """Neither run has an emergence check: the refusal names the hook or store it was trained on,
+    not a missing check that analysing it would only turn into another refusal."""
+    base = ["analyze", "--crosscoder", str(runs / "jumprelu"), "--store", str(runs / "store")]
+    base += ["--out", str(tmp_path / "r.html")]
+    other_tokens = tmp_path / "other-tokens"
+    tf.harvest(runs / "suite", other_tokens, tokens=tf.token_table(seed=1))
+    tf.train(other_tokens, tmp_path / "elsewhere")
+    capsys.readouterr()
+    err = one_line_error([*base, "--lineage-against", str(tmp_path / "elsewhere")], capsys)
+    assert err.endswith(
+        f"{tmp_path / 'elsewhere'} was trained on another store than {runs / 'store'}: "
+        f"pass a run trained on {runs / 'store'}"
+    )
+    other_hook = tmp_path / "other-hook"
+    tf.harvest(runs / "suite", other_hook, hooks=[tf.OTHER_HOOK])
+    tf.train(other_hook, tmp_path / "on-hook-1", hook_name=tf.OTHER_HOOK)
+    capsys.readouterr()
+    err = one_line_error([*base, "--lineage-against", str(tmp_path / "on-hook-1")], capsys)
+    assert f"on-hook-1's crosscoder reads {tf.OTHER_HOOK}, this one {tf.HOOK}: pass a run trained on" in err
+    assert not (tmp_path / "r.html").exists()

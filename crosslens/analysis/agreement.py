@@ -155,6 +155,7 @@ def check_agreement_run(other_run: str | os.PathLike, store: Any = None, hook: s
         )
     if isinstance(store, (str, os.PathLike)):
         store = ActivationStore.open(store)
+    _check_trained_alike(other_run, store, hook)
     sha = crosscoder_sha256(other_run)
     record = read_record(other_run, sha)
     fix = f"run `crosslens analyze --crosscoder {other_run} --store STORE` with the store this crosscoder read"
@@ -163,15 +164,27 @@ def check_agreement_run(other_run: str | os.PathLike, store: Any = None, hook: s
         raise EmergenceRecordError(f"{other_run}'s emergence check read no activations: {fix}")
     if store is not None and partner != store_seal(store):
         raise EmergenceRecordError(f"{other_run}'s emergence check read another store than {store.path}: {fix}")
+    result = read_emergence(other_run, sha)
+    if result.check is None:
+        raise EmergenceRecordError(f"{other_run}'s emergence check read no activations: {fix}")
+    return result
+
+
+def _check_trained_alike(other_run: Path, store: Any, hook: str | None) -> None:
+    """Refuse a run trained on another hook or store before its emergence check is read: analysing
+    that run again cannot make it comparable, so only another run is a fix."""
     theirs = _recorded_hook(other_run)
     if hook is not None and theirs != hook:
         raise EmergenceRecordError(
             f"{other_run}'s crosscoder reads {theirs}, this one {hook}: pass a run trained on the same hook of the store"
         )
-    result = read_emergence(other_run, sha)
-    if result.check is None:
-        raise EmergenceRecordError(f"{other_run}'s emergence check read no activations: {fix}")
-    return result
+    trained_on = saved_metadata(other_run / FINAL_DIRNAME).get("store_seal")
+    if store is None or not isinstance(trained_on, dict):  # a run streamed from models names no store
+        return
+    if any(trained_on.get(key) != value for key, value in store_seal(store).items()):
+        raise EmergenceRecordError(
+            f"{other_run} was trained on another store than {store.path}: pass a run trained on {store.path}"
+        )
 
 
 def _recorded_hook(run_dir: Path) -> str | None:
