@@ -245,6 +245,39 @@ def test_a_checkpoint_s_report_leaves_out_the_sections_saved_for_the_final_cross
     assert "Saved for the final crosscoder" in (run / "report.html").read_text()
 
 
+def test_a_damaged_saved_section_is_named_with_its_fix(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    (run / "sections").mkdir()
+    section = run / "sections" / "attribution-pairs.json"
+    argv = ["analyze", "--crosscoder", str(run), "--device", "cpu", "--out", str(tmp_path / "r.html")]
+    for damaged in ('{"title": "", "blocks": [{"kind": "head', "{}", "[]"):
+        section.write_text(damaged)
+        err = refusal(argv, capsys)
+        assert err.startswith(f"crosslens analyze: error: {section} is not a section `crosslens attribute` wrote (")
+        assert err.endswith("); run attribute again or delete it")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_section_write_cut_short_leaves_the_saved_one_whole(world, tmp_path, monkeypatch):
+    from crosslens.htmlreport import Report
+    from crosslens.training.runfolder import save_section
+
+    saved = save_section(Report("").add_heading("First"), tmp_path, "attribution-pairs")
+    before = saved.read_bytes()
+
+    def cut_short(path, text, *args, **kwargs):
+        with open(path, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        save_section(Report("").add_heading("Second"), tmp_path, "attribution-pairs")
+    assert saved.read_bytes() == before
+    assert Report.from_dict(json.loads(before)).to_dict()["blocks"][0]["title"] == "First"
+
+
 def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):
     from crosslens import load_crosscoder
 

@@ -94,6 +94,7 @@ def write_report(
         )
     against = _lineage_run(lineage_against, folder, opened, hook)
     final = run_dir is not None and is_final_crosscoder(folder, run_dir)
+    sections = saved_sections(run_dir) if final else []  # a damaged one is refused before the analysis
     # without a store, the final crosscoder's check as a store measured it: (the check, or None where it
     # cannot be read, and that store's seal); None where the run holds no such record
     measured = _measured_check(run_dir) if final and opened is None else None
@@ -114,7 +115,6 @@ def write_report(
     spliced = _spliced_record(run_dir) if final else None
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
-    sections = saved_sections(run_dir) if final else []
     for section in sections:
         report.extend(section)
     report.write(out_path)
@@ -322,7 +322,16 @@ def saved_sections(run_dir: Path | None) -> list[Any]:
 
     if run_dir is None or not (run_dir / SECTIONS_DIR).is_dir():
         return []
-    return [Report.from_dict(json.loads(p.read_text())) for p in sorted((run_dir / SECTIONS_DIR).glob("*.json"))]
+    sections = []
+    for path in sorted((run_dir / SECTIONS_DIR).glob("*.json")):
+        try:
+            sections.append(Report.from_dict(json.loads(path.read_text())))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CLIError(
+                f"{path} is not a section `crosslens attribute` wrote ({type(err).__name__}: {err}); "
+                "run attribute again or delete it"
+            ) from None
+    return sections
 
 
 def suite_title(record: dict[str, Any], hook: str | None = None) -> str:

@@ -57,7 +57,13 @@ from crosslens.core.paths import (
     checkpoint_step,
     folder_bytes,
 )
-from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+from crosslens.core.sealed import (
+    BrokenSealError,
+    UnreadableRecordError,
+    read_sealed,
+    write_json_atomically,
+    write_sealed,
+)
 from crosslens.core.units import format_bytes
 from crosslens.training.config import RUN_STORE_SEAL, RUN_STREAM, checkpoints_on_disk
 from crosslens.training.records import RECORD_NAME, record_problem
@@ -499,5 +505,5 @@ def save_section(report: Any, run_dir: Path, name: str) -> Path:
     ``crosslens report`` to merge."""
     path = run_dir / SECTIONS_DIR / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict()))
+    write_json_atomically(path, report.to_dict())  # a write cut short leaves the old section, not half of one
     return path
