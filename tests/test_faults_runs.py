@@ -164,6 +164,19 @@ def test_a_second_train_into_a_locked_folder_is_refused_and_readers_wait(store, 
     assert crosscoder_folder(run) == run / "final"  # the lock died with its holder
 
 
+def test_a_batch_larger_than_the_store_is_refused_before_the_run_folder_is_written(store, tmp_path, capsys):
+    from crosslens.activations import ActivationStore
+
+    n_tokens = ActivationStore.open(store).n_tokens
+    line = cli_error(cli_train(store, tmp_path / "new", "--batch-size", str(n_tokens + 1)), capsys)
+    assert line == (
+        f"crosslens train: error: a batch of {n_tokens + 1:,} tokens (`--batch-size`) is more than "
+        f"the {n_tokens:,} training tokens of the store {store}: pass a batch size of at most {n_tokens:,}, "
+        "or a store of more tokens (`crosslens harvest --n-tokens`)"
+    )
+    assert not (tmp_path / "new").exists()
+
+
 # --------------------------------------------------------------------------- one run per folder
 def test_a_new_run_in_a_finished_folder_needs_overwrite_which_removes_the_old_results(
     store, finished_run, tmp_path, capsys

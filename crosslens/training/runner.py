@@ -40,7 +40,7 @@ from crosslens.activations.config import recorded_dataset_path
 from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.activations.tokens import bos_prepended, position_record
 from crosslens.architectures import sparsity_coefficient_for, sparsity_warm_up_steps
-from crosslens.core.errors import StorageError, StoreChangedError, keyword_and_flag, run_again
+from crosslens.core.errors import CrosslensError, StorageError, StoreChangedError, keyword_and_flag, run_again
 from crosslens.core.launch import launched_by_torchrun
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
@@ -91,6 +91,7 @@ class CrosscoderTrainingRunner:
                 "pass the store opened from that path, or none"
             )
         self.store = store
+        _check_store_holds_a_batch(store, config.train_batch_size_tokens)  # before the run folder is written
         self.hook = self.store.resolve_hook(config.hook_name)
         self.out_dir = Path(config.out_dir)
         self.device = config.device
@@ -482,6 +483,17 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
             decoder_init_norm=sae.decoder_init_norm,
             device=device,
             **jumprelu_only,
+        )
+
+
+def _check_store_holds_a_batch(store: ActivationStore, batch_size: int) -> None:
+    """Refuse a batch larger than the store: every batch is cut from the whole store (on a mesh too,
+    before it is split), and a run drops a last partial batch, so it would serve nothing."""
+    if store.n_tokens < batch_size:
+        raise CrosslensError(
+            f"a batch of {batch_size:,} tokens (`--batch-size`) is more than "
+            f"the {store.n_tokens:,} training tokens of the store {store.path}: pass a batch size of at most "
+            f"{store.n_tokens:,}, or a store of more tokens (`crosslens harvest --n-tokens`)"
         )
 
 
