@@ -194,6 +194,26 @@ def test_train_on_a_folder_that_is_no_store_says_so(tmp_path, capsys):
     assert "holds no manifest.json" in err and f"`crosslens harvest ... --out {tmp_path / 'empty'}`" in err, err
 
 
+def test_a_run_folder_or_crosscoder_as_store_names_the_store_it_trained_on(tmp_path, capsys):
+    """harvest refuses --out RUN, so the fix for --store RUN is the store in run.json, not a harvest."""
+    import json
+
+    run_dir = tmp_path / "r"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"store_path": "/data/my-store"}))
+    (run_dir / "final" / "cfg.json").write_text("{}")
+    err = cli_error(["train", "--store", str(run_dir), "--out", str(tmp_path / "new")], capsys)
+    assert f"{run_dir} is a training run's folder (it holds run.json), not an activation store" in err, err
+    assert "pass the store it was trained on (`--store /data/my-store`)" in err and "harvest" not in err, err
+    err = cli_error(["train", "--store", str(run_dir / "final"), "--out", str(tmp_path / "new")], capsys)
+    assert "is a crosscoder's folder (it holds cfg.json), not an activation store" in err, err
+    assert "`--store /data/my-store`" in err and "harvest" not in err, err
+    assert not (tmp_path / "new").exists()
+    (run_dir / "run.json").write_text("{trunc")
+    err = cli_error(["train", "--store", str(run_dir), "--out", str(tmp_path / "new")], capsys)
+    assert "pass the activation store it was trained on" in err and "harvest" not in err, err
+
+
 def test_a_damaged_shard_gives_the_harvest_command_that_repairs_it(run, tmp_path, capsys):
     import shutil
 

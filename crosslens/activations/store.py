@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -51,6 +52,8 @@ from crosslens.core.errors import CrosslensError, DamagedManifestError, StoreLoc
 from crosslens.core.hashing import file_sha256, json_sha256
 from crosslens.core.hooks import resolve_hook
 from crosslens.core.locks import lock_holder
+from crosslens.core.metadata import CFG_NAME
+from crosslens.core.paths import RUN_CONFIG_NAME, RUN_SEAL_NAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, check_seal, read_sealed, write_sealed
 
 MANIFEST_NAME = "manifest.json"
@@ -212,6 +215,27 @@ def snapshot_label(entry: Mapping[str, Any]) -> str:
     return str(entry.get("revision", entry.get("step")))
 
 
+def _trained_folder(root: Path) -> str | None:
+    """The message for a training run's folder or a crosscoder's folder passed as a store (None for
+    any other folder): harvesting into either is refused, so the fix is the store it was trained on."""
+    if (root / RUN_CONFIG_NAME).is_file() or (root / RUN_SEAL_NAME).is_file():
+        what, run = f"a training run's folder (it holds {RUN_CONFIG_NAME})", root
+    elif (root / CFG_NAME).is_file():
+        what, run = f"a crosscoder's folder (it holds {CFG_NAME})", root.parent
+    else:
+        return None
+    try:
+        store = json.loads((run / RUN_CONFIG_NAME).read_text()).get("store_path")
+    except (OSError, ValueError, AttributeError):
+        store = None
+    fix = (
+        f"pass the store it was trained on (`--store {store}`)"
+        if isinstance(store, str) and store
+        else ("pass the activation store it was trained on")
+    )
+    return f"{root} is {what}, not an activation store; {fix}"
+
+
 class ActivationStore:
     """A finished activation store, opened read-only.
 
@@ -246,6 +270,8 @@ class ActivationStore:
         if root.exists() and not root.is_dir():
             raise FileNotFoundError(f"{root} is a file, not an activation store (a folder); pass a store's folder")
         if not (root / MANIFEST_NAME).is_file():
+            if trained_here := _trained_folder(root):
+                raise FileNotFoundError(trained_here)
             what = "does not exist" if not root.exists() else f"holds no {MANIFEST_NAME}, so it is no activation store"
             raise FileNotFoundError(
                 f"{root} {what}; build a store there with `crosslens harvest ... --out {root}` "
