@@ -170,6 +170,8 @@ def test_local_suite_json(tmp_path):
         ('{"snapshots": [{"revision": "step0", "step": "1k"}]}', "snapshot 'step0' has 'step' '1k'; write"),
         ('{"snapshots": [{"revision": "step0", "step": 10.7}]}', "snapshot 'step0' has 'step' 10.7; write"),
         ('{"snapshots": [{"revision": "step0", "tokens_seen": "4B"}]}', "snapshot 'step0' has 'tokens_seen' '4B'"),
+        ('{"snapshots": [{"revision": "step0", "path": 5}]}', "snapshot 'step0' has 'path' 5; write it as the"),
+        ('{"snapshots": [{"revision": "step0", "path": ""}]}', "snapshot 'step0' has 'path' ''; write it as the"),
     ],
 )
 def test_a_malformed_suite_json_is_refused_naming_the_file_the_field_and_the_fix(tmp_path, text, said):

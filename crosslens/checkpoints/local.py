@@ -115,7 +115,13 @@ def _from_suite_file(root: Path) -> LocalLayout:
                     f'(e.g. "{field_name}": 1000)'
                 )
         refs.append(SnapshotRef(index=0, revision=revision, step=int(step), tokens_seen=tokens_seen))
-        folders[revision] = root / entry.get("path", revision)
+        folder = entry.get("path", revision)
+        if not isinstance(folder, str) or not folder:
+            raise ValueError(
+                f"{path}: snapshot {revision!r} has 'path' {folder!r}; write it as the snapshot's folder, "
+                f'relative to {root} or absolute (e.g. "path": "{revision}")'
+            )
+        folders[revision] = root / folder
     return LocalLayout(model_id=str(spec.get("model_id", root.name)), snapshots=_ordered(refs, root), folders=folders)
 
 
