@@ -70,7 +70,8 @@ def test_a_recipe_is_a_layer_under_the_flags():
         ({"tokens": {"text": ["a.txt"], "dataset": "wikitext:text"}}, "--text and --dataset name two token"),
         ({"hook_names": []}, "hook_names is empty"),
         ({"hook_names": ["blocks.0.resid"]}, "--hook 'blocks.0.resid' is not a TransformerLens hook name"),
-        ({"store_dtype": "int8"}, "unsupported dtype 'int8'"),
+        ({"store_dtype": "int8"}, r"unsupported dtype 'int8'; use one of .* \(--store-dtype\)$"),
+        ({"model_dtype": "int8"}, r"unsupported dtype 'int8'; use one of .* \(--dtype\)$"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
     ],
 )

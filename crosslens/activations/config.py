@@ -142,7 +142,7 @@ class HarvestConfig:
         self.device = device_spelling(self.device)
         self.model_dtype = dtype_name(self.model_dtype)
         if self.store_dtype is not None:
-            self.store_dtype = dtype_name(self.store_dtype)
+            self.store_dtype = dtype_name(self.store_dtype, "--store-dtype")
 
 
 __all__ = ["HarvestConfig", "TokenSource", "record_builder"]

@@ -216,12 +216,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-def dtype_name(dtype: str | torch.dtype) -> str:
-    """Canonical name (``float32``, ``bfloat16``, ``float16``) of a dtype or one of its spellings."""
+def dtype_name(dtype: str | torch.dtype, flag: str = "--dtype") -> str:
+    """Canonical name (``float32``, ``bfloat16``, ``float16``) of a dtype or one of its spellings;
+    ``flag`` is the option the refusal names, the one the dtype was given with."""
     name = DTYPE_ALIASES.get(str(dtype).strip().lower().removeprefix("torch."), "")
     if name not in DTYPE_BYTES:
         spellings = ", ".join(sorted(DTYPE_ALIASES))
-        raise DeviceError(f"unsupported dtype {str(dtype)!r}; use one of {spellings} (--dtype)")
+        raise DeviceError(f"unsupported dtype {str(dtype)!r}; use one of {spellings} ({flag})")
     return name
 
 
