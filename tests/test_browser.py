@@ -325,10 +325,21 @@ def test_a_missing_foreign_or_damaged_database_is_one_line_naming_the_fix(tmp_pa
         make_server(tmp_path)
     with pytest.raises(DatabaseProblem, match="no such folder"):
         make_server(tmp_path / "nowhere")
+    (tmp_path / "run" / "final").mkdir(parents=True)  # RUN/final is answered with its run
+    (tmp_path / "run" / "run.json").write_text("{}")
+    (tmp_path / "run" / "final" / "cfg.json").write_text("{}")
+    final, run = tmp_path / "run" / "final", tmp_path / "run"
+    with pytest.raises(DatabaseProblem) as caught:
+        make_server(final)
+    assert str(caught.value) == (
+        f"{final} is a crosscoder's folder inside the run {run}; pass the run folder {run}, "
+        f"after `crosslens dashboards {run}`."
+    )
     foreign = tmp_path / schema.DATABASE_NAME
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(
-        DatabaseProblem, match=r"has no sealed record beside it .*; run `crosslens dashboards .*` again"
+        DatabaseProblem,
+        match=r"has no sealed record beside it .*; rebuild it with `crosslens dashboards .* --overwrite`",
     ):
         make_server(tmp_path)  # the run's own database is the one `crosslens dashboards` sealed, or none
     named = BrowseConfig(port=0, database=str(foreign))

@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 from explain_fixtures import CAT, DRIFTER, N_SNAPSHOTS, rows, write_planted_database
 
+from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
-from crosslens.dashboards.record import write_record
+from crosslens.dashboards.record import open_database, write_record
+from crosslens.dashboards.schema import RECORD_NAME
 from crosslens.explain import StubEndpoint
+from crosslens.training.runfolder import finished_run_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "stub-model"
@@ -116,6 +119,41 @@ def test_bad_input_is_one_line_naming_the_fix_and_loses_nothing(explained, tmp_p
         line = one_line_error(crosslens("explain", str(explained), "--endpoint", stub.url, "--model", MODEL))
     assert "another feature database" in line and "move it aside" in line and "--overwrite" in line
     assert sha(stored) == before
+
+
+def test_each_refusal_names_a_command_that_then_runs(tmp_path):
+    """RUN/final is answered with its run (dashboards refuses RUN/final), a database without its record
+    with --overwrite (dashboards refuses to replace it without), and a store or an empty folder as
+    what it is, not as a run to finish with `train --resume`."""
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "final" / "cfg.json").write_text("{}")
+    with pytest.raises(DashboardsError) as caught:
+        open_database(run / "final")
+    assert str(caught.value) == (
+        f"{run / 'final'} is a crosscoder's folder inside the run {run}; pass the run folder {run}, "
+        f"after `crosslens dashboards {run}`"
+    )
+    write_planted_database(run)
+    with pytest.raises(DashboardsError) as caught:
+        open_database(run / "final")
+    assert str(caught.value).endswith(f"inside the run {run}; pass the run folder {run}")
+    (run / RECORD_NAME).unlink()
+    with pytest.raises(DashboardsError) as caught:
+        open_database(run)
+    assert str(caught.value).endswith(f"rebuild it with `crosslens dashboards {run} --overwrite`")
+
+    store, empty = tmp_path / "store", tmp_path / "empty"
+    store.mkdir(), empty.mkdir()
+    (store / "manifest.json").write_text("{}")
+    assert finished_run_problem(store) == (
+        f"{store} is an activation store, not a training run; pass the --out folder of `crosslens train`"
+    )
+    assert finished_run_problem(empty).startswith(f"{empty} holds no trained crosscoder (no run.json")
+    assert "--resume" not in finished_run_problem(empty)
+    (run / "final" / "cfg.json").unlink()
+    assert "finish its training with `crosslens train --resume`" in finished_run_problem(run)
 
 
 def test_a_bad_selection_is_refused_before_the_explanations_file_is_touched(explained):

@@ -24,7 +24,7 @@ from crosslens.core.hashing import remembered_file_sha256
 from crosslens.dashboards import schema
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import explanations_path
-from crosslens.dashboards.record import database_problem, read_record
+from crosslens.dashboards.record import crosscoder_folder_problem, database_problem, read_record
 
 FEATURE_CLASSES = ("initialization", "persistent", "transient", "dead")
 """crosslens.analysis's classes, in the order pages list them."""
@@ -48,6 +48,8 @@ def database_path(run_dir: str | Path, database: str | Path | None = None) -> Pa
         path = run / schema.DATABASE_NAME
     if database is not None and not path.is_file():
         raise DatabaseProblem(f"--database {path}: no such file: {_NAME_ONE}.")
+    if not path.is_file() and (inside := crosscoder_folder_problem(run)):
+        raise DatabaseProblem(f"{inside}.")
     if not path.is_file():
         raise DatabaseProblem(f"{run}: no feature database ({path.name}): run `crosslens dashboards {run}` first.")
     return path

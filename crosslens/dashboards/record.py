@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.core.hashing import file_sha256, json_sha256, remembered_file_sha256
-from crosslens.core.paths import EMERGENCE_NAME, QUALITY_NAME, RUN_SEAL_KEY, RUN_SEAL_NAME
+from crosslens.core.metadata import CFG_NAME
+from crosslens.core.paths import EMERGENCE_NAME, QUALITY_NAME, RUN_CONFIG_NAME, RUN_SEAL_KEY, RUN_SEAL_NAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.schema import DATABASE_NAME, FORMAT, RECORD_NAME, schema_problem
@@ -97,7 +98,7 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DashboardsError(
             f"{run_dir / DATABASE_NAME} has no sealed record beside it ({RECORD_NAME}): `crosslens dashboards` did not "
-            f"finish it; run `crosslens dashboards {run_dir}` again"
+            f"finish it; rebuild it with `crosslens dashboards {run_dir} --overwrite`"
         )
     try:
         record = read_sealed(path, RECORD_KEY)
@@ -157,7 +158,8 @@ def open_database(run_dir: str | Path, *, verify: str | bool = "full") -> sqlite
         raise DashboardsError(f"{run_dir} {what}; pass the --out folder of `crosslens train`")
     if not path.is_file():
         raise DashboardsError(
-            f"{run_dir} has no feature database ({DATABASE_NAME}); run `crosslens dashboards {run_dir}` first"
+            crosscoder_folder_problem(run_dir)
+            or f"{run_dir} has no feature database ({DATABASE_NAME}); run `crosslens dashboards {run_dir}` first"
         )
     problem = database_problem(run_dir, read_record(run_dir), verify)
     if problem is not None:
@@ -172,3 +174,13 @@ def open_database(run_dir: str | Path, *, verify: str | bool = "full") -> sqlite
             connection.close()
         raise DashboardsError(f"{path} is {problem}; rebuild it with `crosslens dashboards {run_dir} --overwrite`")
     return connection
+
+
+def crosscoder_folder_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir`` holds no database when it is a crosscoder's folder inside a run (``RUN/final``),
+    naming its run, since `crosslens dashboards` takes only the run; None for any other folder."""
+    run = run_dir.parent
+    if not ((run_dir / CFG_NAME).is_file() and (run / RUN_CONFIG_NAME).is_file()):
+        return None
+    after = "" if (run / DATABASE_NAME).is_file() else f", after `crosslens dashboards {run}`"
+    return f"{run_dir} is a crosscoder's folder inside the run {run}; pass the run folder {run}{after}"

@@ -191,6 +191,13 @@ def finished_run_problem(run_dir: Path) -> str | None:
         return (
             f"{run_dir} is a crosscoder's folder inside the run {run_dir.parent}; pass the run folder {run_dir.parent}"
         )
+    if (run_dir / MANIFEST_NAME).is_file():
+        return f"{run_dir} is an activation store, not a training run; pass the --out folder of `crosslens train`"
+    if not (run_dir / RUN_CONFIG_NAME).is_file() and not (run_dir / RUN_SEAL_NAME).is_file():
+        return (
+            f"{run_dir} holds no trained crosscoder (no {RUN_CONFIG_NAME}: it is no training run's folder); "
+            "pass the --out folder of a finished `crosslens train`"
+        )
     if not (run_dir / FINAL_DIRNAME / CFG_NAME).is_file():
         return (
             f"{run_dir} has no final crosscoder ({FINAL_DIRNAME}/{CFG_NAME}); finish its training with "
