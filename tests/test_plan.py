@@ -209,6 +209,17 @@ def test_plan_refuses_seq_len_beyond_the_models_context(capsys, tmp_path):
 
 def test_plan_cli_errors_areone_line_exit_2(capsys):
     assert "unknown recipe 'nope'" in one_line_exit_2(["plan", "--recipe", "nope"], capsys)
+
+
+def test_a_recipe_yaml_that_is_not_there_is_said_not_to_exist(tmp_path, capsys):
+    missing = tmp_path / "my-recipe.yaml"
+    err = one_line_exit_2(["plan", "--recipe", str(missing)], capsys)
+    assert f"recipe file {missing} does not exist; pass the path of a recipe .yaml" in err, err
+    assert "unknown recipe" not in err and "ge2025-pythia-160m" in err, err
+    (tmp_path / "folder.yml").mkdir()
+    err = one_line_exit_2(["plan", "--recipe", str(tmp_path / "folder.yml")], capsys)
+    assert f"recipe file {tmp_path / 'folder.yml'} is not a file" in err, err
+
     assert "--mesh" in one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "1x64"], capsys)
     assert "--mesh" in one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "2by4"], capsys)
     with pytest.raises(SystemExit):  # not taken as one rank, nor blamed on --mesh

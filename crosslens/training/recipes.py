@@ -236,6 +236,12 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         text, name = path.read_text(), path.stem
+    elif path.suffix in (".yaml", ".yml"):  # a file's name: no shipped recipe is named so
+        what = "is not a file" if path.exists() else "does not exist"
+        raise RecipeError(
+            f"recipe file {path} {what}; pass the path of a recipe .yaml, or a shipped recipe's name: "
+            f"{', '.join(list_recipes())} (crosslens plan --list-recipes)"
+        )
     else:
         resource = _recipe_dir() / f"{name_or_path}.yaml"
         if not resource.is_file():
