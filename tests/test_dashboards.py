@@ -5,11 +5,13 @@ refusal in one line naming the fix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -247,46 +249,48 @@ def test_every_feature_and_snapshot_has_its_rows(tiny, tmp_path):
         db.execute("DELETE FROM features")  # read-only
 
 
+@contextlib.contextmanager
+def stopping_at(monkeypatch: pytest.MonkeyPatch, n: int, how: str = "raise") -> Iterator[None]:
+    """The pass's ``n``-th batch update stopped: by a signal (Ctrl-C: the pass stops after this
+    batch, which is kept) or raised (a second Ctrl-C: it stops here, this batch lost)."""
+    real = compute_module.apply_updates
+    calls = {"n": 0}
+
+    def apply(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            if how == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compute_module, "apply_updates", apply)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(compute_module, "apply_updates", real)
+
+
 def test_a_stopped_pass_resumes_to_the_same_bytes(tiny, tmp_path, monkeypatch, capsys):
     whole = fresh_run(tiny, tmp_path / "whole")
     expected = tf.sha256(compute(whole))
     run = fresh_run(tiny, tmp_path / "stopped")
-    real = compute_module.apply_updates
-    calls = {"n": 0}
-
-    def stop_at(n: int, how: str):
-        def apply(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == n:
-                if how == "signal":  # Ctrl-C: stops after this batch, which is kept
-                    os.kill(os.getpid(), signal.SIGINT)
-                else:  # a second Ctrl-C: stops here, this batch lost
-                    raise KeyboardInterrupt
-            return real(*args, **kwargs)
-
-        return apply
-
     for how, at in (("signal", 2), ("raise", 5)):
-        calls["n"] = 0
-        monkeypatch.setattr(compute_module, "apply_updates", stop_at(at, how))
-        with pytest.raises(DashboardsInterrupted) as stopped:
+        with stopping_at(monkeypatch, at, how), pytest.raises(DashboardsInterrupted) as stopped:
             compute(run)
         assert "run the same `crosslens dashboards` command again" in one_line(stopped.value)
         assert not (run / schema.DATABASE_NAME).exists() and (run / "dashboards.partial").is_dir()
-    monkeypatch.setattr(compute_module, "apply_updates", real)
     assert tf.sha256(compute(run)) == expected
     assert not (run / "dashboards.partial").exists()
     assert tf.sha256(compute(run, overwrite=True)) == expected  # the same inputs, the same bytes
 
     # started over with --overwrite beside the database, and stopped: the command without it goes on
-    calls["n"] = 0
-    monkeypatch.setattr(compute_module, "apply_updates", stop_at(3, "signal"))
-    with pytest.raises(DashboardsInterrupted) as stopped:
+    with stopping_at(monkeypatch, 3, "signal"), pytest.raises(DashboardsInterrupted) as stopped:
         compute(run, overwrite=True)
     said = one_line(stopped.value)
     assert "run the same `crosslens dashboards` command again without --overwrite to continue it" in said
     assert (run / schema.DATABASE_NAME).exists() and (run / "dashboards.partial").is_dir()
-    monkeypatch.setattr(compute_module, "apply_updates", real)
     capsys.readouterr()
     assert tf.sha256(compute(run)) == expected and "continuing the saved pass at" in capsys.readouterr().out
     assert not (run / "dashboards.partial").exists()
@@ -384,23 +388,12 @@ def test_a_pass_stopped_before_attribute_finishes_with_the_ie_tables_found_then(
     the same dashboards command again. The tables are read as the database is written, not by the
     pass, so the saved pass goes on and its database holds the table, to the bytes of one computed
     with the table there from the start; a table gone since the stop is left out the same way."""
-    real = compute_module.apply_updates
-    calls = {"n": 0}
-
-    def stop(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
     whole = fresh_run(tiny, tmp_path / "whole")
     write_attribution(whole / "attribution_causal", identity=run_identity(whole))
     expected = tf.sha256(compute(whole))
     run = fresh_run(tiny, tmp_path / "stopped")
-    monkeypatch.setattr(compute_module, "apply_updates", stop)
-    with pytest.raises(DashboardsInterrupted):
+    with stopping_at(monkeypatch, 3), pytest.raises(DashboardsInterrupted):
         compute(run)
-    monkeypatch.setattr(compute_module, "apply_updates", real)
     write_attribution(run / "attribution_causal", identity=run_identity(run))
     assert tf.sha256(compute(run)) == expected
     assert not (run / "dashboards.partial").exists()
@@ -411,11 +404,8 @@ def test_a_pass_stopped_before_attribute_finishes_with_the_ie_tables_found_then(
     assert rows(open_database(run), "SELECT task, n_examples FROM tasks") == [("toy", 12)]
 
     plain = tf.sha256(compute(fresh_run(tiny, tmp_path / "plain")))
-    calls["n"] = 0
-    monkeypatch.setattr(compute_module, "apply_updates", stop)
-    with pytest.raises(DashboardsInterrupted):
+    with stopping_at(monkeypatch, 3), pytest.raises(DashboardsInterrupted):
         compute(run, overwrite=True)
-    monkeypatch.setattr(compute_module, "apply_updates", real)
     shutil.rmtree(run / "attribution_causal")
     assert tf.sha256(compute(run)) == plain
     assert json.loads((run / schema.RECORD_NAME).read_text())["partners"]["attribution"] == {}
@@ -584,19 +574,8 @@ def test_a_record_of_an_earlier_crosslens_is_refused_naming_the_rebuild(tiny, tm
 
 def test_other_inputs_and_a_damaged_saved_pass_are_refused(tiny, tmp_path, monkeypatch):
     run = fresh_run(tiny, tmp_path)
-    real = compute_module.apply_updates
-    calls = {"n": 0}
-
-    def stop(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(compute_module, "apply_updates", stop)
-    with pytest.raises(DashboardsInterrupted):
+    with stopping_at(monkeypatch, 3), pytest.raises(DashboardsInterrupted):
         compute(run)
-    monkeypatch.setattr(compute_module, "apply_updates", real)
     with pytest.raises(DashboardsError) as refused:
         compute(run, top_k=5)
     assert "other inputs (settings.top_k differ)" in one_line(refused.value) and "--overwrite" in str(refused.value)

@@ -91,8 +91,8 @@ class CrosscoderTrainingRunner:
                 "pass the store opened from that path, or none"
             )
         self.store = store
-        _check_store_holds_a_batch(store, config.train_batch_size_tokens)  # before the run folder is written
         self.hook = self.store.resolve_hook(config.hook_name)
+        _check_store_holds_a_batch(store, config.train_batch_size_tokens)  # before the run folder is written
         self.out_dir = Path(config.out_dir)
         self.device = config.device
         self.asked = config
