@@ -32,8 +32,10 @@ CAUSAL_SUMMARY_NAME).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from crosslens.core.metadata import WEIGHTS_NAME
 
@@ -87,6 +89,15 @@ EXPORT_MANIFEST_NAME = "crosslens_export.json"
 and feature database it was written from; ``crosslens explain --import`` reads it back."""
 EXPORT_MANIFEST_FORMAT = "crosslens.export/1"
 """That record's ``format``."""
+
+
+def read_export_manifest(folder: Path) -> dict[str, Any] | None:
+    """The export manifest in ``folder`` (None when there is none or it does not parse)."""
+    try:
+        record = json.loads((folder / EXPORT_MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("format") == EXPORT_MANIFEST_FORMAT else None
 
 
 def final_weights(run_dir: str | os.PathLike) -> Path:

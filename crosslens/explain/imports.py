@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crosslens.core.paths import EXPORT_MANIFEST_FORMAT, EXPORT_MANIFEST_NAME
+from crosslens.core.paths import EXPORT_MANIFEST_NAME, read_export_manifest
 from crosslens.dashboards.explanation_schema import (
     CODE_TYPE_SUFFIX,
     NEURONPEDIA_SETS,
@@ -149,15 +149,8 @@ def export_manifests(path: Path) -> list[tuple[Path, dict]]:
     files = [folder / EXPORT_MANIFEST_NAME for folder in ([path] if path.is_dir() else []) + list(path.parents)]
     if path.is_dir():
         files += sorted(p for p in path.rglob(EXPORT_MANIFEST_NAME) if p.parent != path)
-    found = []
-    for file in files:
-        try:
-            record = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("format") == EXPORT_MANIFEST_FORMAT:
-            found.append((file, record))
-    return found
+    records = [(file, read_export_manifest(file.parent)) for file in files]
+    return [(file, record) for file, record in records if record is not None]
 
 
 def vouched(path: Path, crosscoder: str | None) -> bool:

@@ -21,7 +21,13 @@ from typing import Any
 from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.metadata import metadata_value, saved_metadata
 from crosslens.core.model_specs import check_model_pair
-from crosslens.core.paths import EXPORT_MANIFEST_FORMAT, EXPORT_MANIFEST_NAME, FINAL_DIRNAME, RUN_SEAL_NAME
+from crosslens.core.paths import (
+    EXPORT_MANIFEST_FORMAT,
+    EXPORT_MANIFEST_NAME,
+    FINAL_DIRNAME,
+    RUN_SEAL_NAME,
+    read_export_manifest,
+)
 from crosslens.core.staging import staged_folder
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.record import open_database
@@ -158,15 +164,6 @@ def check_database_partner(context: ExportContext) -> None:
         )
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The export manifest in ``folder`` (None when there is none or it does not parse)."""
-    try:
-        record = json.loads((folder / EXPORT_MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("format") == EXPORT_MANIFEST_FORMAT else None
-
-
 def check_out_folder(out: Path, config: ExportConfig) -> None:
     """Refuse an ``out`` that would lose something: a file, a folder holding anything but an earlier
     export, or an earlier export without ``overwrite``."""
@@ -174,7 +171,7 @@ def check_out_folder(out: Path, config: ExportConfig) -> None:
         raise ExportError(f"{out} is a file; pass a folder for --out")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    manifest = read_manifest(out)
+    manifest = read_export_manifest(out)
     if manifest is None:
         raise ExportError(f"{out} is not empty and holds no crosslens export; pick a new or empty folder for --out")
     what = f"a {manifest.get('export')} export"
