@@ -272,6 +272,8 @@ LINEAGE_SENSITIVITY = (
     {"birth_splits": False},
     {"turns": False},
     {"turn_at_once": False},
+    {"own_share": 0.3},
+    {"own_share": 0.7},
     {"held_by_activations": False},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
@@ -282,11 +284,16 @@ def lineage_key(change: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in change.items())
 
 
-def lineage_sensitivity(planted, analysis, scaled_present_FS, n_recovered: int) -> dict[str, list[int]]:
+def lineage_sensitivity(planted, analysis, scaling, scaled_present_FS, n_recovered: int) -> dict[str, list[int]]:
     """For each of :data:`LINEAGE_SENSITIVITY`: planted events found, and false events."""
     out = {}
     for change in LINEAGE_SENSITIVITY:
-        lin = lineage_of(analysis, LineageConfig(**change), scaled_present_FS=scaled_present_FS)
+        lin = lineage_of(
+            analysis,
+            LineageConfig(**change),
+            scaled_present_FS=scaled_present_FS,
+            activation_share_FS=scaling.activation_share,
+        )
         scores = event_scores(planted, analysis, lin, n_recovered)
         out[lineage_key(change)] = [scores["events_found"], scores["false_events"]]
     return out
@@ -342,7 +349,9 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
     analysis = planted_analysis(crosscoder, planted, acts_NSD)
     scaling = latent_scaling(crosscoder, acts_NSD)
     check = check_emergence(analysis, scaling, check_config)
-    lin = lineage_of(analysis, lineage_config, scaled_present_FS=check.present)
+    lin = lineage_of(
+        analysis, lineage_config, scaled_present_FS=check.present, activation_share_FS=scaling.activation_share
+    )
     match = match_planted(analysis.W_dec, planted)
     recovered = match.recovered
     truth = getattr(planted, "event_truth", None)
@@ -375,7 +384,7 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
         "n_other": len(other),
         "contested_all": int(check.contested.sum()),
         "sensitivity": sensitivity(analysis, scaling, recovered, weak),
-        "lineage_sensitivity": lineage_sensitivity(planted, analysis, check.present, len(recovered)),
+        "lineage_sensitivity": lineage_sensitivity(planted, analysis, scaling, check.present, len(recovered)),
         "counts": check.counts(),
         **event_scores(planted, analysis, lin, len(recovered)),
     }

@@ -51,9 +51,11 @@ FALSE_FAMILIES = (*WITHOUT_EVENTS, "weak-early")
 
 
 def analysed(crosscoder, planted, acts_NSD):
-    """The analysis and latent scaling's presence, as ``scripts/planted_emergence.py`` reads them."""
+    """The analysis, latent scaling's presence and its activation share, as
+    ``scripts/planted_emergence.py`` reads them."""
     analysis = planted_analysis(crosscoder, planted, acts_NSD)
-    return analysis, check_emergence(analysis, latent_scaling(crosscoder, acts_NSD), None).present
+    scaling = latent_scaling(crosscoder, acts_NSD)
+    return analysis, check_emergence(analysis, scaling, None).present, scaling.activation_share
 
 
 def run_family(
@@ -67,8 +69,8 @@ def run_family(
     read = {a: analysed(trained(generator, a, seed, planted, Path(cache))[0], planted, acts_NSD) for a in archs}
     rows = []
     for arch in archs:
-        analysis, present = read[arch]
-        lin = lineage_of(analysis, None, scaled_present_FS=present)
+        analysis, present, share = read[arch]
+        lin = lineage_of(analysis, None, scaled_present_FS=present, activation_share_FS=share)
         referee = next(r for r in referees if r != arch)
         others = [a for a in archs if a != arch] if every else [referee]
         each = [lineage_agreement(lin, analysis, read[other][0], present, read[other][1]) for other in others]

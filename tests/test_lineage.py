@@ -561,3 +561,66 @@ def test_agreement_is_refused_between_crosscoders_of_other_activations():
     assert (
         event_agreement([], unit, torch.ones(12, S, dtype=torch.bool), unit, torch.ones(12, S, dtype=torch.bool)) == []
     )
+
+
+def test_a_divergence_whose_apart_latents_lie_along_the_error_alone_is_set_aside():
+    """Given latent scaling's activation share, a split's children at each of the ``min_snapshots``
+    snapshots from it on, and a merge's latents at each before it, must have an activation amplitude
+    of at least ``own_share`` of their error amplitude: a child that only the other latents' error
+    holds (TopK's latent correcting a partner) makes no split. Successions are not read by it, nor is
+    a divergence's side where its latents are together."""
+    analysis = EvolutionAnalysis.from_decoder(built_decoder())
+    everywhere = torch.ones(12, S, dtype=torch.bool)
+    events = lineage_of(analysis).events
+    assert [(e.kind, e.snapshot) for e in events] == [("split", 3), ("handoff", 4), ("merge", 5), ("split", 6)]
+    share_FS = torch.ones(12, S)
+    assert lineage_of(analysis, scaled_present_FS=everywhere, activation_share_FS=share_FS).events == events
+    share_FS[1, 4] = 0.46  # a child of the split at 3, one snapshot after it
+    share_FS[0, 1] = 0.1  # the split's latents where they are together: not read
+    share_FS[2, 5] = -0.3  # a latent of the merge at 5 where it is merged: not read
+    share_FS[4, 3] = 0.0  # the handoff's predecessor: a succession is not read
+    share_FS[3, 2] = 0.2  # three snapshots before the merge: outside the two read
+    share_FS[5, 5] = share_FS[7, 6] = torch.inf  # the error holds none of them: not decided here
+    lin = lineage_of(analysis, scaled_present_FS=everywhere, activation_share_FS=share_FS)
+    assert [(e.kind, e.snapshot) for e in lin.events] == [("handoff", 4), ("merge", 5), ("split", 6)]
+    assert lin.set_aside == events[:1]
+    # the line is inclusive, and the share is read with or without latent scaling's presence
+    share_FS[1, 4] = 0.5
+    assert lineage_of(analysis, activation_share_FS=share_FS).events == events
+    share_FS[3, 4] = 0.49  # a latent of the merge, the snapshot before it
+    assert [(e.kind, e.snapshot) for e in lineage_of(analysis, activation_share_FS=share_FS).events] == [
+        ("split", 3),
+        ("handoff", 4),
+        ("split", 6),
+    ]
+    assert lineage_of(analysis, LineageConfig(own_share=0.4), activation_share_FS=share_FS).events == events
+    assert lineage_of(analysis, LineageConfig(held_by_activations=False), activation_share_FS=share_FS).events == events
+    with pytest.raises(ValueError, match=r"own_share=-0.1"):
+        LineageConfig(own_share=-0.1)
+    with pytest.raises(ValueError, match=r"activation_share_FS has shape \[12, 7\].*LatentScaling.activation_share"):
+        lineage_of(analysis, activation_share_FS=share_FS[:, 1:])
+
+
+def test_the_activation_share_is_the_activation_amplitude_over_the_error_amplitude():
+    """``LatentScaling.activation_share``: a latent the activations hold as much as the error reads
+    1, one only the error holds reads its small or negative share, and one the error holds nothing of
+    is not judged by it (infinite)."""
+    from crosslens.analysis.scaling import LatentScaling
+
+    amplitude = torch.tensor([[1.0, 0.3, -0.2, 0.5]])
+    error = torch.tensor([[1.0, 0.9, 0.8, 0.0]])
+    filler = torch.zeros(1, 4)
+    scaling = LatentScaling(
+        reference=torch.zeros(1, 4, dtype=torch.long),
+        row_norm=filler,
+        own_cosine=filler,
+        own_norm=filler,
+        carrier=torch.full((1, 4), -1),
+        carrier_cosine=filler,
+        amplitude=amplitude,
+        error_amplitude=error,
+        stderr=filler,
+        n_fire=torch.ones(1),
+        n_tokens=1,
+    )
+    assert scaling.activation_share.tolist() == [[1.0, pytest.approx(1 / 3), pytest.approx(-0.25), math.inf]]

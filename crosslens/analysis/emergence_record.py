@@ -184,7 +184,13 @@ def compute_emergence(
     scaling_config = scaling_config or LatentScalingConfig()
     scaling = latent_scaling(crosscoder, source, hook=hook, config=scaling_config, progress=progress)
     check = check_emergence(analysis, scaling, check_config)
-    lineage = lineage_of(analysis, lineage_config, device, scaled_present_FS=check.present)
+    lineage = lineage_of(
+        analysis,
+        lineage_config,
+        device,
+        scaled_present_FS=check.present,
+        activation_share_FS=scaling.activation_share,
+    )
     frequency = None if analysis.frequency is None else analysis.frequency.float().cpu()
     return EmergenceResult(
         list(analysis.steps), lineage, lineage_config, scaling, check, scaling_config, frequency=frequency

@@ -274,6 +274,16 @@ class LatentScaling:
         return self.amplitude - self.error_amplitude
 
     @property
+    def activation_share(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """``amplitude / error_amplitude``: how far the activations lie along the latent's row beside
+        how far the error the other latents leave does. About 1 or more for a latent that carries a
+        direction of the data; small or negative for one only the error holds, a latent firing beside
+        a partner to correct it, its row turned against the partner's. Infinite where the error holds
+        none of the latent (its presence then does not rest on the error)."""
+        share_FS = self.amplitude / self.error_amplitude.clamp_min(_EPS)
+        return torch.where(self.error_amplitude > 0, share_FS, torch.inf)
+
+    @property
     def t_value(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
         """``amplitude / stderr``: infinite where the fit is exact (no residual), 0 where the latent
         fires on fewer than 2 tokens."""
