@@ -199,6 +199,38 @@ def test_export_refuses_an_unknown_device_before_reading_the_run(tmp_path, capsy
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    ("fmt", "flag", "reader"),
+    [
+        ("saebench", ["--n-splits", "3"], "delphi"),
+        ("delphi", ["--model-id", "pythia-14m"], "neuronpedia"),
+        ("neuronpedia", ["--batch-size", "64"], "delphi"),
+        ("saebench", ["--features-per-batch", "8"], "neuronpedia"),
+    ],
+)
+def test_export_refuses_a_flag_of_another_format_before_reading_the_run(tmp_path, capsys, fmt, flag, reader):
+    """A flag only another format reads would be dropped without a word: refused, naming it and
+    its format, before the run is read or anything written."""
+    out = tmp_path / "x"
+    err = one_line_error(["export", str(tmp_path / "no-run"), "--format", fmt, "--out", str(out), *flag], capsys)
+    assert err == (
+        f"crosslens export: error: {flag[0]} is read only by the {reader} export, not by {fmt}; "
+        f"drop it, or pass --format {reader}"
+    )
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_export_run_refuses_an_option_of_another_format(tmp_path):
+    from crosslens.exports import ExportError, export_run
+
+    with pytest.raises(
+        ExportError,
+        match=r"^n_splits is read only by the delphi export, not by saebench; drop it, or pass format delphi$",
+    ):
+        export_run(tmp_path / "no-run", format="saebench", out=tmp_path / "out", n_splits=3)
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_a_file_where_a_folder_is_read_is_named_as_a_file(tmp_path, capsys):
     from crosslens.activations import ActivationStore
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from crosslens.cli.flags import Subcommand, build, explicit
-from crosslens.exports.config import ExportConfig
+from crosslens.cli.flags import Subcommand, build, explicit, field_flags
+from crosslens.exports.config import ExportConfig, check_options_read
 
 
 @dataclass
@@ -22,7 +22,10 @@ def export(args: argparse.Namespace) -> int:
     from crosslens.core.devices import resolve_device
     from crosslens.exports import run_export
 
-    config = build(ExportConfig, explicit(args, ExportConfig))
+    given = explicit(args, ExportConfig)
+    flags = field_flags((ExportConfig,))
+    check_options_read(args.format, given, lambda name: flags.get(name, name))
+    config = build(ExportConfig, given)
     resolve_device(config.device)  # a device torch does not know is refused before anything is read
     out = run_export(args.run_dir, config)
     print(f"{args.format} export written to {out}")

@@ -32,7 +32,7 @@ from crosslens.core.staging import staged_folder
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.record import open_database
 from crosslens.dashboards.schema import DATABASE_NAME
-from crosslens.exports.config import ExportConfig, ExportError
+from crosslens.exports.config import ExportConfig, ExportError, check_options_read
 
 
 @dataclass(frozen=True)
@@ -236,10 +236,11 @@ def export_run(
 
     ``snapshots`` picks snapshots by revision or step (default: all); ``options`` are the other
     fields of :class:`~crosslens.exports.config.ExportConfig`. Returns ``out``. Bad input (an
-    unfinished run, a missing feature database, an unknown format, an ``out`` holding something
-    else) raises :class:`~crosslens.exports.config.ExportError` with a one-line message naming the
-    fix, before anything is written."""
+    unfinished run, a missing feature database, an unknown format, an option the format does not
+    read, an ``out`` holding something else) raises :class:`~crosslens.exports.config.ExportError`
+    with a one-line message naming the fix, before anything is written."""
     names = None if snapshots is None else [str(name) for name in snapshots]
+    check_options_read(format, options)
     config = ExportConfig(format=format, out=str(out), snapshots=names, **options)
     return run_export(run_dir, config)
 
