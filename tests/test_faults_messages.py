@@ -186,6 +186,30 @@ def test_attribute_of_several_tasks_takes_the_one_task_flags_and_says_where_its_
     assert (tmp_path / "a.html").is_file() and out.startswith("metric = ")
 
 
+# ---------------------------------------------------------------------------- recipe files
+
+
+@pytest.mark.parametrize("command", ["plan", "train"])
+def test_a_recipe_that_is_not_valid_yaml_is_named_by_its_file_line_and_column(tmp_path, capsys, command):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model: EleutherAI/pythia-14m\nsteps: [0, 1000\nhook: blocks.0.hook_resid_post\n")
+    out = ["--out", str(tmp_path / "run")] if command == "train" else []
+    err = cli_error([command, "--recipe", str(recipe), *out], capsys)
+    assert err == (
+        f"crosslens {command}: error: recipe file {recipe} is not valid YAML at line 3, column 5: expected ',' or "
+        "']', but got ':' (while parsing a flow sequence started at line 2, column 8); correct it there"
+    )
+    recipe.write_text("model: EleutherAI/pythia-14m\n  hook: blocks.0.hook_resid_post\n")
+    err = cli_error([command, "--recipe", str(recipe), *out], capsys)
+    assert err.endswith(
+        f"recipe file {recipe} is not valid YAML at line 2, column 7: mapping values are not allowed here; correct it there"
+    )
+    recipe.write_bytes(b"\xff\xfe model")
+    err = cli_error([command, "--recipe", str(recipe), *out], capsys)
+    assert err.endswith(f"recipe file {recipe} is not a UTF-8 text file; pass the path of a recipe .yaml"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+
+
 # ---------------------------------------------------------------------------- registry files
 RELEASE_YAML = """\
 # releases for the tests

@@ -235,7 +235,10 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, name = path.read_text(), path.stem
+        try:
+            text, name, where = path.read_text(encoding="utf-8"), path.stem, path
+        except UnicodeDecodeError:
+            raise RecipeError(f"recipe file {path} is not a UTF-8 text file; pass the path of a recipe .yaml") from None
     elif path.suffix in (".yaml", ".yml"):  # a file's name: no shipped recipe is named so
         what = "is not a file" if path.exists() else "does not exist"
         raise RecipeError(
@@ -249,9 +252,23 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                 f"unknown recipe {str(name_or_path)!r}; choose one of {', '.join(list_recipes())} "
                 "(crosslens plan --list-recipes) or pass a recipe .yaml path"
             )
-        text, name = resource.read_text(), str(name_or_path)
+        text, name, where = resource.read_text(), str(name_or_path), resource
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise RecipeError(f"recipe {name!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise RecipeError(f"recipe file {where} is not valid YAML {_yaml_problem(err)}; correct it there") from None
     return recipe_from_dict(data, name)
+
+
+def _yaml_problem(err: Exception) -> str:
+    """Where and what the YAML parser found wrong, from its marks: ``at line 3, column 3: expected
+    ',' or ']', but got ':' (while parsing a flow sequence started at line 2, column 15)``."""
+    mark, context_mark = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return f"({problem})"
+    said = f"at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context = getattr(err, "context", None)
+    if context and context_mark is not None and (context_mark.line, context_mark.column) != (mark.line, mark.column):
+        said += f" ({context} started at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return said
