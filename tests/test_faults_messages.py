@@ -317,6 +317,12 @@ def test_a_failed_suite_build_removes_only_the_root_it_created(tmp_path, monkeyp
     mine.mkdir()
     cli_error(["suite", "build", "--root", str(mine), "--corpus", str(empty)], capsys)
     assert mine.is_dir()  # the user's own folder stays
+    (mine / "notes.txt").write_text("mine")
+    err = cli_error(["suite", "build", "--root", str(mine), "--small"], capsys)
+    assert f"--root {mine} holds files but no pico suite" in err, err
+    # a refusal leaves the folders as it found them: no lock file of the build beside its root
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "my_folder"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     bad = write_lines(tmp_path / "bad.jsonl", ["# header", '{"sentence_good": "the cat'])
     err = cli_error(["suite", "build", "--root", str(root), "--eval", str(bad)], capsys)
     assert f"--eval {bad}: {bad}, line 2: not valid JSON" in err and not root.exists(), err

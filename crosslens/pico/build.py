@@ -181,13 +181,16 @@ def build_pico_suite(
         return root
     if threads < 1:
         raise ValueError(f"threads={threads} must be >= 1")
-    with _exclusive(root, progress):
-        if not force and is_built(root, config):
-            return root  # another process built it while we waited
-        _check_root(root, config, force)
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # torch owns the cores
-        with _torch_threads(threads):
-            inputs = _read_inputs(config)
+    # A root or an input refused is refused before the lock, whose file beside root would outlive
+    # the refusal; a build waiting for another one has read its inputs for nothing, at worst.
+    _check_root(root, config, force)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # torch owns the cores
+    with _torch_threads(threads):
+        inputs = _read_inputs(config)
+        with _exclusive(root, progress):
+            if not force and is_built(root, config):
+                return root  # another process built it while we waited
+            _check_root(root, config, force)  # what another process wrote there while we waited
             if force and root.is_dir() and any(root.iterdir()):
                 # until the new suite is complete, the old one stays whole at root
                 with staged_folder(root) as scratch:
@@ -229,6 +232,9 @@ def _build(config: PicoConfig, root: Path, inputs: _Inputs, progress: bool, show
     optimizer = make_optimizer(config, model)
     rows: list[dict[str, Any]] = []
     state_path = root / STATE_DIR / "state.pt"
+    # made before the first checkpoint: a build under way is then never a foreign folder to
+    # another build's check, which runs before it waits for the lock
+    state_path.parent.mkdir(exist_ok=True)
     start_step = 0
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
