@@ -380,6 +380,36 @@ def test_a_missing_foreign_or_damaged_database_is_one_line_naming_the_fix(tmp_pa
         make_server(tmp_path, BrowseConfig(port=0, database=str(other)))
 
 
+def test_a_folder_as_database_names_the_file_inside_it_and_the_fix_serves(tmp_path, capsys):
+    from crosslens.cli import main
+
+    run, other, empty = tmp_path / "run", tmp_path / "other", tmp_path / "empty"
+    for folder in (run, other):
+        write_feature_database(folder / schema.DATABASE_NAME, FeatureDbShape(n_features=8, n_snapshots=3))
+    write_record(run, partners={}, settings={}, n_tokens=0)
+    empty.mkdir()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["browse", str(run), "--database", str(other), "--port", "0", "--no-live"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"crosslens browse: error: --database {other} is a folder, not the database file: pass the file "
+        f"inside it, --database {other / schema.DATABASE_NAME}."
+    )
+    make_server(run, BrowseConfig(port=0, database=str(other / schema.DATABASE_NAME))).server_close()  # its fix
+    with pytest.raises(DatabaseProblem) as error:
+        make_server(run, BrowseConfig(port=0, database=str(run)))
+    assert str(error.value) == (
+        f"--database {run} is the run folder itself: leave --database out to serve its {schema.DATABASE_NAME}."
+    )
+    make_server(run).server_close()
+    name_one = f"name the {schema.DATABASE_NAME} that `crosslens dashboards RUN` writes in RUN."
+    with pytest.raises(DatabaseProblem) as error:
+        make_server(run, BrowseConfig(port=0, database=str(empty)))
+    assert str(error.value) == f"--database {empty} is a folder, holding no {schema.DATABASE_NAME}: {name_one}"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
 def test_browse_prints_its_url_serves_without_torch_and_stops_on_ctrl_c(run_dir):
     code = (
         "import atexit, sys; from crosslens.browser import browse; "

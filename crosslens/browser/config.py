@@ -26,7 +26,8 @@ class BrowseConfig:
     """Port on 127.0.0.1 to serve on (0: any free port; the printed URL names it). The browser
     listens on 127.0.0.1 only: from another machine, forward the port over SSH."""
     database: str | None = None
-    """Feature database to read (default: RUN/dashboards.sqlite, written by crosslens dashboards)."""
+    """Feature database file to serve, taken as it is, without the seal check RUN's own gets
+    (default: RUN/dashboards.sqlite, written by crosslens dashboards)."""
     page_size: int = PAGE_SIZE
     """Features per page of the feature list (the page's own selector changes it)."""
     log_requests: bool = False

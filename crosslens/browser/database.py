@@ -46,6 +46,8 @@ def database_path(run_dir: str | Path, database: str | Path | None = None) -> Pa
         if not run.is_dir():
             raise DatabaseProblem(f"{run}: no such folder: pass the --out folder of crosslens train.")
         path = run / schema.DATABASE_NAME
+    if database is not None and path.is_dir():
+        raise DatabaseProblem(_database_folder(path, run))
     if database is not None and not path.is_file():
         raise DatabaseProblem(f"--database {path}: no such file: {_NAME_ONE}.")
     if not path.is_file() and (inside := crosscoder_folder_problem(run)):
@@ -56,6 +58,17 @@ def database_path(run_dir: str | Path, database: str | Path | None = None) -> Pa
 
 
 _NAME_ONE = f"name the {schema.DATABASE_NAME} that `crosslens dashboards RUN` writes in RUN"
+
+
+def _database_folder(folder: Path, run: Path) -> str:
+    """What ``--database FOLDER`` should have been: the flag names a file, the one inside FOLDER
+    (or, for RUN itself, none: RUN's own database is served, checked against its seal)."""
+    inside = folder / schema.DATABASE_NAME
+    if not inside.is_file():
+        return f"--database {folder} is a folder, holding no {schema.DATABASE_NAME}: {_NAME_ONE}."
+    if run.is_dir() and folder.resolve() == run.resolve():
+        return f"--database {folder} is the run folder itself: leave --database out to serve its {inside.name}."
+    return f"--database {folder} is a folder, not the database file: pass the file inside it, --database {inside}."
 
 
 def open_database(run_dir: str | Path, database: str | Path | None = None) -> sqlite3.Connection:
