@@ -398,6 +398,24 @@ def test_a_new_drift_rule_is_applied_to_every_stored_feature(run, stub, tmp_path
     assert flagged(run) == [DRIFTER]
 
 
+def test_a_run_asking_fewer_phases_keeps_the_stored_phases_and_drift(run, stub):
+    """A run with --phases code deleted every other phase row of the features it selected, and
+    with them the drift verdicts and the browser's phase labels, while asking nothing."""
+    explain_run(run, config(stub, features=f"{CAT},{DRIFTER}"))
+    last = N_SNAPSHOTS - 1
+    phases = rows(run, "SELECT phase, snapshot, explained FROM phases WHERE feature = ? ORDER BY phase", (DRIFTER,))
+    assert phases == [("code", -1, -1), ("emergence", 0, 0), ("last", last, last), ("peak", 1, 1)]
+    verdicts = rows(run, "SELECT * FROM feature_scores ORDER BY feature")
+    assert verdicts == [(CAT, 1.0, 0.0, 1, 2, 0), (DRIFTER, 1.0, 0.5, 0, last, 1)]
+    asked = stub.requests
+    narrower = explain_run(run, config(stub, features=f"{CAT},{DRIFTER}", phases="code"))
+    assert narrower.explain_requests == narrower.score_requests == 0 and stub.requests == asked
+    after = rows(run, "SELECT phase, snapshot, explained FROM phases WHERE feature = ? ORDER BY phase", (DRIFTER,))
+    assert after == phases
+    assert rows(run, "SELECT * FROM feature_scores ORDER BY feature") == verdicts
+    assert flagged(run) == [DRIFTER]
+
+
 def test_drift_compares_the_scores_of_one_judge(run, stub):
     """Drift set an explanation's score on its own contexts, by one model, against its scores on the
     other phases' contexts by another."""

@@ -157,10 +157,11 @@ class ExplanationStore:
 
     # ------------------------------------------------------------------ writing
     def set_phases(self, plan: FeaturePlan) -> None:
+        """Store the phases ``plan`` holds, keeping the feature's other stored phases: a run asking
+        fewer ``--phases`` leaves the drift and labels that the others decided as they are."""
         rows = [(plan.feature, p.phase, p.snapshot, p.explained) for p in plan.phases]
-        self.connection.execute("DELETE FROM phases WHERE feature = ?", (plan.feature,))
-        self.connection.executemany("INSERT INTO phases VALUES (?, ?, ?, ?)", rows)
-        self._wrote(len(rows) + 1)
+        self.connection.executemany("INSERT OR REPLACE INTO phases VALUES (?, ?, ?, ?)", rows)
+        self._wrote(len(rows))
 
     def add_explanation(
         self,
