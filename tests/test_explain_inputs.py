@@ -174,6 +174,26 @@ def test_a_bad_selection_is_refused_before_the_explanations_file_is_touched(expl
         assert stub.requests == 0
 
 
+def test_import_refuses_a_dry_run_and_a_selection_before_the_file_is_touched(explained, tmp_path):
+    """--import went ahead past --dry-run (with --overwrite deleting the paid explanations) and
+    stored every explanation its file holds whatever --features, --classes or --max-features said."""
+    stored = explained / EXPLANATIONS_NAME
+    before = sha(stored)
+    listing = tmp_path / "api.json"
+    listing.write_text(json.dumps([neuronpedia_row(5, "0-res-crosslens__step200", "boats")]))
+    for flags, named, keep in (
+        (["--overwrite", "--dry-run"], "--import takes no --dry-run:", True),
+        (["--features", "5"], "--import takes no --features:", False),
+        (["--classes", "persistent", "--max-features", "1"], "--import takes no --classes, --max-features:", False),
+    ):
+        line = one_line_error(crosslens("explain", str(explained), "--import", str(listing), *flags))
+        assert named in line and "leave" in line, line
+        assert ("without --overwrite it keeps every explanation stored" in line) == keep, line
+        assert sha(stored) == before, flags
+    assert rows(explained, "SELECT count(*), group_concat(DISTINCT source) FROM explanations") == [(8, "crosslens")]
+    assert "1 added" in crosslens("explain", str(explained), "--import", str(listing)).stdout
+
+
 def test_the_key_reaches_no_file_log_or_message(tmp_path):
     run = write_planted_database(tmp_path / "run").parent
     env = {"CROSSLENS_KEY": KEY}

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from crosslens.cli.flags import Subcommand, build, explicit
+from crosslens.cli.flags import Subcommand, build, explicit, field_flags
 from crosslens.core.errors import run_again
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
-from crosslens.explain.config import ExplainConfig
+from crosslens.explain.config import ExplainConfig, ExplainError
 
 
 @dataclass
@@ -27,9 +27,16 @@ class ExplainFlags:
     """The run folder whose feature database (RUN/dashboards.sqlite, from crosslens dashboards) is explained."""
 
 
+NOT_WITH_IMPORT = ("dry_run", "features", "classes", "max_features")
+"""The settings ``--import`` does not read: it stores every explanation of its file, and counts nothing
+first, so a dry run of it would write (with ``--overwrite``, delete) what a dry run promises to leave."""
+
+
 def explain(args: argparse.Namespace) -> int:
-    config = build(ExplainConfig, explicit(args, ExplainConfig))
+    given = explicit(args, ExplainConfig)
+    config = build(ExplainConfig, given)
     if config.import_file is not None:
+        _refuse_unread_with_import(given)
         return _import(args.run_dir, config)
     if config.dry_run:
         return _dry_run(args.run_dir, config)
@@ -81,6 +88,18 @@ def _dry_run(run_dir: str, config: ExplainConfig) -> int:
             f"{summary.unscorable} scores cannot be asked: their contexts hold no stretch where the feature is silent"
         )
     return 0
+
+
+def _refuse_unread_with_import(given: dict) -> None:
+    """Refuse, before the explanations file is touched, the flags ``--import`` would not read."""
+    flags = field_flags((ExplainConfig,))
+    unread = [flags[name] for name in NOT_WITH_IMPORT if name in given]
+    if unread:
+        keep = "; without --overwrite it keeps every explanation stored" if given.get("overwrite") else ""
+        raise ExplainError(
+            f"--import takes no {', '.join(unread)}: it stores every explanation of its file and asks for "
+            f"nothing, so leave {'it' if len(unread) == 1 else 'them'} out{keep}"
+        )
 
 
 def _import(run_dir: str, config: ExplainConfig) -> int:

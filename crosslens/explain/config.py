@@ -110,7 +110,8 @@ class ExplainConfig:
     import_file: str | None = field(default=None, metadata={"flag": "--import", "metavar": "FILE"})
     """Read explanations made elsewhere instead of asking for them: a delphi run's output folder (or its
     explanations/ folder), or Neuronpedia's explanation export (JSON lines, .jsonl.gz, a JSON list, or a folder
-    of them, as crosslens export --format neuronpedia also writes)."""
+    of them, as crosslens export --format neuronpedia also writes). Every explanation it holds is stored: it
+    takes no --dry-run, --features, --classes or --max-features."""
     overwrite: bool = False
     """Start RUN/explanations.sqlite afresh, deleting the explanations and scores it holds."""
     progress: bool = field(default=True, metadata={"cli": False})
