@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from explain_fixtures import CAT, DRIFTER, N_SNAPSHOTS, rows, write_planted_database
 
+from crosslens.browser.database import Database
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
 from crosslens.dashboards.record import open_database, write_record
@@ -192,6 +194,42 @@ def test_import_refuses_a_dry_run_and_a_selection_before_the_file_is_touched(exp
         assert sha(stored) == before, flags
     assert rows(explained, "SELECT count(*), group_concat(DISTINCT source) FROM explanations") == [(8, "crosslens")]
     assert "1 added" in crosslens("explain", str(explained), "--import", str(listing)).stdout
+
+
+def test_a_run_finishing_while_browse_reads_the_file_keeps_its_answers_and_compacts_later(tmp_path):
+    """A finished run exited 2 with "database is locked" while crosslens browse had the file open:
+    leaving WAL mode to compact it needs the file to itself."""
+    run = write_planted_database(tmp_path / "run").parent
+    path = run / EXPLANATIONS_NAME
+    with StubEndpoint(model=MODEL) as stub:
+        ask = ("explain", str(run), "--endpoint", stub.url, "--model", MODEL)
+        assert crosslens(*ask, "--features", str(CAT)).returncode == 0
+        writing = sqlite3.connect(path)
+        writing.execute("PRAGMA journal_mode = WAL")  # as a run leaves it while it writes
+        writing.close()
+        browser = Database(run)  # crosslens browse RUN, started meanwhile
+        try:
+            with browser.connection() as connection:
+                assert connection.execute("SELECT count(*) FROM explained.explanations").fetchone() == (4,)
+            result = crosslens(*ask, "--features", f"{CAT},{DRIFTER}")
+            assert result.returncode == 0, result.stderr
+            assert "holds 8 explanations of 2 features" in result.stdout
+            assert "1 features whose meaning drifted" in result.stdout
+            warning = [line for line in result.stderr.splitlines() if "not compacted" in line]
+            assert len(warning) == 1 and warning[0].startswith(f"crosslens: warning: {path} holds every answer"), (
+                result.stderr
+            )
+            assert "the next crosslens explain of this run that finishes while none does compacts it" in warning[0]
+            with browser.connection() as connection:  # the browser reads every answer meanwhile
+                assert connection.execute("SELECT count(*) FROM explained.explanations").fetchone() == (8,)
+        finally:
+            browser.close()
+        again = crosslens(*ask, "--features", f"{CAT},{DRIFTER}")
+        assert again.returncode == 0 and "not compacted" not in again.stderr, again.stderr
+        assert "asked 0 explanations and 0 scores" in again.stdout
+    assert rows(run, "PRAGMA journal_mode") == [("delete",)]  # compacted once no reader held it
+    assert not path.with_name(path.name + "-wal").exists()
+    assert rows(run, "SELECT count(*) FROM explanations") == [(8,)]
 
 
 def test_the_key_reaches_no_file_log_or_message(tmp_path):

@@ -5,7 +5,8 @@ Answers are committed in small batches (every :data:`COMMIT_ROWS` rows or :data:
 in WAL mode so that ``crosslens browse`` can read the file while it grows; an interrupted run
 commits what it has before it stops. A finished run leaves a compact file (its full-text index
 merged, WAL folded in) whose rows have the ids :func:`explanation_id` gives them, whatever order
-the answers came in.
+the answers came in; where a reader holds the file open then, it stays in WAL mode until a
+finished run finds it free.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,14 +288,30 @@ class ExplanationStore:
         self.connection.execute("BEGIN")
         self._pending, self._since = 0, time.perf_counter()
 
-    def close(self, *, compact: bool = False) -> None:
-        """Commit what is written and close; with ``compact`` (a finished run) merge the full-text
-        index, fold the WAL into the file and rewrite it in key order."""
+    def close(self, *, compact: bool = False) -> bool:
+        """Commit what is written and close; with ``compact`` (a finished run) compact the file too
+        (:meth:`compact`). Returns whether it was compacted."""
         if self.connection.in_transaction:
             self.connection.execute("COMMIT")
-        if compact:
+        compacted = compact and self.compact()
+        self.connection.close()
+        return compacted
+
+    def compact(self) -> bool:
+        """Merge the full-text index, fold the WAL into the file and rewrite it in key order; whether
+        it was done. Leaving WAL mode needs the file to itself: where a reader (``crosslens browse``)
+        holds it open, the answers stay stored in WAL mode, a warning says so, and the next finished
+        run compacts it."""
+        try:
             self.connection.execute("INSERT INTO explanation_search (explanation_search) VALUES ('optimize')")
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.connection.execute("PRAGMA journal_mode = DELETE")
             self.connection.execute("VACUUM")
-        self.connection.close()
+        except sqlite3.OperationalError as error:
+            warnings.warn(
+                f"{self.path} holds every answer but is not compacted ({error}: crosslens browse or another reader "
+                "has it open); the next crosslens explain of this run that finishes while none does compacts it",
+                stacklevel=3,
+            )
+            return False
+        return True
