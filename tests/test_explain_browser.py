@@ -16,6 +16,8 @@ import pytest
 from explain_fixtures import CAT, DEAD, DRIFTER, N_SNAPSHOTS, write_planted_database
 from test_browser import driver, get, listed, open_page, screenshot, server, serving, shown_features, wait_for  # noqa: F401 (fixtures on run_dir)
 
+from crosslens.browser.database import Database
+from crosslens.browser.explained import meaning_matches
 from crosslens.explain import ExplainConfig, StubEndpoint, explain_run, import_explanations
 
 SHOTS = Path(os.environ.get("CROSSLENS_SHOTS", "/tmp/explain_screens"))
@@ -96,6 +98,27 @@ def test_explanations_of_another_feature_database_are_left_out(run_dir, tmp_path
         status, answer = get(server, "/api/features?meaning=cat")
         assert status == 400 and "no explanations" in answer["error"]
         assert get(server, "/api/features")[0] == 200  # the feature database itself is served as ever
+
+
+def test_a_running_browser_searches_the_explanations_an_overwrite_wrote(tmp_path):
+    """explain --overwrite deleted the file and wrote a new one, while a running crosslens browse
+    went on searching the deleted file through the connections it held."""
+    run = write_planted_database(tmp_path / "run").parent
+    with StubEndpoint(model="stub") as stub:
+        settings = dict(endpoint=stub.url, model="stub", progress=False)
+        explain_run(run, ExplainConfig(features=str(CAT), **settings))
+        browser = Database(run)  # crosslens browse RUN
+        try:
+            with browser.connection() as connection:
+                assert meaning_matches(connection, browser.facts.explained, "cat").ranked == [CAT]
+            explain_run(run, ExplainConfig(features="4", overwrite=True, **settings))  # feature 4 reads " lamp"
+            with browser.connection() as connection:
+                assert meaning_matches(connection, browser.facts.explained, "cat").ranked == []
+                assert meaning_matches(connection, browser.facts.explained, "lamp").ranked == [4]
+                stored = connection.execute("SELECT DISTINCT feature FROM explained.explanations").fetchall()
+                assert stored == [(4,)]
+        finally:
+            browser.close()
 
 
 def test_a_search_by_meaning_in_chromium_opens_its_result(driver, server):  # noqa: F811

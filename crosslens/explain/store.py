@@ -25,6 +25,7 @@ from crosslens.dashboards.explanation_schema import (
     EXPLANATIONS_NAME,
     FORMAT,
     LIFE_PHASES,
+    TABLES,
     binding_problem,
     create_schema,
     explanation_id,
@@ -73,6 +74,22 @@ def store_problem(path: Path, binding: Binding) -> str | None:
         connection.close()
 
 
+def has_layout(path: Path) -> bool:
+    """Whether ``path`` is an explanations file of this layout (of whichever feature database)."""
+    if not path.is_file():
+        return False
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.DatabaseError:
+        return False
+    try:
+        return schema_problem(connection) is None
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        connection.close()
+
+
 def group_explanations(
     rows: Iterable[tuple[int, int, str, int, str]], features: Iterable[int] | None = None
 ) -> dict[int, dict[tuple[int, str], tuple[int, str]]]:
@@ -94,24 +111,37 @@ class ExplanationStore:
 
     def __init__(self, run_dir: Path, binding: Binding, *, overwrite: bool = False) -> None:
         self.path = Path(run_dir) / EXPLANATIONS_NAME
-        if overwrite:
+        # a file of this layout is emptied in place, not deleted: a running crosslens browse keeps
+        # reading the file it opened, and would go on searching a deleted one
+        emptied = overwrite and has_layout(self.path)
+        if overwrite and not emptied:
             for stale in (self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm", "-journal"))):
                 stale.unlink(missing_ok=True)
-        problem = store_problem(self.path, binding)
+        problem = None if emptied else store_problem(self.path, binding)
         if problem is not None:
             raise refused(self.path, problem)
-        fresh = not self.path.exists()
+        fresh = emptied or not self.path.exists()
         self.connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.connection.execute("PRAGMA journal_mode = WAL")
         self.connection.execute("PRAGMA synchronous = NORMAL")
         if fresh:
-            self._create(binding)
+            self._create(binding, emptied=emptied)
         self.connection.execute("BEGIN")
         self._pending, self._since = 0, time.perf_counter()
 
-    def _create(self, binding: Binding) -> None:
+    def _create(self, binding: Binding, *, emptied: bool = False) -> None:
+        """The schema and meta of a new file; with ``emptied``, the rows the file holds deleted
+        instead, in the transaction that writes the new meta (a reader sees the old rows or the
+        new file, never a file without meta)."""
         self.connection.execute("BEGIN")
-        create_schema(self.connection)
+        if emptied:
+            for table in TABLES:
+                if table != "explanation_search":
+                    self.connection.execute(f"DELETE FROM {table}")
+            # the triggers took each row out of the search index; this leaves its structure as a new file's
+            self.connection.execute("INSERT INTO explanation_search (explanation_search) VALUES ('delete-all')")
+        else:
+            create_schema(self.connection)
         meta = {
             "format": FORMAT,
             "crosslens_version": crosslens.__version__,
