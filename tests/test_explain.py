@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from explain_fixtures import CAT, DEAD, DENSE, DRIFTER, N_SNAPSHOTS, WINDOW, rows, write_planted_database
 
-from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
-from crosslens.explain import ExplainConfig, StubEndpoint, dry_run, explain_run
+from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME, MAX_SNAPSHOTS, SOURCES, STRIDE, explanation_id
+from crosslens.explain import ExplainConfig, ExplainError, StubEndpoint, dry_run, explain_run
 from crosslens.explain.contexts import FeatureContexts, held_out_passages, plan_feature, silent_stretches
 from crosslens.explain.prompts import (
     PROMPT_FORMAT,
@@ -37,6 +37,7 @@ from crosslens.explain.prompts import (
 )
 from crosslens.explain.run import Explainer, Work
 from crosslens.explain.scoring import DriftRule, balanced_accuracy, detection, feature_drift
+from crosslens.explain.store import Binding
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "stub-model"
@@ -139,6 +140,23 @@ def test_a_python_config_reads_what_the_flags_take_and_refuses_a_limit_under_1()
         message = str(refused.value)
         assert message.startswith("--endpoint takes the http(s) URL") and "secret" not in message
     assert ExplainConfig(endpoint="https://me:secret@api.example.com/v1").endpoint.endswith("/v1")
+
+
+def test_explanation_ids_of_one_feature_stay_within_its_stride_and_more_snapshots_are_refused():
+    """explanation_id gives a feature STRIDE ids; from 1,365 snapshots a feature's last readings
+    took the next feature's ids, and a stored explanation silently stood for another's."""
+    assert MAX_SNAPSHOTS == 1364
+    readings = range(-1, MAX_SNAPSHOTS)
+    ids = [explanation_id(f, s, source) for f in (0, 1) for s in readings for source in SOURCES]
+    assert len(set(ids)) == len(ids) and max(ids[: len(ids) // 2]) < STRIDE <= min(ids[len(ids) // 2 :])
+    assert explanation_id(0, MAX_SNAPSHOTS, SOURCES[-1]) >= STRIDE  # one snapshot more overflows
+    assert Binding(None, None, 10, MAX_SNAPSHOTS).n_snapshots == MAX_SNAPSHOTS
+    with pytest.raises(ExplainError) as caught:
+        Binding(None, None, 10, MAX_SNAPSHOTS + 1)
+    assert str(caught.value) == (
+        "this run has 1365 snapshots; crosslens explain numbers the explanations of at most 1364 per feature "
+        "(explanation_schema.STRIDE 4096): explain a crosscoder of at most 1364 snapshots"
+    )
 
 
 def test_held_out_contexts_are_verified_and_split_from_the_shown_ones(run):

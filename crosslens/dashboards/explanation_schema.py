@@ -162,6 +162,10 @@ META_KEYS: dict[str, str] = {
 STRIDE = 4096
 """explanation_id's room per feature: (S + 1) readings times the sources."""
 
+MAX_SNAPSHOTS = (STRIDE - len(SOURCES)) // len(SOURCES)
+"""The most snapshots whose explanations :func:`explanation_id` numbers within one feature's
+:data:`STRIDE` (1,364): with more, a feature's last readings would take the next feature's ids."""
+
 
 def explanation_id(feature: int, snapshot: int, source: str) -> int:
     """The row id of a feature's explanation at a reading from a source: the same for the same

@@ -25,6 +25,8 @@ from crosslens.dashboards.explanation_schema import (
     EXPLANATIONS_NAME,
     FORMAT,
     LIFE_PHASES,
+    MAX_SNAPSHOTS,
+    STRIDE,
     TABLES,
     binding_problem,
     create_schema,
@@ -42,12 +44,21 @@ COMMIT_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class Binding:
-    """The feature database the explanations belong to."""
+    """The feature database the explanations belong to; one of more snapshots than explanation
+    ids can number is refused (:data:`~crosslens.dashboards.explanation_schema.MAX_SNAPSHOTS`)."""
 
     database_sha256: str | None
     run: str | None
     n_features: int
     n_snapshots: int
+
+    def __post_init__(self) -> None:
+        if self.n_snapshots > MAX_SNAPSHOTS:
+            raise ExplainError(
+                f"this run has {self.n_snapshots} snapshots; crosslens explain numbers the explanations of at most "
+                f"{MAX_SNAPSHOTS} per feature (explanation_schema.STRIDE {STRIDE}): explain a crosscoder of at most "
+                f"{MAX_SNAPSHOTS} snapshots"
+            )
 
 
 def store_problem(path: Path, binding: Binding) -> str | None:
