@@ -292,6 +292,43 @@ def test_retries_give_up_and_the_run_goes_on(run, stub):
     assert failure[0] == "explain" and "after 3 tries: 500" in failure[2]
 
 
+def test_one_refusal_of_every_request_stops_the_run_quoting_it(run, stub):
+    """A 400 every request gets (a parameter the model does not take) was recorded request after
+    request, and the run went on asking for the whole selection."""
+    from crosslens.explain.client import LOST_AFTER, EndpointError
+    from crosslens.explain.stub import UNSUPPORTED
+
+    explain_run(run, config(stub, features=str(CAT)))
+    kept = content(run)["explanations"]
+    before = stub.requests
+    stub.fail_next(*["400"] * 40)
+    with pytest.raises(EndpointError) as caught:
+        explain_run(run, config(stub, concurrency=1))
+    message = str(caught.value)
+    assert stub.requests - before == LOST_AFTER == 8  # no retry of a 4xx; stopped at the 8th alike
+    assert len(message.splitlines()) == 1 and f"refused {LOST_AFTER} requests in a row alike" in message
+    assert f"400: {UNSUPPORTED}" in message and "--max-tokens" in message and "--model stub-model" in message
+    assert "run the same command again" in message
+    assert content(run)["explanations"] == kept  # what was answered is kept
+    # each refused request recorded, as any failed one is, but the one that stops the run
+    assert rows(run, "SELECT count(*), min(attempts) FROM failures") == [(LOST_AFTER - 1, 1)]
+
+
+def test_a_slow_server_is_told_apart_from_a_lost_one(run, stub):
+    """Requests that time out on a server that answers, only slowly, ended the run with "lost ...:
+    restart the server"."""
+    from crosslens.explain.client import LOST_AFTER, EndpointError
+
+    stub.slow_seconds = 0.6
+    stub.fail_next(*["slow"] * 40)
+    with pytest.raises(EndpointError) as caught:
+        explain_run(run, config(stub, deadline=0.3, retries=1, concurrency=2))
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and "lost" not in message and "restart" not in message, message
+    assert f"answered none of {LOST_AFTER} requests in a row within --deadline 0.3 seconds" in message
+    assert "raise --deadline, or lower --concurrency (now 2)" in message
+
+
 # --------------------------------------------------------------------------- Ctrl-C, kill, resume
 def cli(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
     environment = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"} | (env or {})

@@ -9,6 +9,9 @@ What a user of a paid or shared endpoint needs, in one place:
 * a refused key (401, 403), a model the endpoint does not serve, an endpoint that cannot be
   reached or one that stops answering altogether ends the run at once with one line naming the
   fix: those fail every request alike;
+* so does, after :data:`LOST_AFTER` requests in a row, the same refusal of every request (a 4xx
+  answered alike, such as a parameter the model does not take), and a deadline every request
+  misses (a slow server, not a lost one: the line names ``--deadline`` and ``--concurrency``);
 * the key is read from the environment variable the user names, handed to the client, and taken
   out of every message that could reach a log, the database or the terminal (:meth:`Endpoint.redact`).
 
@@ -30,7 +33,8 @@ from crosslens.core.errors import run_again
 from crosslens.explain.config import ExplainConfig, ExplainError
 
 LOST_AFTER = 8
-"""Requests in a row that failed to reach the endpoint (each after its retries) before the run stops."""
+"""Requests in a row that failed alike (each after its retries): unreached, timed out, or refused
+with the same answer, before the run stops."""
 
 MAX_WAIT = 60.0
 """The longest wait before a retry, whatever Retry-After asks."""
@@ -105,7 +109,8 @@ class Endpoint:
         )
         self.slots = asyncio.Semaphore(config.concurrency)
         self.traffic = Traffic()
-        self._unreached = 0
+        self._streak: tuple[tuple, int] = ((), 0)
+        """(what the last failed requests met, how many in a row)."""
 
     @property
     def has_key(self) -> bool:
@@ -196,7 +201,7 @@ class Endpoint:
         for attempt in range(self.config.retries + 1):
             try:
                 answer = await self._send(messages)
-                self._unreached = 0
+                self._streak = ((), 0)
                 return answer
             except openai.APIStatusError as error:
                 fatal = self.fatal(error)
@@ -204,6 +209,7 @@ class Endpoint:
                     raise fatal from None
                 if error.status_code != 429 and error.status_code < 500:
                     self.traffic.failed += 1
+                    self._count_failure(error)
                     raise RequestFailed(self.describe(error)) from None
                 last: BaseException = error
                 asked = retry_after(error)
@@ -216,22 +222,48 @@ class Endpoint:
                 await asyncio.sleep(min(MAX_WAIT, max(wait, asked or 0.0)))
                 wait *= 2
         self.traffic.failed += 1
-        self._count_unreached(last)
+        self._count_failure(last)
         raise RequestFailed(f"after {self.config.retries + 1} tries: {self.describe(last)}")
 
-    def _count_unreached(self, error: BaseException) -> None:
+    def _count_failure(self, error: BaseException) -> None:
+        """Count a failed request; raise :class:`EndpointError` once :data:`LOST_AFTER` in a row met
+        the same failure: an unreachable endpoint, a missed deadline, or one refusal of them all."""
         import openai
 
-        if not isinstance(error, (openai.APIConnectionError, openai.APITimeoutError)):
-            self._unreached = 0
+        if isinstance(error, openai.APITimeoutError):
+            kind: tuple = ("timeout",)
+        elif isinstance(error, openai.APIConnectionError):
+            kind = ("unreached",)
+        elif isinstance(error, openai.APIStatusError) and error.status_code < 500 and error.status_code != 429:
+            kind = ("refused", self.describe(error))
+        else:
+            kind = ()
+        seen, count = self._streak
+        self._streak = (kind, count + 1 if kind and kind == seen else 1)
+        if not kind or self._streak[1] < LOST_AFTER:
             return
-        self._unreached += 1
-        if self._unreached >= LOST_AFTER:
+        again = run_again(replacing="--overwrite" if self.config.overwrite else None)
+
+        def stop(fix: str) -> str:
+            return f"what was answered is stored: {fix} and {again} to go on"
+
+        if kind[0] == "unreached":
             raise EndpointError(
                 f"lost {self.shown_url}: {LOST_AFTER} requests in a row failed to reach it ({self.describe(error)}); "
-                "what was answered is stored: restart the server and "
-                f"{run_again(replacing='--overwrite' if self.config.overwrite else None)} to go on"
+                + stop("restart the server")
             )
+        if kind[0] == "timeout":
+            raise EndpointError(
+                f"{self.shown_url} answered none of {LOST_AFTER} requests in a row within --deadline "
+                f"{self.config.deadline:g} seconds ({self.describe(error)}): it answers, but slower than that; "
+                + stop(
+                    f"raise --deadline, or lower --concurrency (now {self.config.concurrency}) so it answers sooner,"
+                )
+            )
+        raise EndpointError(
+            f"{self.shown_url} refused {LOST_AFTER} requests in a row alike ({kind[1]}); "
+            + stop(f"change what it names (--model {self.model}, --max-tokens, --temperature) so it takes them,")
+        )
 
     async def _send(self, messages: list[dict[str, str]]) -> Answer:
         async with self.slots:

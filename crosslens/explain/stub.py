@@ -11,9 +11,10 @@ deterministically, as a careful but literal reader would:
 It counts requests, keeps a digest of each, and misbehaves on demand, one request at a time
 (:meth:`StubEndpoint.fail_next`): ``429`` (with ``Retry-After: 0``), ``500``, ``slow`` (answers
 after ``slow_seconds``), ``malformed`` (a body that is not JSON), ``empty`` (no choice), ``garbled``
-(an answer in no format), ``401``. Given a ``key``, it refuses any other with 401, repeating the
-key it was sent as careless servers do (the client must keep it out of its messages); asked for a
-model other than its ``model``, it answers 404 as OpenAI does.
+(an answer in no format), ``401``, ``400`` (the refusal OpenAI gives every request to a model
+that does not take one of its parameters). Given a ``key``, it refuses any other with 401,
+repeating the key it was sent as careless servers do (the client must keep it out of its
+messages); asked for a model other than its ``model``, it answers 404 as OpenAI does.
 
     with StubEndpoint(model="stub") as stub:
         crosslens explain RUN --endpoint {stub.url} --model stub
@@ -30,7 +31,12 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "slow", "malformed", "empty", "garbled", "401")
+FAULTS = ("429", "500", "slow", "malformed", "empty", "garbled", "401", "400")
+
+UNSUPPORTED = (
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+)
+"""What the ``400`` fault answers (OpenAI's answer to a reasoning model asked with max_tokens)."""
 
 
 class StubEndpoint:
@@ -161,6 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._refuse_key()
         if request.get("model") != stub.model:
             return self._error(404, f"The model `{request.get('model')}` does not exist.", "model_not_found")
+        if fault == "400":
+            return self._error(400, UNSUPPORTED, "unsupported_parameter")
         if fault in ("429", "500"):
             status, message = (429, "Rate limit reached.") if fault == "429" else (500, "The server had an error.")
             return self._error(status, message, "rate_limit_exceeded" if fault == "429" else "server_error")
