@@ -329,6 +329,21 @@ def test_a_slow_server_is_told_apart_from_a_lost_one(run, stub):
     assert "raise --deadline, or lower --concurrency (now 2)" in message
 
 
+def test_a_key_with_a_line_break_is_refused_naming_its_variable(run, stub, monkeypatch):
+    """A key read with its trailing line break made httpx refuse the header, which openai reports
+    as a connection error: "cannot reach ...: start the server there"."""
+    from crosslens.explain.client import EndpointError
+
+    for key in ("sk-test-abcdefgh12345678\n", "sk-test-abcdefgh12345678\r", "sk-test abcdefgh12345678"):
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        with pytest.raises(EndpointError) as caught:
+            explain_run(run, config(stub))
+        message = str(caught.value)
+        assert len(message.splitlines()) == 1 and "abcdefgh" not in message
+        assert message.startswith("$OPENAI_API_KEY holds a line break, spaces") and "strip it" in message
+    assert stub.requests == 0 and not (run / EXPLANATIONS_NAME).exists()  # refused before anything was asked
+
+
 # --------------------------------------------------------------------------- Ctrl-C, kill, resume
 def cli(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
     environment = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"} | (env or {})

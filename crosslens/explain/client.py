@@ -12,8 +12,10 @@ What a user of a paid or shared endpoint needs, in one place:
 * so does, after :data:`LOST_AFTER` requests in a row, the same refusal of every request (a 4xx
   answered alike, such as a parameter the model does not take), and a deadline every request
   misses (a slow server, not a lost one: the line names ``--deadline`` and ``--concurrency``);
-* the key is read from the environment variable the user names, handed to the client, and taken
-  out of every message that could reach a log, the database or the terminal (:meth:`Endpoint.redact`).
+* the key is read from the environment variable the user names (one holding a space or a line
+  break is refused, since the server would refuse it as a wrong key), handed to the client, and
+  taken out of every message that could reach a log, the database or the terminal
+  (:meth:`Endpoint.redact`).
 
 ``openai`` is imported here, where a request is made: ``crosslens --help`` and the browser never
 load it.
@@ -103,6 +105,13 @@ class Endpoint:
         self.model = config.model
         self.variable = config.api_key_env
         self._key = os.environ.get(self.variable) or ""
+        if any(c.isspace() or not c.isprintable() for c in self._key):
+            # httpx would refuse the header and openai report it as an unreachable server; the key
+            # itself is never repeated
+            raise EndpointError(
+                f"${self.variable} holds a line break, spaces or another control character: strip it "
+                f"(set {self.variable} to the key alone)"
+            )
         # max_retries=0: retries are ours, so that each is counted, waited for and bounded by the run
         self.client = AsyncOpenAI(
             base_url=self.url, api_key=self._key or "EMPTY", max_retries=0, timeout=config.deadline
