@@ -201,6 +201,35 @@ def test_passages_are_cut_shorter_where_a_feature_fires_on_many_tokens():
     assert held_out_passages(dense, 4, 10, 0, 7) is None
 
 
+def test_no_held_out_passage_holds_a_token_of_a_shown_window():
+    """A quantile context at a shown top context's position, or a few tokens from one, was judged
+    as held out: text the explanation was written from."""
+    import re
+
+    from crosslens.explain.contexts import Context, Reading
+
+    def context(kind: str, rank: int, seq: int, pos: int) -> Context:  # fires at pos; tokens name (seq, pos)
+        tokens = tuple(f" s{seq}p{pos - 4 + k}" for k in range(9))
+        return Context(kind, rank, seq, pos, 4, Window(tokens, (0, 0, 0, 0, 2.0, 0, 0, 0, 0)))
+
+    shown = [context("top", 0, 0, 100), context("top", 2, 1, 100)]  # positions 96-104 of sequences 0 and 1
+    held = [
+        context("top", 1, 2, 100),  # clear of both
+        context("quantile", 0, 0, 100),  # a shown context again
+        context("quantile", 1, 1, 103),  # fires inside a shown window
+        context("quantile", 2, 0, 107),  # fires 3 tokens past one: its passages start after it
+    ]
+    reading = Reading(0, shown + held)
+    seen = {(seq, pos) for c in shown for seq, pos in [(c.seq, c.pos - 4 + k) for k in range(9)]}
+    for seed in range(20):
+        judged = held_out_passages(reading, 4, 10, seed, 7)
+        held_tokens = [(int(s), int(p)) for text in judged.passages for s, p in re.findall(r"s(\d+)p(\d+)", text)]
+        assert held_tokens and not set(held_tokens) & seen
+        assert judged.n_activating == 2  # of sequence 2 and at position 107 of sequence 0
+        (past,) = [text for text, label in zip(judged.passages, judged.activating) if label and "s0p" in text]
+        assert past in {" s0p105 s0p106 s0p107 s0p108", " s0p106 s0p107 s0p108 s0p109", " s0p107 s0p108 s0p109 s0p110"}
+
+
 # --------------------------------------------------------------------------- the whole path
 def test_every_feature_is_explained_scored_and_its_drift_flagged(run, stub):
     planned = dry_run(run, config())

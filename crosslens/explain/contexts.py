@@ -11,7 +11,13 @@ split once, the same way for every request:
   ``span`` tokens (the budget's window) around its focus token, where the feature fires;
 * **held-out non-activating**: stretches of ``span`` tokens inside those held-out windows on which
   the feature's stored activation is 0 on every token (special tokens such as ``<|endoftext|>``,
-  whose activation a store does not keep, left out). Unlike random text, each is *known* not to
+  whose activation a store does not keep, left out).
+
+No held-out passage holds a token of a shown window (the same sequence and position): a quantile
+context can be a shown top context again, or a few tokens from one, and judging text the
+explanation was written from would score recall, not the explanation (delphi, too, draws the
+explained and the scored examples from disjoint sets). Unlike random text, each non-activating
+passage is *known* not to
   activate the feature at that reading; being text near where it fires, it is also harder to
   tell apart than random text. Where a feature fires on so many tokens of its windows that
   stretches of ``span`` are too few, both kinds are cut shorter, down to half of ``span``
@@ -69,6 +75,10 @@ class Reading:
     @property
     def held_out(self) -> list[Context]:
         return [c for c in self.contexts if not (c.kind == "top" and c.rank % 2 == 0)]
+
+    def shown_tokens(self) -> set[tuple[int, int]]:
+        """(sequence, position) of every token of the shown windows."""
+        return {(c.seq, c.pos - c.focus + k) for c in self.shown for k in range(len(c.window.tokens))}
 
     @property
     def examples(self) -> list[list[int]]:
@@ -215,19 +225,24 @@ def held_out_passages(reading: Reading, span: int, n_examples: int, seed: int, f
 
 
 def passages_of_length(reading: Reading, span: int, n_examples: int, seed: int, feature: int) -> Judged | None:
-    """:func:`held_out_passages` at one length."""
+    """:func:`held_out_passages` at one length: each passage placed at random where it holds no
+    token of a shown window (none where it cannot be)."""
     rng = stable_random(seed, feature, reading.snapshot, span)
+    shown = reading.shown_tokens()
     activating, silent = [], []
     for context in reading.held_out:
-        window = context.window
+        window, at = context.window, (context.seq, context.pos - context.focus)
         width = min(span, len(window.tokens))
         low, high = max(0, context.focus - width + 1), min(context.focus, len(window.tokens) - width)
-        if high >= low and window.acts[context.focus] > 0:
-            start = rng.randint(low, high)
+        starts = [start for start in range(low, high + 1) if clear(shown, at, start, width)]
+        if starts and window.acts[context.focus] > 0:
+            start = rng.choice(starts)
             activating.append(passage(window.tokens[start : start + width]))
-        for start, stop in silent_stretches(window, span):
-            begin = rng.randint(start, stop - span)
-            silent.append(passage(window.tokens[begin : begin + span]))
+        for begin, stop in silent_stretches(window, span):
+            starts = [start for start in range(begin, stop - span + 1) if clear(shown, at, start, span)]
+            if starts:
+                start = rng.choice(starts)
+                silent.append(passage(window.tokens[start : start + span]))
     activating = activating[:n_examples]
     silent = rng.sample(silent, min(len(silent), len(activating))) if activating else []
     if not activating or not silent:
@@ -235,6 +250,13 @@ def passages_of_length(reading: Reading, span: int, n_examples: int, seed: int, 
     items = [(text, True) for text in activating] + [(text, False) for text in silent]
     rng.shuffle(items)
     return Judged([text for text, _ in items], [label for _, label in items])
+
+
+def clear(shown: set[tuple[int, int]], at: tuple[int, int], start: int, width: int) -> bool:
+    """Whether tokens ``start`` .. ``start + width`` of a window whose first token is ``at``
+    (sequence, position) hold none of ``shown``."""
+    seq, first = at
+    return all((seq, first + k) not in shown for k in range(start, start + width))
 
 
 def silent_stretches(window: Window, span: int) -> list[tuple[int, int]]:
