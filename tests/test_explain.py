@@ -526,6 +526,36 @@ def test_drift_compares_the_scores_of_one_judge(run, stub):
     assert rows(run, "SELECT detection, drift, flagged FROM feature_scores") == [(1.0, None, 0)]
 
 
+def test_scores_judged_on_other_passages_are_kept_said_once_and_never_set_against_these(run, stub):
+    """A run with another --seed or --n-examples skipped the scores stored and asked the missing ones
+    on other passages, and drift set the two against each other: a drop of passages, not meaning."""
+    from crosslens.explain.contexts import score_prompt
+
+    explain_run(run, config(stub, features=str(DRIFTER), drift=False, n_examples=2))  # each on its own reading
+    first = rows(run, "SELECT * FROM scores ORDER BY 1, 2")
+    assert {s[-1] for s in first} == {score_prompt(WINDOW, 2, 0)} and len(first) == 4
+    settings = config(stub, features=str(DRIFTER), n_examples=10, seed=5)
+    for call in (dry_run, explain_run):
+        with pytest.warns(UserWarning) as caught:
+            summary = call(run, settings)
+        (warning,) = [str(w.message) for w in caught]
+        assert len(warning.splitlines()) == 1 and str(run / EXPLANATIONS_NAME) in warning
+        assert (
+            f"holds 4 scores of these features judged on other held-out passages (4 with held-out/1 window={WINDOW} "
+            f"n_examples=2 seed=0), not with held-out/1 window={WINDOW} n_examples=10 seed=5" in warning
+        )
+        assert "pass --overwrite to judge every one on these passages" in warning
+        assert (summary.explain_requests, summary.score_requests) == (0, 6)  # the drift matrix's other cells
+    assert set(first) <= set(rows(run, "SELECT * FROM scores"))  # the stored ones kept as they were
+    assert rows(run, "SELECT detection, drift, flagged FROM feature_scores") == [(1.0, None, 0)]  # no pair of one judge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explain_run(run, dataclasses.replace(settings, overwrite=True))
+    assert {prompt for (prompt,) in rows(run, "SELECT DISTINCT prompt FROM scores")} == {score_prompt(WINDOW, 10, 5)}
+    assert rows(run, "SELECT drift, flagged FROM feature_scores") == [(0.5, 1)]
+
+
 def test_an_error_in_a_worker_stops_the_run_in_one_line(run, stub, monkeypatch):
     """A worker ended by anything but an EndpointError left the run waiting for it forever."""
     import sqlite3

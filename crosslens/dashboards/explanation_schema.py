@@ -91,7 +91,8 @@ CREATE TABLE scores (
     true_negatives    INTEGER NOT NULL,
     n_non_activating  INTEGER NOT NULL,
     model             TEXT,              -- the model that judged (NULL: the import did not say)
-    prompt            TEXT NOT NULL,     -- the prompt format and version, or the import's scorer
+    prompt            TEXT NOT NULL,     -- the prompt format and version with what chose the passages judged
+                                         -- (the rule, window, n_examples, seed), or the import's scorer
     PRIMARY KEY (explanation, scored_on)
 ) WITHOUT ROWID""",
     "feature_scores": """

@@ -41,7 +41,11 @@ from dataclasses import dataclass, field
 
 from crosslens.dashboards.explanation_schema import LIFE_PHASES
 from crosslens.dashboards.schema import ALL_SNAPSHOTS
-from crosslens.explain.prompts import Window, passage
+from crosslens.explain.prompts import PROMPT_FORMAT, Window, passage
+
+HELD_OUT = "held-out/1"
+"""The name and version of the rule :func:`held_out_passages` chooses passages by (a new rule is a
+new version); each score records it with the settings that feed it (:func:`score_prompt`)."""
 
 SPECIAL = re.compile(r"^<\|.*\|>$|^<[a-z]+>$|^\[[A-Z]+\]$")
 """Special tokens (BOS and the like): a store keeps no activation for them, so a stretch holding
@@ -208,6 +212,14 @@ def stable_random(*parts: object) -> random.Random:
     """A generator seeded from ``parts`` the same way in every process (Python's ``hash`` is not)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def score_prompt(span: int, n_examples: int, seed: int) -> str:
+    """``scores.prompt`` of a score crosslens asks for: the prompt format, and what chose the
+    passages judged (the rule, the window ``span``, ``n_examples``, the seed). Drift sets only
+    scores of one model and prompt against each other, so scores judged on other passages (a run
+    with another --seed or --n-examples) are never mixed in one feature's drift."""
+    return f"{PROMPT_FORMAT} {HELD_OUT} window={span} n_examples={n_examples} seed={seed}"
 
 
 def held_out_passages(reading: Reading, span: int, n_examples: int, seed: int, feature: int) -> Judged | None:

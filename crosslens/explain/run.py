@@ -18,8 +18,6 @@ import json
 import sqlite3
 import threading
 import time
-import warnings
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +32,15 @@ from crosslens.dashboards.record import open_database, read_record
 from crosslens.dashboards.schema import DATABASE_NAME
 from crosslens.explain.client import Traffic, public_url
 from crosslens.explain.config import ExplainConfig, ExplainError
-from crosslens.explain.contexts import FeatureContexts, FeaturePlan, Judged, held_out_passages, plan_feature
+from crosslens.explain.contexts import (
+    FeatureContexts,
+    FeaturePlan,
+    Judged,
+    held_out_passages,
+    plan_feature,
+    score_prompt,
+)
+from crosslens.explain.kept import SOURCE, warn_of_other_models, warn_of_other_passages
 from crosslens.explain.prompts import (
     PROMPT_FORMAT,
     AnswerError,
@@ -47,7 +53,6 @@ from crosslens.explain.prompts import (
 from crosslens.explain.scoring import DriftRule, detection
 from crosslens.explain.store import Binding, ExplanationStore, group_explanations, refused, store_problem
 
-SOURCE = "crosslens"
 ASKS = 2
 """Times one explanation or score is asked for within a run: an answer that cannot be read is asked once more."""
 
@@ -126,6 +131,8 @@ class Explainer:
         self.n_features = self.database.execute("SELECT count(*) FROM features").fetchone()[0]
         budget = self._meta("budget") or {}
         self.span = max(1, int(budget.get("window") or 6))
+        self.score_prompt = score_prompt(self.span, config.n_examples, config.seed)
+        """``scores.prompt`` of this run's scores: the prompt format and what chooses the passages judged."""
         self.binding = Binding(
             database_sha256=record.get("database_sha256"),
             run=(record.get("partners") or {}).get("run"),
@@ -236,6 +243,7 @@ def dry_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
         selected = explainer.selected()
         stored, scored = ({}, set()) if config.overwrite else read_stored(explainer.run_dir, explainer.binding)
         warn_of_other_models(explainer.run_dir / EXPLANATIONS_NAME, selected, config)
+        warn_of_other_passages(explainer.run_dir / EXPLANATIONS_NAME, selected, config, explainer.score_prompt)
         summary = Summary(
             features=len(selected), stored=dict(explanations=sum(map(len, stored.values())), scores=len(scored))
         )
@@ -283,32 +291,6 @@ def read_stored(run_dir: Path, binding: Binding) -> tuple[dict, set]:
         connection.close()
 
 
-def warn_of_other_models(path: Path, selected: list, config: ExplainConfig) -> None:
-    """Warn, in one line naming them and ``--overwrite``, where explanations of the selected features
-    that another model wrote are stored: a run asking ``config.model`` keeps them and asks nothing
-    for their readings, since the file holds one explanation per feature, reading and source.
-    ``explain_run`` says it once its endpoint took the run (a refused one says only why)."""
-    if config.overwrite or not config.model or not path.is_file():
-        return
-    features = {feature for feature, _, _ in selected}
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        rows = connection.execute("SELECT feature, model FROM explanations WHERE source = ?", (SOURCE,)).fetchall()
-    except sqlite3.DatabaseError:
-        return  # the run refuses the file, naming why
-    finally:
-        connection.close()
-    others = Counter(str(model or "an unnamed model") for feature, model in rows if feature in features)
-    others.pop(config.model, None)
-    if others:
-        who = ", ".join(f"{model} ({count})" for model, count in sorted(others.items()))
-        warnings.warn(
-            f"{path} holds {others.total()} explanations of these features written by {who}, not {config.model}; "
-            f"they are kept and their readings not asked again: pass --overwrite to ask {config.model} for every one",
-            stacklevel=3,
-        )
-
-
 def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     """Ask for every missing explanation and score of the selected features, storing each as it
     arrives into ``RUN/explanations.sqlite``; returns what was done. Raises :class:`ExplainError`
@@ -345,6 +327,7 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
         session.store.close(compact=summary.stored.get("failures") == 0)
         session.store = None
         warn_of_other_models(path, selected, config)  # once the endpoint took the run: what it kept
+        warn_of_other_passages(path, selected, config, explainer.score_prompt)
         return summary
     finally:
         if session is not None and session.store is not None:
@@ -589,5 +572,5 @@ class Session:
                 work.scored_on,
                 counts,
                 model=self.config.model,
-                prompt=PROMPT_FORMAT,
+                prompt=self.explainer.score_prompt,
             )

@@ -10,8 +10,10 @@ Drift (after SAE-Track's reading of how a feature's meaning moves through traini
 A feature drifted where an explanation that holds at its own phase (a score of at least
 ``min_score`` there) holds much less at another (at least ``min_drop`` lower): what it read then is
 not what it reads there. Only scores of one judge are set against each other: the same model,
-asked with the same prompt (a score imported from delphi, on its own held-out passages, or one by
-another model, is on a scale of its own).
+asked with the same prompt on passages chosen the same way, which ``scores.prompt`` names with the
+prompt format (:func:`~crosslens.explain.contexts.score_prompt`); a score imported from delphi, on
+its own held-out passages, one by another model, or one of a run with another ``--seed`` or
+``--n-examples`` is on a scale of its own.
 """
 
 from __future__ import annotations
