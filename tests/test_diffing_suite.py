@@ -57,6 +57,37 @@ def test_diffing_classes_by_relative_decoder_norm():
         DiffingThresholds(only_below=0.5)
 
 
+def test_a_two_model_report_gives_each_models_dimensionality_and_the_cosine_between_the_models():
+    """Two models have no previous or final snapshot: the report gives each model's total feature
+    dimensionality and the mean cosine of a feature's decoder directions in the two models, over
+    the features present in both, where one model's checkpoints get curves through training."""
+    from html import unescape
+
+    from crosslens.analysis import evolution_report
+    from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+
+    u_KD = torch.eye(8)
+    W_FSD = torch.zeros(4, 2, 8)
+    W_FSD[0, 0], W_FSD[0, 1] = u_KD[0], 2 * u_KD[0]  # one direction in both: cosine 1
+    W_FSD[1, 0], W_FSD[1, 1] = u_KD[1], 1.5 * u_KD[4]  # orthogonal in the two: cosine 0
+    W_FSD[2, 0] = u_KD[2]  # the base's alone: no cosine
+    W_FSD[3, 0], W_FSD[3, 1] = u_KD[3], 0.8 * (0.5 * u_KD[3] + 0.75**0.5 * u_KD[5])  # 60 degrees: cosine 0.5
+    suite = {"family": "models", "snapshots": [{"revision": "base"}, {"revision": "chat"}]}
+    analysis = EvolutionAnalysis.from_decoder(W_FSD, metadata={"suite": suite})
+    assert "dead" not in analysis.classes  # each norm moves between the models
+    html = unescape(evolution_report(analysis, through_time=False).render())
+    assert "Direction drift" not in html and "final snapshot" not in html and "previous" not in html
+    assert "Decoder directions between the two models" in html
+    assert (
+        "Mean cosine of each feature's decoder direction in base with its direction in chat, over the 3 features "
+        "present in both: 0.5." in html
+    )
+    # every model's rows are orthogonal, each a dimension of its own: the base's four, the chat model's three
+    assert "Total feature dimensionality in each model" in html and "turn at step" not in html
+    rows = re.findall(r'<tr><td class="text">(base|chat)</td><td class="">([\d.]+)</td></tr>', html)
+    assert rows == [("base", "4"), ("chat", "3")], rows
+
+
 # each latent's scale in the base's and the chat model's activations, and what the decoder rows hold
 TWO_MODEL_DATA = torch.tensor([[0.0, 1.0], [0.3, 1.0], [1.0, 1.0], [0.3, 1.0], [0.0, 0.0], [1.0, 0.0]])
 TWO_MODEL_DECODER = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0], [0.3, 0.0], [1.0, 0.0]])
@@ -447,7 +478,8 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
     assert "Latent scaling on 1,866 tokens, one-model-only latents" in html
     # nor do the report's sections that read the snapshots as a training order
     assert "Feature classes" not in html and "Dip and recover" not in html and "Trajectories" not in html
-    assert "Direction drift" in html and "Overview" in html
+    assert "Direction drift" not in html and "Decoder directions between the two models" in html
+    assert "Overview" in html
     # nor do its tables and captions: the models by label, each feature by its diffing class
     headers = {h.replace("<wbr>", "") for h in re.findall(r"<th(?: [^>]*)?>(.*?)</th>", html)}
     assert {"model", "present", "class", "relative_norm"} <= headers

@@ -72,7 +72,9 @@ def evolution_report(
     models, not one model's checkpoints) leaves out what reads the snapshots as a training order:
     the classes through time, the timelines and emergences, dip and recover, and the steps and
     emergences of the snapshot and feature tables and of the contexts' captions, which give each
-    feature the class the analysis holds (the diffing class where ``analysis.diffing`` is set). An
+    feature the class the analysis holds (the diffing class where ``analysis.diffing`` is set); the
+    dimensionality curve and the direction drift give way to each model's total dimensionality and
+    the mean cosine of a feature's decoder directions in the two models. An
     analysis of another number of distinct models is refused (they have no order, and diffing compares two).
     """
     check_model_pair(analysis.metadata.get("suite"), analysis.n_snapshots, "evolution_report")
@@ -82,7 +84,10 @@ def evolution_report(
         _add_feature_classes(report, analysis)
         _add_timelines(report, analysis, trajectory_features)
         _add_dip_section(report, analysis, n_table_features)
-    _add_geometry(report, analysis, device)
+    if through_time:
+        _add_geometry(report, analysis, device)
+    else:
+        _add_model_geometry(report, analysis, device)
     _add_feature_table(report, analysis, n_table_features, through_time)
     if probes is not None:
         _add_probe_section(report, probes)
@@ -216,6 +221,32 @@ def _add_geometry(report: Report, analysis: EvolutionAnalysis, device: str | tor
         drift_curve(adjacent_FS, to_final_FS, analysis.steps),
         caption="Mean cosine of each feature's decoder direction with its direction at the previous and at the "
         "final snapshot, over features present at both.",
+    )
+
+
+def _add_model_geometry(report: Report, analysis: EvolutionAnalysis, device: str | torch.device | None) -> None:
+    """Two models' feature dimensionality, each model's, and the cosine of each feature's decoder
+    directions in the one model and the other: two models have no order for a turning point to
+    fall in, nor a final snapshot for a direction to drift towards."""
+    labels = [str(row["model"]) for row in _model_rows(analysis)]
+    report.add_heading("Feature dimensionality")
+    total_S = total_dimensionality(analysis.dimensionality(device=device, progress=analysis.d_sae > 20_000))
+    report.add_table(
+        [{"model": label, "dimensionality": float(total_S[s])} for s, label in enumerate(labels)],
+        title="Total feature dimensionality in each model",
+    )
+    report.add_text(
+        "Sum over live features of D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 (Elhage et al.), of each model's "
+        "decoder rows: how many dimensions its features use."
+    )
+    report.add_heading("Decoder directions between the two models")
+    cosine_F = analysis.drift()[0][:, 0]  # NaN where the feature is absent from either model
+    both = int((~cosine_F.isnan()).sum())
+    report.add_text(
+        f"Mean cosine of each feature's decoder direction in {labels[0]} with its direction in {labels[1]}, over "
+        f"the {both} features present in both: {float(cosine_F.nanmean()):.4g}."
+        if both
+        else f"No feature is present in both {labels[0]} and {labels[1]}: no pair of decoder directions to compare."
     )
 
 
