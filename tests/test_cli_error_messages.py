@@ -291,6 +291,24 @@ def test_a_bound_above_is_refused_by_the_flag_and_every_bound_by_the_config_as_b
     assert ArchitectureConfig(sparsity_warm_up_fraction=1.0, sparsity_coefficient=0.0).sparsity_warm_up_fraction == 1.0
 
 
+def test_a_field_named_beside_its_flag_is_the_flag_alone_on_the_command_line():
+    """A refusal below both the library and the command names a field beside its flag; the
+    command line gives the flag alone, the value the flag takes included."""
+    from crosslens.cli import harvest as harvest_command
+
+    flags = field_flags(harvest_command.COMMAND.flags)
+    said = (
+        "out_dir (`--out`) /s: the store needs about 1 GiB; lower n_tokens (`--n-tokens`) (+ heldout_tokens "
+        '(`--heldout-tokens`)), pass store_dtype="bfloat16" (`--store-dtype bfloat16`), or harvest into another '
+        "out_dir (`--out`)"
+    )
+    assert name_flags(said, flags) == (
+        "--out /s: the store needs about 1 GiB; lower --n-tokens (+ --heldout-tokens), pass --store-dtype bfloat16, "
+        "or harvest into another --out"
+    )
+    assert name_flags("n_tokens (`--n-tokens`): a table of 9 tokens", flags) == "--n-tokens: a table of 9 tokens"
+
+
 def test_field_names_become_flags_only_in_a_message_about_fields():
     from crosslens.cli import train as train_command
 

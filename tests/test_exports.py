@@ -474,7 +474,9 @@ def test_bad_input_is_refused_in_one_line_naming_the_fix(tiny, seeded, tmp_path)
 
     existing = export_run(run, format="saebench", out=tmp_path / "out")
     before = tf.tree_bytes(existing)
-    assert "already holds a saebench export; pass --overwrite" in one_line_error(tmp_path, run, format="delphi")
+    assert "already holds a saebench export; pass overwrite=True (`--overwrite`)" in one_line_error(
+        tmp_path, run, format="delphi"
+    )
     (existing / "notes.txt").write_text("mine")
     assert "notes.txt, which the export did not write" in one_line_error(tmp_path, run, overwrite=True)
     assert tf.tree_bytes(existing) == {**before, "notes.txt": b"mine"}  # nothing lost
@@ -484,6 +486,37 @@ def test_bad_input_is_refused_in_one_line_naming_the_fix(tiny, seeded, tmp_path)
         tmp_path, run, out=tmp_path / "other"
     )
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_python_caller_is_told_the_keywords_that_fix_a_refused_out(tiny, seeded, tmp_path):
+    """``export_run`` is called from notebooks too, so a refused ``out`` names the keyword beside
+    the flag, and the keyword named does what the message says."""
+    run = tiny / "run"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    assert one_line_error(tmp_path, run, out=a_file) == f"{a_file} is a file; pass a folder for out (`--out`)"
+    inside = run / "exports"
+    assert one_line_error(tmp_path, run, out=inside) == (
+        f"out (`--out`) {inside} lies inside the run folder {run}; pick a folder outside it"
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("x")
+    assert one_line_error(tmp_path, run, out=other) == (
+        f"{other} is not empty and holds no crosslens export; pick a new or empty folder for out (`--out`)"
+    )
+    existing = export_run(run, format="saebench", out=tmp_path / "out")
+    assert one_line_error(tmp_path, run) == (
+        f"{existing} already holds a saebench export; pass overwrite=True (`--overwrite`) to replace it, or pick "
+        "another out (`--out`)"
+    )
+    (existing / "notes.txt").write_text("mine")
+    assert one_line_error(tmp_path, run, overwrite=True) == (
+        f"{existing} holds a saebench export and also notes.txt, which the export did not write; move it away or "
+        "pick another out (`--out`)"
+    )
+    (existing / "notes.txt").unlink()
+    assert export_run(run, format="saebench", out=existing, overwrite=True) == existing
 
 
 def test_neuronpedia_needs_a_sound_database(tiny, tmp_path):

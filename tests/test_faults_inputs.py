@@ -212,7 +212,8 @@ def test_a_store_beyond_the_free_disk_is_refused_with_its_numbers(suite, tmp_pat
     assert err == (
         f"crosslens harvest: error: --out {out}: the store needs about {format_bytes(store)} (4,096 tokens "
         f"x 3 snapshots x 32 values x 4 B) and its disk has {format_bytes(100_000)} free; free space, lower "
-        "--n-tokens or --n-snapshots, pass --store-dtype bfloat16, or harvest into another --out"
+        "--n-tokens or the number of snapshots (`--n-snapshots`), pass --store-dtype bfloat16, or harvest into "
+        "another --out"
     )
     assert not out.exists()
 
@@ -319,7 +320,7 @@ def test_a_disk_filling_during_harvest_is_one_line_naming_the_folder(suite, tmp_
     assert re.fullmatch(
         rf"crosslens harvest: error: no space left on the disk of {re.escape(str(out))} while writing the activation "
         rf"store \(needs about {re.escape(format_bytes(store))}; [\d.]+ \w+ free\); free space there, or harvest into "
-        r"another folder \(--out\)",
+        r"another out_dir \(`--out`\)",
         err,
     ), err
     monkeypatch.setattr(harvest_module, "write_npy_atomic", real)
@@ -500,6 +501,7 @@ def test_every_torchrun_worker_on_a_machine_builds_its_own_token_table(monkeypat
     with pytest.raises(
         Exception,
         match=r"a table of 1,000,000 tokens, one for each of the 8 workers on this machine, "
-        r"needs about .* lower --n-tokens \(\+ --heldout-tokens\) to at most about 250,000",
+        r"needs about .* lower n_tokens \(`--n-tokens`\) \(\+ heldout_tokens \(`--heldout-tokens`\)\) to at most "
+        r"about 250,000",
     ):
         budget_module.check_token_table_fits(n_tokens)

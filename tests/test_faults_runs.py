@@ -343,7 +343,7 @@ def test_an_interrupt_before_the_first_checkpoint_keeps_its_steps_and_resumes_to
     name = signal.Signals(signum).name
     assert str(stopped.value) == (
         f"stopped by {name} at step 7 of {N_STEPS}; checkpoint {run / 'step_00000007'} keeps it: "
-        "run the same command with --resume to continue"
+        "run the same command with resume=True (`--resume`) to continue"
     )
     assert signal.getsignal(signum) == handler and record_problem(run / "step_00000007") is None
     assert not (run / "final").exists() and not (run / RUN_SEAL_NAME).exists()
@@ -365,7 +365,10 @@ def test_ctrl_c_from_the_cli_says_how_to_continue_and_that_is_true(store, cli_ru
     monkeypatch.undo()
     assert stopped.value.code == 130
     err = capsys.readouterr().err
-    assert f"crosslens train: stopped by SIGINT at step 12 of {N_STEPS}" in err and "with --resume to continue" in err
+    assert (
+        f"crosslens train: stopped by SIGINT at step 12 of {N_STEPS}" in err
+        and "with resume=True (`--resume`) to continue" in err
+    )
     assert main(cli_train(store, run, "--resume")) == 0
     assert final_files(run) == final_files(straight)
     assert (run / QUALITY_NAME).read_bytes() == (straight / QUALITY_NAME).read_bytes()
@@ -384,7 +387,9 @@ def test_ctrl_c_of_a_run_started_over_says_to_resume_instead_and_that_is_true(
         main(cli_train(store, run, "--overwrite"))  # --overwrite again would remove the checkpoint
     monkeypatch.undo()
     err = capsys.readouterr().err
-    assert "run the same command with --resume instead of --overwrite to continue" in err, err
+    assert (
+        "run the same command with resume=True (`--resume`) instead of overwrite=True (`--overwrite`) to continue"
+    ) in err, err
     assert main(cli_train(store, run, "--resume")) == 0
     assert final_files(run) == final_files(cli_run)
 

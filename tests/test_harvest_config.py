@@ -4,6 +4,7 @@ suite's model shape once."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from crosslens.checkpoints import CheckpointSuite, ModelShape
 from crosslens.cli import build_parser, main
 from crosslens.cli.flags import build
 from crosslens.cli.harvest import harvest_config
-from crosslens.core.errors import CrosslensError
+from crosslens.core.errors import CrosslensError, StorageError
 from crosslens.training.recipes import load_recipe
 
 
@@ -92,6 +93,55 @@ def test_the_library_refuses_a_file_for_its_store_before_any_model_loads(suite, 
     ):
         harvest_stores(config, CheckpointSuite.local(suite))
     assert a_file.read_text() == "x"
+
+
+def test_a_library_harvest_that_does_not_fit_names_the_keywords_that_fix_it(suite, text, tmp_path, monkeypatch):
+    """``harvest_stores``'s caller is told the config's fields beside the command's flags when the
+    token table outgrows the memory, the store its disk, or the disk fills while it is written; the
+    keyword named fixes it."""
+    import errno
+
+    import crosslens.activations.budget as budget_module
+    import crosslens.activations.harvest as harvest_module
+    from crosslens.core.units import format_bytes
+
+    out, local = tmp_path / "store", CheckpointSuite.local(suite)
+    config = HarvestConfig(
+        out_dir=str(out), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(256, 16, 0)
+    )
+    monkeypatch.setattr(budget_module, "available_memory", lambda device: 1000)
+    with pytest.raises(CrosslensError) as memory:
+        harvest_stores(config, local)
+    assert str(memory.value) == (
+        f"n_tokens (`--n-tokens`): a table of 256 tokens needs about {format_bytes(256 * 20)} of memory while it is "
+        f"built, and {format_bytes(1000)} is available; lower n_tokens (`--n-tokens`) (+ heldout_tokens "
+        "(`--heldout-tokens`)) to at most about 50"
+    )
+    monkeypatch.setattr(budget_module, "available_memory", lambda device: None)
+    # 256 tokens x 3 snapshots x d_model 32 x float32, plus 32 B per token of the token file
+    store, bfloat16 = 256 * (3 * 32 * 4 + 32), 256 * (3 * 32 * 2 + 32)
+    monkeypatch.setattr(budget_module, "free_disk", lambda folder: bfloat16 + 1000)
+    with pytest.raises(CrosslensError) as disk:
+        harvest_stores(config, local)
+    assert str(disk.value) == (
+        f"out_dir (`--out`) {out}: the store needs about {format_bytes(store)} (256 tokens x 3 snapshots x 32 "
+        f"values x 4 B) and its disk has {format_bytes(bfloat16 + 1000)} free; free space, lower n_tokens "
+        '(`--n-tokens`) or the number of snapshots (`--n-snapshots`), pass store_dtype="bfloat16" (`--store-dtype '
+        "bfloat16`), or harvest into another out_dir (`--out`)"
+    )
+    assert not out.exists()
+    real = harvest_module.write_npy_atomic
+
+    def fills_up(path, array):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(harvest_module, "write_npy_atomic", fills_up)
+    with pytest.raises(StorageError) as full:
+        harvest_stores(replace(config, store_dtype="bfloat16"), local)
+    assert str(full.value).endswith("; free space there, or harvest into another out_dir (`--out`)"), full.value
+    monkeypatch.setattr(harvest_module, "write_npy_atomic", real)
+    harvested, _ = harvest_stores(replace(config, store_dtype="bfloat16"), local)  # the keyword it named
+    assert harvested.dtype == "bfloat16" and harvested.n_tokens > 0
 
 
 def test_the_library_writes_the_bytes_the_command_writes(suite, text, tmp_path):

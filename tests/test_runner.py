@@ -162,7 +162,7 @@ def test_a_run_whose_checkpoints_the_disk_cannot_hold_is_refused_before_its_firs
     with pytest.raises(
         StorageError,
         match=r"has 1000 B free, and the run's checkpoints need about .* more \(3 checkpoints "
-        r"of .* at once, and the final crosscoder\); .*\(--keep-checkpoints, --checkpoint-every\)",
+        r"of .* at once, and the final crosscoder\); .*\(keep_checkpoints \(`--keep-checkpoints`\), checkpoint_every \(`--checkpoint-every`\)\)",
     ):
         runner.run()
     assert not list(run.glob("step_*")) and not (run / "final").exists()

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from test_activations import HOOK, WORDS, _write_suite
 from trust_fixtures import one_line_exit_2
 
 from crosslens.cli import main
-from crosslens.core.paths import TRAIN_LOG_NAME
+from crosslens.core.paths import RUN_SEAL_NAME, TRAIN_LOG_NAME
 from crosslens.training.run_log import read_run_log
 from crosslens.training.streaming import StreamingTrainingRunner
 
@@ -486,6 +487,55 @@ def test_a_library_resume_on_other_snapshots_or_another_model_dtype_is_refused(i
     ):
         run(suite, True, torch.bfloat16)
     run(suite, True)  # the same snapshots and dtype: the finished run is taken
+
+
+def test_a_library_resume_on_other_inputs_names_the_keyword_for_a_new_run(tmp_path):
+    """``StreamingTrainingRunner.run()`` is called from notebooks too: a resume on other tokens, or
+    on models rebuilt with other weights under the same names, names ``out_dir`` beside ``--out``,
+    and another ``out_dir`` takes the run."""
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.errors import StoreChangedError
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
+
+    folder = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
+    tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
+
+    def run(out: str, train_NL: torch.Tensor, resume: bool) -> None:
+        config = CrosscoderRunnerConfig(
+            store_path="",
+            out_dir=str(tmp_path / out),
+            hook_name=HOOK,
+            sae=ArchitectureConfig(d_sae=16),
+            n_steps=2,
+            train_batch_size_tokens=32,
+            checkpoint_every=2,
+            progress=False,
+        )
+        runner = StreamingTrainingRunner(config, CheckpointSuite.local(folder), train_NL, tokens_NL[24:], {})
+        try:
+            runner.run(resume=resume, overwrite=not resume)
+        finally:
+            runner.close()
+
+    run("run", tokens_NL[:24], False)
+    with pytest.raises(StoreChangedError) as tokens:
+        run("run", tokens_NL[:24].flip(0), True)
+    assert str(tokens.value) == (
+        f"the streamed tokens differ from those {tmp_path / 'run'} trained on up to final (the text, dataset or "
+        "tokenizer changed); resume with the same inputs, or start a new run in another out_dir (`--out`)."
+    )
+    shutil.rmtree(tmp_path / "run" / "final")  # the run stopped after its checkpoint at step 2
+    (tmp_path / "run" / RUN_SEAL_NAME).unlink()
+    _write_suite(tmp_path / "suite", seeds=[3, 4, 5])
+    with pytest.raises(StoreChangedError) as weights:
+        run("run", tokens_NL[:24], True)
+    assert str(weights.value) == (
+        f"the snapshot models' weights differ from those {tmp_path / 'run'} trained on up to step_00000002 (step0, "
+        "step10, step20: another model under the same names); resume with the same models, or start a new run in "
+        "another out_dir (`--out`)."
+    )
+    run("other", tokens_NL[:24], False)  # another out_dir
+    assert (tmp_path / "other" / "final").is_dir()
 
 
 def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, inputs, tmp_path):

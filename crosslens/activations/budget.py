@@ -14,7 +14,7 @@ from typing import Any
 
 from crosslens.core.bounds import check_bounds
 from crosslens.core.devices import available_memory
-from crosslens.core.errors import CrosslensError
+from crosslens.core.errors import CrosslensError, keyword_and_flag
 from crosslens.core.launch import local_world_size
 from crosslens.core.paths import folder_bytes, free_disk
 from crosslens.core.units import format_bytes
@@ -118,6 +118,12 @@ def chunk_buffer_bytes(chunk_tokens: int, n_snapshots: int, d_in: int, dtype_byt
     return n_chunks * chunk_tokens * n_snapshots * d_in * dtype_bytes
 
 
+N_TOKENS = keyword_and_flag("n_tokens", "--n-tokens")
+HELDOUT_TOKENS = keyword_and_flag("heldout_tokens", "--heldout-tokens")
+OUT_DIR = keyword_and_flag("out_dir", "--out")
+STORE_BFLOAT16 = keyword_and_flag('store_dtype="bfloat16"', "--store-dtype bfloat16")
+"""How a refused token table or store names its fixes, for ``harvest_stores``'s callers and the commands'."""
+
 TOKEN_TABLE_BYTES_PER_TOKEN = 20
 """Bytes of memory per token of the token table while it is built and split: the int64 table
 packing fills, the copy its split into training and held-out rows makes, and the kept-token masks."""
@@ -133,8 +139,8 @@ def check_token_table_fits(n_tokens: int) -> None:
     if memory is not None and table > memory:
         each = f", one for each of the {workers} workers on this machine," if workers > 1 else ""
         raise CrosslensError(
-            f"--n-tokens: a table of {n_tokens:,} tokens{each} needs about {format_bytes(table)} of memory while it is "
-            f"built, and {format_bytes(memory)} is available; lower --n-tokens (+ --heldout-tokens) to at most "
+            f"{N_TOKENS}: a table of {n_tokens:,} tokens{each} needs about {format_bytes(table)} of memory while it "
+            f"is built, and {format_bytes(memory)} is available; lower {N_TOKENS} (+ {HELDOUT_TOKENS}) to at most "
             f"about {memory // (TOKEN_TABLE_BYTES_PER_TOKEN * workers):,}"
         )
 
@@ -156,9 +162,10 @@ def check_harvest_fits(
     free = free_disk(outs[0])
     if free is not None and needed > free:
         raise CrosslensError(
-            f"--out {outs[0]}: the store needs about {format_bytes(store)} ({n_tokens:,} tokens x {n_snapshots} "
+            f"{OUT_DIR} {outs[0]}: the store needs about {format_bytes(store)} ({n_tokens:,} tokens x {n_snapshots} "
             f"snapshots x {sum(widths)} values x {value_bytes} B) and its disk has {format_bytes(free)} free; free "
-            "space, lower --n-tokens or --n-snapshots, pass --store-dtype bfloat16, or harvest into another --out"
+            f"space, lower {N_TOKENS} or the number of snapshots (`--n-snapshots`), pass "
+            f"{STORE_BFLOAT16}, or harvest into another {OUT_DIR}"
         )
     return store
 

@@ -26,7 +26,7 @@ from crosslens.activations.tokens import token_tables
 from crosslens.checkpoints.shape import ModelShape
 from crosslens.checkpoints.suite import CheckpointSuite
 from crosslens.core.devices import DTYPE_BYTES
-from crosslens.core.errors import CrosslensError, StorageError, storage_error
+from crosslens.core.errors import CrosslensError, StorageError, keyword_and_flag, storage_error
 from crosslens.core.hooks import hook_problem
 from crosslens.core.launch import is_main_process
 from crosslens.core.paths import RUN_CONFIG_NAME
@@ -70,7 +70,11 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
             raise
         # the store cannot size itself before its first snapshot has run; the model's shape can
         raise storage_error(
-            cause, error.folder, "the activation store", needed=needed, fix="harvest into another folder (--out)"
+            cause,
+            error.folder,
+            "the activation store",
+            needed=needed,
+            fix=f"harvest into another {keyword_and_flag('out_dir', '--out')}",
         ) from cause
     return store, heldout_store
 

@@ -226,6 +226,8 @@ def field_flags(classes: tuple[type, ...]) -> dict[str, str]:
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _CHANGED_SETTING = re.compile(r"(?:(?<=differs in )|(?<=; ))([A-Za-z_][\w.]*): (?=[^;]* in the run, )")
 """A setting in :func:`crosslens.training.runner.differing_settings`'s list, before its values."""
+_BESIDE_FLAG = r" \(`(--[^`]+)`\)"
+"""The flag :func:`crosslens.core.errors.keyword_and_flag` writes beside a keyword, as its group 1."""
 
 
 def name_flags(message: str, flags: dict[str, str]) -> str:
@@ -236,20 +238,24 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
     Only a message that starts with a field name is one: it then names snake_case fields anywhere
     (and a one-word field only as its first word, where it cannot be an ordinary word of prose).
     So is each setting a resume finds changed (``differs in sae.d_sae: 64 in the run, 32 now;
-    ...``), named by its last part's flag where one sets it. Anything else is returned unchanged."""
+    ...``), named by its last part's flag where one sets it. A field named beside its flag (``n_tokens
+    (`--n-tokens`)``, ``store_dtype="bfloat16" (`--store-dtype bfloat16`)``) becomes that flag alone.
+    Anything else is returned unchanged."""
     message = _CHANGED_SETTING.sub(lambda m: flags.get(m.group(1).rsplit(".", 1)[-1], m.group(1)) + ": ", message)
     first = _IDENTIFIER.match(message)
     if first is None or first.group() not in flags:
         return message
-    if "_" not in first.group() and not message[first.end() :].startswith((" must", " (--")):
+    if "_" not in first.group() and not message[first.end() :].startswith((" must", " (--", " (`--")):
         return message
     names = sorted((name for name in flags if "_" in name), key=len, reverse=True)
     rest = message[first.end() :]
     if names:
         alternatives = "|".join(map(re.escape, names))
+        beside = re.compile(rf"(?<![\w./-])(?:{alternatives})(?:=\S+)?{_BESIDE_FLAG}")
+        rest = beside.sub(lambda m: m.group(1), rest)
         pattern = re.compile(rf"(?<![\w./-])({alternatives})(?: \(--[\w-]+\))?(?![\w/-])")
         rest = pattern.sub(lambda m: flags[m.group(1)], rest)
-    lead = re.match(r" \(--[\w-]+\)", rest)
+    lead = re.match(rf" \(--[\w-]+\)|{_BESIDE_FLAG}", rest)
     return flags[first.group()] + (rest[lead.end() :] if lead else rest)
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from crosslens.core.errors import keyword_and_flag
 from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.metadata import metadata_value, saved_metadata
 from crosslens.core.model_specs import check_model_pair
@@ -33,6 +34,10 @@ from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.record import open_database
 from crosslens.dashboards.schema import DATABASE_NAME
 from crosslens.exports.config import ExportConfig, ExportError, check_options_read
+
+OUT = keyword_and_flag("out", "--out")
+OVERWRITE = keyword_and_flag("overwrite=True", "--overwrite")
+"""How a refused export names its fixes, for ``export_run``'s callers and the command's."""
 
 
 @dataclass(frozen=True)
@@ -168,19 +173,19 @@ def check_out_folder(out: Path, config: ExportConfig) -> None:
     """Refuse an ``out`` that would lose something: a file, a folder holding anything but an earlier
     export, or an earlier export without ``overwrite``."""
     if out.is_file():
-        raise ExportError(f"{out} is a file; pass a folder for --out")
+        raise ExportError(f"{out} is a file; pass a folder for {OUT}")
     if not out.is_dir() or not any(out.iterdir()):
         return
     manifest = read_export_manifest(out)
     if manifest is None:
-        raise ExportError(f"{out} is not empty and holds no crosslens export; pick a new or empty folder for --out")
+        raise ExportError(f"{out} is not empty and holds no crosslens export; pick a new or empty folder for {OUT}")
     what = f"a {manifest.get('export')} export"
     if not config.overwrite:
-        raise ExportError(f"{out} already holds {what}; pass --overwrite to replace it, or pick another --out")
+        raise ExportError(f"{out} already holds {what}; pass {OVERWRITE} to replace it, or pick another {OUT}")
     stray = foreign_files(out, manifest)
     if stray:
         raise ExportError(
-            f"{out} holds {what} and also {stray[0]}, which the export did not write; move it away or pick another --out"
+            f"{out} holds {what} and also {stray[0]}, which the export did not write; move it away or pick another {OUT}"
         )
 
 
@@ -251,7 +256,7 @@ def run_export(run_dir: str | os.PathLike, config: ExportConfig) -> Path:
 
     run_dir, out = Path(run_dir), Path(config.out)
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
-        raise ExportError(f"--out {out} lies inside the run folder {run_dir}; pick a folder outside it")
+        raise ExportError(f"{OUT} {out} lies inside the run folder {run_dir}; pick a folder outside it")
     check_out_folder(out, config)
     writer: Writer = import_module(f"crosslens.exports.{config.format}").write_export
     check_run_folder(run_dir)

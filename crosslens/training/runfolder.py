@@ -298,8 +298,9 @@ def checkpoint_space_problem(
     return (
         f"the disk of {run_dir} has {format_bytes(free)} free, and the run's checkpoints need about "
         f"{format_bytes(needed)} more ({at_once} checkpoints of {format_bytes(bytes_each)} at once, and the final "
-        "crosscoder); free space there, train into another --out, or keep fewer checkpoints "
-        "(--keep-checkpoints, --checkpoint-every)"
+        f"crosscoder); free space there, train into {OTHER_OUT}, or keep fewer checkpoints "
+        f"({keyword_and_flag('keep_checkpoints', '--keep-checkpoints')}, "
+        f"{keyword_and_flag('checkpoint_every', '--checkpoint-every')})"
     )
 
 

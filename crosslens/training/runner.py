@@ -334,7 +334,7 @@ class CrosscoderTrainingRunner:
         this; rank 0 writes the files and gets the crosscoder, the other ranks None (on a mesh
         the whole crosscoder need not fit one of their GPUs)."""
         self.join_mesh()
-        self._replacing = "--overwrite" if overwrite else None
+        self._replacing = OVERWRITE if overwrite else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with owned_run_folder(self.out_dir, enabled=self.is_main):
             state = check_run_start(self.out_dir, resume=resume, overwrite=overwrite)
@@ -376,7 +376,7 @@ class CrosscoderTrainingRunner:
         if request.signum is not None:  # the signal came during the last step: the run is whole
             raise TrainingInterrupted(
                 f"stopped by {request.name} after the last step; the crosscoder is saved in {self.final_path}: "
-                f"{run_again(replacing=self._replacing, adding='--resume')} to measure its quality",
+                f"{run_again(replacing=self._replacing, adding=RESUME)} to measure its quality",
                 signum=request.signum,
             )
         return self._final_crosscoder()
@@ -432,7 +432,7 @@ class CrosscoderTrainingRunner:
             trainer.save_checkpoint(checkpoint)
         raise TrainingInterrupted(
             f"stopped by {request.name} at step {step} of {total}; checkpoint {checkpoint} keeps it: "
-            f"{run_again(replacing=self._replacing, adding='--resume')} to continue",
+            f"{run_again(replacing=self._replacing, adding=RESUME)} to continue",
             signum=request.signum,
         )
 

@@ -49,6 +49,7 @@ from crosslens.training.config import RUN_STREAM, CrosscoderRunnerConfig
 from crosslens.training.metrics import EVAL_TOKENS
 from crosslens.training.precision import resolve_precision
 from crosslens.training.records import read_record
+from crosslens.training.runfolder import OTHER_OUT
 from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder
 
 
@@ -264,7 +265,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
             raise StoreChangedError(
                 f"the snapshot models' weights differ from those {self.out_dir} trained on up to {checkpoint.name} "
                 f"({', '.join(changed)}: another model under the same names); resume with the same models, or start "
-                "a new run in another --out."
+                f"a new run in {OTHER_OUT}."
             )
 
     def _write_data_record(self) -> None:
@@ -294,7 +295,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
                     "(the text, dataset or tokenizer changed)"
                 )
             raise StoreChangedError(
-                f"{what}; resume with the same inputs, or start a new run in another --out."
+                f"{what}; resume with the same inputs, or start a new run in {OTHER_OUT}."
             ) from None
 
     # ------------------------------------------------------------ held-out activations
