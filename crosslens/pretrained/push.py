@@ -34,7 +34,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.architectures import uses_k
 from crosslens.checkpoints.models import chosen_processing
 from crosslens.core.errors import CrosslensError
-from crosslens.core.model_specs import MODELS_FAMILY, parse_models
+from crosslens.core.model_specs import MODELS_FAMILY, is_models_suite, parse_models
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.pretrained.card import (
     diffing_section,
@@ -565,7 +565,7 @@ def registry_suite(suite: dict[str, Any], model_id: str) -> dict[str, Any]:
     """The crosscoder's recorded suite as the registry reads it: a suite of models by its models (and
     the processing they were read with, where it is not crosslens's), any other by its revisions and
     steps (see :mod:`crosslens.pretrained.release_fields`)."""
-    if suite.get("family") == MODELS_FAMILY:
+    if is_models_suite(suite):
         models = [str(model) for model in parse_models(suite.get("models") or model_id)]
         processing = chosen_processing(suite.get("processing"))
         return {"family": MODELS_FAMILY, "models": models, **({"processing": processing} if processing else {})}

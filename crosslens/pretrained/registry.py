@@ -52,7 +52,7 @@ import yaml
 
 from crosslens.causal.defaults import SPLICED_ABLATIONS
 from crosslens.core.errors import CrosslensError
-from crosslens.core.model_specs import FAMILIES, MODELS_FAMILY
+from crosslens.core.model_specs import FAMILIES, is_models_suite
 from crosslens.pretrained.release_fields import (
     CONVERSION_KEYS,
     SOURCE_KEYS,
@@ -396,7 +396,7 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
         raise fail("needs 'suite' with family, model_id, revisions and steps.")
     if suite.get("family") not in FAMILIES:
         raise fail(f"suite.family must be one of {', '.join(FAMILIES)}, got {suite.get('family')!r}.")
-    if suite.get("family") == MODELS_FAMILY:
+    if is_models_suite(suite):
         suite = parse_models_suite(suite, fail)
     parse_processing(suite, fail)
     revisions, steps = suite.get("revisions"), suite.get("steps")

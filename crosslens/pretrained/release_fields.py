@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from crosslens.checkpoints.models import CHOSEN_PROCESSING
-from crosslens.core.model_specs import MODELS_FAMILY, model_labels, models_spec, parse_models
+from crosslens.core.model_specs import is_models_suite, model_labels, models_spec, parse_models
 
 FORMAT_NAMES = ("sae_lens", "kissane", "dictionary_learning", "llamascopium")
 """The formats a release may be in: crosslens.pretrained.formats reads each (its FORMAT_NAMES, which
@@ -79,7 +79,7 @@ def parse_processing(suite: Mapping[str, Any], fail: Fail) -> None:
     processing = suite.get("processing")
     if processing is None:
         return
-    if suite.get("family") != MODELS_FAMILY:
+    if not is_models_suite(suite):
         raise fail(
             f"suite.processing is read for family models only; a {suite.get('family')} suite loads with its "
             "architecture's processing: remove suite.processing."
