@@ -419,6 +419,33 @@ def test_push_refuses_a_crosscoder_others_published_naming_where_it_is(fake_rele
         unregister_release("republished")
 
 
+def test_analyze_on_a_store_of_a_kissane_run_without_its_factors_is_refused_in_one_line(
+    fake_releases, tmp_path, capsys
+):
+    """``analyze --store`` reads the store's activations through the crosscoder, which needs the
+    norm factors the release's source did not save: refused in one line naming the command that
+    measures them, before anything is written; once measured, the same command runs."""
+    from trust_fixtures import token_table
+
+    from crosslens.activations import harvest_activations
+    from crosslens.checkpoints import CheckpointSuite
+
+    hook, store, run = "blocks.14.hook_resid_pre", tmp_path / "store", tmp_path / "run"
+    harvest_activations(CheckpointSuite.models([GEMMA_BASE, GEMMA_CHAT]), hook, token_table(8), store, progress=False)
+    assert main(["pretrained", "run", KISSANE, "--out", str(run)]) == 0
+    capsys.readouterr()
+    made = sorted(p.name for p in run.iterdir())
+    analyze = ["analyze", "--crosscoder", str(run), "--store", str(store), "--device", "cpu"]
+    err = one_line_exit_2(analyze, capsys)
+    fix = f"crosslens pretrained run {KISSANE}/{hook} --out {run} --store STORE --overwrite"
+    assert err.startswith("crosslens analyze: error: ") and fix in err, err
+    assert sorted(p.name for p in run.iterdir()) == made
+
+    assert main(["pretrained", "run", KISSANE, "--out", str(run), "--store", str(store), "--overwrite"]) == 0
+    assert main(analyze) == 0
+    assert (run / "report.html").is_file()
+
+
 def test_a_kissane_run_records_factors_measured_on_a_store_and_without_them_is_refused_in_one_line(
     fake_releases, tmp_path, capsys
 ):

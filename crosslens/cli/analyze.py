@@ -73,6 +73,7 @@ def write_report(
     if store is not None and not Path(store).exists():
         raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
     store = store or run_store(run_dir)
+    _check_norm_factors(run_dir, store)
     out_path = check_output_file(  # before the analysis
         Path(out) if out else _default_report(folder, run_dir),
         suffixes=(".html", ".htm"),
@@ -127,6 +128,17 @@ def write_report(
         print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
     print(f"report: {out_path}")
     return 0
+
+
+def _check_norm_factors(run_dir: Path | None, store: str | None) -> None:
+    """Refuse to read ``store`` through the crosscoder of a release's run whose source scaled
+    activations by factors it did not save, none measured since: its activations cannot be put on
+    the scale the crosscoder reads. The message names the command that measures them."""
+    from crosslens.training.runfolder import norm_factors_problem
+
+    problem = norm_factors_problem(run_dir) if store and run_dir is not None else None
+    if problem is not None:
+        raise CLIError(problem)
 
 
 def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) -> tuple[Path, Any] | None:
