@@ -265,7 +265,7 @@ def test_a_store_loaded_with_other_processing_is_not_the_crosscoders_partner(two
     assert (
         "the crosscoder's models were loaded with the weight processing center_writing_weights=True, the store's "
         "with center_writing_weights=False; pass a store harvested with the crosscoder's processing "
-        f"(`crosslens harvest --suite {MODELS} --steps 0,1 --hook {HOOK}`)" in err
+        f"(`crosslens harvest --suite {MODELS} --hook {HOOK}`)" in err
     )
     assert not report.exists() and not emergence.exists()
     err = one_line_error(
@@ -290,9 +290,7 @@ def test_a_store_loaded_with_other_processing_is_not_the_crosscoders_partner(two
     assert (
         "the crosscoder's models were loaded with the weight processing center_writing_weights=False, the store's "
         "with center_writing_weights=True; pass a store harvested with the crosscoder's processing (`crosslens "
-        "harvest` has no flag for the weight processing center_writing_weights=False: harvest in Python from "
-        f"`CheckpointSuite.models('{MODELS}', processing={{'center_writing_weights': False}})` with "
-        "`crosslens.activations.harvest_stores`)" in str(refused.value)
+        f"harvest --suite {MODELS} --hook {HOOK} --no-center-writing-weights`)" in str(refused.value)
     )
 
 

@@ -171,6 +171,52 @@ def test_cli_reads_a_release_as_its_crosscoder(fake_releases, capsys, tmp_path):
     assert "  latent scaling on 930 tokens, of the latents one model only:" in capsys.readouterr().out
 
 
+def test_a_store_harvested_with_no_center_writing_weights_is_a_minder_releases_partner(fake_releases, capsys, tmp_path):
+    """Minder et al.'s releases read their models without centring the writing weights: a store
+    `crosslens harvest --models` writes is refused, naming the harvest whose flag loads them so,
+    and the store that command writes records that processing and is accepted."""
+    import shlex
+
+    from crosslens.activations import ActivationStore
+
+    crosscoder, models = f"{MINDER}/{HOOK_13}", f"{GEMMA_BASE},{GEMMA_CHAT}"
+    sizes = ["--n-tokens", "1024", "--seq-len", "16", "--device", "cpu"]
+    centred, raw = tmp_path / "centred", tmp_path / "raw"
+    assert main(["harvest", "--models", models, "--hook", HOOK_13, "--out", str(centred), *sizes]) == 0
+    capsys.readouterr()
+    report = ["--out", str(tmp_path / "measured.html"), "--device", "cpu"]
+    err = one_line_exit_2(["analyze", "--crosscoder", crosscoder, "--store", str(centred), *report], capsys)
+    command = f"crosslens harvest --suite {models} --hook {HOOK_13} --no-center-writing-weights"
+    assert f"pass a store harvested with the crosscoder's processing (`{command}`)" in err
+    assert not (tmp_path / "measured.html").exists()
+
+    named = shlex.split(err.split("`")[1])
+    assert main([*named[1:], "--out", str(raw), *sizes]) == 0
+    store = ActivationStore.open(raw)
+    assert store.manifest["spec"]["suite"]["processing"]["center_writing_weights"] is False
+    capsys.readouterr()
+    assert main(["analyze", "--crosscoder", crosscoder, "--store", str(raw), *report]) == 0
+    capsys.readouterr()
+    # only a suite of models chooses its processing: anything else is refused before the pico suite is built
+    err = one_line_exit_2(
+        ["harvest", "--hook", HOOK_13, "--out", str(tmp_path / "never"), "--no-center-writing-weights"], capsys
+    )
+    assert "--no-center-writing-weights chooses how a suite of models loads (--models A,B)" in err
+    assert not (tmp_path / "never").exists()
+    # in Python, the config's processing is the suite's to load with: a suite loading otherwise is refused
+    from crosslens.checkpoints import CheckpointSuite
+
+    config = HarvestConfig(str(tmp_path / "never"), [HOOK_13], center_writing_weights=False)
+    with pytest.raises(CrosslensError) as refused:
+        harvest_stores(config, CheckpointSuite.models(models))
+    assert str(refused.value) == (
+        f"--no-center-writing-weights (center_writing_weights=False): the suite {models} loads its models with "
+        f"center_writing_weights=True; build the suite with CheckpointSuite.models('{models}', "
+        "processing={'center_writing_weights': False})"
+    )
+    assert not (tmp_path / "never").exists()
+
+
 def test_a_release_whose_models_are_not_cached_is_refused_before_anything_is_fetched(tmp_path, capsys):
     with offline_hf_home_at(tmp_path / "empty_hf"):
         before = converted_folders()

@@ -126,6 +126,11 @@ class HarvestConfig:
     snapshot models' dtype)."""
     overwrite: bool = False
     """Discard whatever store --out holds, and its OUT-heldout, and harvest afresh."""
+    center_writing_weights: bool | None = field(default=None, metadata={"flag": "--no-center-writing-weights"})
+    """Load a suite of models (--models) without centring the weights that write to the residual
+    stream, so that it holds what Hugging Face computes, as nnsight reads it (the Minder et al.
+    releases were trained on that); default: the suite's processing, centred where its architecture
+    allows. The store records it."""
     device: str = field(default="cpu", metadata={"cli": False})
     """Where the snapshot models run: cpu, cuda, cuda:N or mps."""
     model_dtype: str = field(default="float32", metadata={"cli": False})
@@ -143,6 +148,11 @@ class HarvestConfig:
         self.model_dtype = dtype_name(self.model_dtype)
         if self.store_dtype is not None:
             self.store_dtype = dtype_name(self.store_dtype, "--store-dtype")
+
+    def processing(self) -> dict[str, bool] | None:
+        """The weight processing the suite's models are to load with, over their architecture's
+        (``CheckpointSuite.models(..., processing=...)``); None: the suite's own."""
+        return None if self.center_writing_weights is None else {"center_writing_weights": self.center_writing_weights}
 
 
 __all__ = ["HarvestConfig", "TokenSource", "record_builder"]

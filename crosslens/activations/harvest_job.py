@@ -29,6 +29,7 @@ from crosslens.core.devices import DTYPE_BYTES
 from crosslens.core.errors import CrosslensError, StorageError, keyword_and_flag, storage_error
 from crosslens.core.hooks import hook_problem
 from crosslens.core.launch import is_main_process
+from crosslens.core.model_specs import MODELS_FAMILY
 from crosslens.core.paths import RUN_CONFIG_NAME
 
 
@@ -44,6 +45,7 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
         raise CrosslensError(
             f"--out {out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder"
         )
+    check_processing(config, suite)
     budget, store_dtype = config.budget, config.store_dtype or config.model_dtype
     heldout_path = heldout_store_path(out)
     needed = check_model_fits(suite.shape(), config.hook_names, budget, len(suite), store_dtype, [out, heldout_path])
@@ -77,6 +79,25 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
             fix=f"harvest into another {keyword_and_flag('out_dir', '--out')}",
         ) from cause
     return store, heldout_store
+
+
+def check_processing(config: HarvestConfig, suite: CheckpointSuite) -> None:
+    """Refuse a harvest whose chosen weight processing (``config.center_writing_weights``) the
+    suite's models do not load with: the store would hold, and record, the suite's."""
+    chosen = config.processing() or {}
+    loads = suite.processing()
+    differs = [flag for flag, value in chosen.items() if loads.get(flag) != value]
+    if not differs:
+        return
+    words = ", ".join(f"{flag}={chosen[flag]}" for flag in differs)
+    if suite.family == MODELS_FAMILY:
+        fix = f"build the suite with CheckpointSuite.models({suite.model_id!r}, processing={chosen!r})"
+    else:
+        fix = "only a suite of models (CheckpointSuite.models) loads with a chosen processing; leave it unset"
+    raise CrosslensError(
+        f"--no-center-writing-weights ({words}): the suite {suite.model_id} loads its models with "
+        f"{', '.join(f'{flag}={loads.get(flag)}' for flag in differs)}; {fix}"
+    )
 
 
 def check_model_fits(

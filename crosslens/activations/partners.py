@@ -31,7 +31,7 @@ from crosslens.checkpoints.trajectory import parse_ingredient
 from crosslens.core.errors import PartnerMismatchError, check_store_given
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
-from crosslens.core.model_specs import MODELS_FAMILY
+from crosslens.core.model_specs import MODELS_FAMILY, parse_models
 from crosslens.core.paths import HELDOUT_SUFFIX
 
 HELDOUT_OF = "heldout_of"
@@ -103,15 +103,32 @@ def crosscoder_record_problem(crosscoder: Any) -> str | None:
     return f"records no {' and no '.join(missing)} it was trained on" if missing else None
 
 
+def harvest_processing_flags(suite: Mapping[str, Any]) -> list[str] | None:
+    """The ``crosslens harvest`` flags that load a suite record's models with the weight processing
+    it records: none where that is their architecture's, ``--no-center-writing-weights`` for a suite
+    of models read without centring; None where no flag loads them so."""
+    if architecture_processing(suite):
+        return []
+    chosen = chosen_processing(suite.get("processing")) or {}
+    if suite.get("family") == MODELS_FAMILY and chosen.get("center_writing_weights") is False:
+        return ["--no-center-writing-weights"]
+    return None
+
+
 def harvest_words(suite: Mapping[str, Any], revisions: Sequence[str], steps: Sequence[int], hook: str) -> list[str]:
     """The words of a ``crosslens harvest`` of those snapshots of the suite a record names (its
-    folder, else its model id, with the one ingredient a staged suite's revisions name) at ``hook``."""
+    folder, else its model id, with the one ingredient a staged suite's revisions name) at ``hook``,
+    with the flags of its weight processing (:func:`harvest_processing_flags`). A suite of models
+    harvested whole names no steps: ``--suite A,B`` takes both models, and refuses ``--steps``."""
     spec = str(suite.get("root") or suite.get("model_id") or "")
     ingredients = {parse_ingredient(str(r)) for r in revisions} - {None}
     if spec and suite.get("root") is None and "@" not in spec and len(ingredients) == 1:
         spec += f"@ingredient{ingredients.pop()}"
     words = ["crosslens", "harvest", *(["--suite", spec] if spec else [])]
-    return [*words, "--steps", ",".join(str(int(step)) for step in steps), "--hook", hook]
+    steps = [int(step) for step in steps]
+    if not (suite.get("family") == MODELS_FAMILY and spec and steps == list(range(len(parse_models(spec))))):
+        words += ["--steps", ",".join(map(str, steps))]
+    return [*words, "--hook", hook, *(harvest_processing_flags(suite) or [])]
 
 
 def harvest_command(suite: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]], hook: str) -> str:
@@ -124,7 +141,7 @@ def harvest_advice(suite: Mapping[str, Any], snapshots: Sequence[Mapping[str, An
     """How to harvest a store of a record's snapshots: the :func:`harvest_command`, or, where the
     record's models were loaded with a processing ``crosslens harvest`` has no flag for, the Python
     suite that loads them so (a command would harvest other activations)."""
-    if architecture_processing(suite):
+    if harvest_processing_flags(suite) is not None:
         return f"`{harvest_command(suite, snapshots, hook)}`"
     chosen = chosen_processing(suite.get("processing"))
     if suite.get("family") == MODELS_FAMILY:

@@ -165,11 +165,12 @@ def resolve_suite(
     return select_snapshots(suite, steps, n_snapshots, given)
 
 
-def selected_suite(args: argparse.Namespace, recipe: Recipe | None):
-    """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or ``--n-snapshots``."""
+def selected_suite(args: argparse.Namespace, recipe: Recipe | None, processing: dict | None = None):
+    """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or
+    ``--n-snapshots``; a suite of models loads with ``processing`` where given."""
     if recipe is not None and args.suite is None:
         return select_snapshots(recipe_suite(recipe), args.steps, args.n_snapshots, recipe.model, recipe=recipe.name)
-    return resolve_suite(args.suite or DEFAULT_SUITE, args.steps, args.n_snapshots)
+    return resolve_suite(args.suite or DEFAULT_SUITE, args.steps, args.n_snapshots, processing=processing)
 
 
 def harvest_layers(recipe: Recipe | None, flags: dict) -> list[dict]:

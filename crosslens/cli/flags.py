@@ -9,7 +9,8 @@ braces, ``{NAME}`` (the field's module's) or ``{causal.defaults.NAME}`` (a modul
 a format spec where wanted (``{EFFECT_FLOOR_SHARE:.0%}``); the help shows its value. A field whose type is itself a dataclass (a nested config, as SAELens nests
 ``sae`` and ``logger``) contributes its own fields. Metadata keys:
 
-- ``flag``: the flag's name; a ``--no-...`` flag on a bool field that defaults to True turns it off.
+- ``flag``: the flag's name; a ``--no-...`` flag on a bool field that defaults to True, or to None
+  (unset: the config decides), turns it off.
 - ``choices``: the allowed values.
 - ``min`` (and ``strictly``): numbers below it (or equal, with ``strictly``) are refused where parsed;
   ``max`` (and ``max_strictly``) as the config is built (:mod:`crosslens.core.bounds`), in a message
@@ -279,7 +280,7 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
     flag = _flag_name(f)
     help_text = doc.replace("%", "%%")
     if value_type is bool:
-        turns_off = flag.startswith("--no-") and default is True
+        turns_off = flag.startswith("--no-") and default is not False
         action = "store_false" if turns_off else "store_true"
         parser.add_argument(flag, dest=dest, action=action, default=None, help=help_text)
         return
