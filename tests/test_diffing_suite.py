@@ -294,6 +294,38 @@ def test_a_store_loaded_with_other_processing_is_not_the_crosscoders_partner(two
     )
 
 
+def test_a_suite_given_with_other_processing_is_refused_by_streamed_dashboards_and_attribute(
+    two_models, tmp_path, capsys
+):
+    """A crosscoder trained on its models' raw residual streams (`harvest --no-center-writing-weights`)
+    is refused a --models/--suite that loads them centred, by `dashboards --stream` and `attribute`, in
+    one line before anything is written; the suite recorded with it, which the refusal says to use,
+    loads them raw."""
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    store, run = tmp_path / "store", tmp_path / "run"
+    harvest = ["--models", MODELS, "--hook", HOOK, "--out", str(store), "--n-tokens", "512", "--seq-len", "16"]
+    assert main(["harvest", *harvest, "--no-center-writing-weights", *CPU]) == 0
+    train = ["--arch", "crosscoder", "--d-sae", "16", "--n-steps", "4", "--batch-size", "64", "--spliced-seqs", "0"]
+    assert main(["train", "--store", str(store), "--out", str(run), *train, *CPU]) == 0
+    assert load_crosscoder_folder(run / "final").cfg.metadata.suite["processing"]["center_writing_weights"] is False
+    capsys.readouterr()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    said = "its models load with the weight processing center_writing_weights=True, but the crosscoder"
+    out = str(tmp_path / "attribution.json")
+    dashboards = ["--top-k", "4", "--window", "3", "--batch-size", "48", "--n-tokens", "256", "--seq-len", "16"]
+    for argv, flag in (
+        (["dashboards", str(run), "--stream", "--models", MODELS, *dashboards, *CPU], "--models"),
+        (["dashboards", str(run), "--stream", "--suite", MODELS, *dashboards, *CPU], "--suite"),
+        (["attribute", "--crosscoder", str(run), "--suite", MODELS, "--out", out, *CPU], "--suite"),
+    ):
+        err = one_line_error(argv, capsys)
+        assert f"{flag} {MODELS}: {said}" in err, err
+        assert f"was trained on them loaded with center_writing_weights=False; drop {flag}: the suite" in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert main(["dashboards", str(run), "--stream", *dashboards, *CPU]) == 0
+
+
 def test_processing_is_compared_where_it_changes_activations():
     from crosslens.activations.partners import harvest_advice
     from crosslens.checkpoints.models import architecture_processing, processing_difference

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosslens.causal import defaults
-from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype, resolve_suite
+from crosslens.cli.common import (
+    CLIError,
+    check_suite_processing,
+    crosscoder_folder_arg,
+    device_and_dtype,
+    resolve_suite,
+)
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import DEFAULT_SUITE, DeviceFlags, SuiteFlags
@@ -78,6 +84,7 @@ def attribute(args: argparse.Namespace) -> int:
             f"--suite {suite_spec} does not hold the crosscoder's snapshots (steps {','.join(map(str, steps))}): "
             f"{str(error).removeprefix('--steps: ')}; pass the suite it was trained on"
         ) from None
+    check_suite_processing(args, record, suite, folder)
     _check_snapshots(record, suite, folder, args)  # before any model loads
     print(metric_sign())
     config = AttributionConfig(threshold=args.ie_threshold)

@@ -173,6 +173,26 @@ def selected_suite(args: argparse.Namespace, recipe: Recipe | None, processing: 
     return resolve_suite(args.suite or DEFAULT_SUITE, args.steps, args.n_snapshots, processing=processing)
 
 
+def check_suite_processing(args: argparse.Namespace, record: dict, suite, crosscoder) -> None:
+    """Refuse the suite ``--suite``/``--models`` names where its models load with other weight
+    processing than the ``record`` of the crosscoder says it was trained on (where it changes a
+    hook's activations): the crosscoder would read other activations. Before any model loads. The
+    recorded suite (no flag given) is built with the recorded processing."""
+    from crosslens.checkpoints.models import processing_difference
+
+    if not args.suite:
+        return
+    difference = processing_difference(record, {"processing": suite.processing()})
+    if difference is None:
+        return
+    flag = "--models" if getattr(args, "models", None) is not None else "--suite"
+    raise CLIError(
+        f"{flag} {args.suite}: its models load with the weight processing {difference[1]}, but the crosscoder "
+        f"{crosscoder} was trained on them loaded with {difference[0]}; drop {flag}: the suite recorded with "
+        "the crosscoder loads them so"
+    )
+
+
 def harvest_layers(recipe: Recipe | None, flags: dict) -> list[dict]:
     """The layers of settings a harvest is built from, later ones winning: the recipe's values
     (:meth:`~crosslens.training.recipes.Recipe.harvest_settings`), then the ``flags`` given. A

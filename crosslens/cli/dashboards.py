@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosslens.activations.config import TokenSource
-from crosslens.cli.common import CLIError, device_and_dtype, resolve_suite, tokens_of
+from crosslens.cli.common import CLIError, check_suite_processing, device_and_dtype, resolve_suite, tokens_of
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.options import (
     DEFAULT_SUITE,
@@ -77,6 +77,7 @@ def _stream_source(args: argparse.Namespace, run: Path):
     if steps is None and args.n_snapshots is None:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
     suite = resolve_suite(spec, steps, args.n_snapshots, processing=None if args.suite else record.get("processing"))
+    check_suite_processing(args, record, suite, run)
     tokens, budget = tokens_of(args, None)
     train_NL, _ = token_tables(tokens, budget, suite.tokenizer())
     spec = {**tokens.record(), "n_tokens": budget.n_tokens, "seq_len": budget.seq_len}
