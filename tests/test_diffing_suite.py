@@ -326,6 +326,44 @@ def test_a_suite_given_with_other_processing_is_refused_by_streamed_dashboards_a
     assert main(["dashboards", str(run), "--stream", *dashboards, *CPU]) == 0
 
 
+def test_the_harvest_named_for_a_streamed_run_loads_its_models_as_the_run_did(two_models, tmp_path):
+    """A run streamed from a suite of models read raw records that processing, and the harvest it
+    names for a store of its tokens loads the models so (`--no-center-writing-weights`); a suite of
+    models is named whole, without the --steps it refuses. A processing no flag chooses names no
+    command: it would harvest other activations."""
+    import shlex
+
+    from crosslens.activations import ActivationStore, TokenBudget, TokenSource
+    from crosslens.activations.partners import harvest_processing_flags
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.checkpoints.models import RAW_RESIDUAL
+    from crosslens.cli.train import stream_record
+    from crosslens.training.runfolder import streamed_store_command
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def named(suite) -> list[str]:
+        record = stream_record(suite, HOOK, TokenSource(), TokenBudget(256, 16, 0), "float32")
+        (run / "run.json").write_text(json.dumps({"stream": record}))
+        return shlex.split(streamed_store_command(run))
+
+    sizes = ["--n-tokens", "256", "--seq-len", "16", "--heldout-tokens", "0", "--out", str(tmp_path / "run-store")]
+    assert named(CheckpointSuite.models(MODELS)) == ["crosslens", "harvest", "--suite", MODELS, "--hook", HOOK, *sizes]
+    words = named(CheckpointSuite.models(MODELS, processing=RAW_RESIDUAL))
+    assert words == ["crosslens", "harvest", "--suite", MODELS, "--hook", HOOK, "--no-center-writing-weights", *sizes]
+    assert main([*words[1:], *CPU]) == 0
+    store = ActivationStore.open(tmp_path / "run-store")
+    assert store.manifest["spec"]["suite"]["processing"]["center_writing_weights"] is False
+    assert store.manifest["spec"]["suite"]["model_id"] == MODELS
+    # centring a post-norm model's writing weights, which it does not fold: no flag does that
+    chosen = {"family": "models", "processing": {"fold_ln": False, "center_writing_weights": True}}
+    assert harvest_processing_flags(chosen) is None
+    stream = json.loads((run / "run.json").read_text())["stream"]
+    (run / "run.json").write_text(json.dumps({"stream": {**stream, "suite": {**stream["suite"], **chosen}}}))
+    assert streamed_store_command(run) is None
+
+
 def test_processing_is_compared_where_it_changes_activations():
     from crosslens.activations.partners import harvest_advice
     from crosslens.checkpoints.models import architecture_processing, processing_difference

@@ -628,6 +628,9 @@ def test_the_harvest_named_for_a_streamed_run_keeps_what_chose_its_tokens(tmp_pa
         model_id, family, root, steps = "allenai/OLMo-2-0425-1B", "olmo", None, (1000, 2000)
         snapshots = [type("Ref", (), {"revision": f"stage2-ingredient2-step{s}-tokens5B"})() for s in (1000, 2000)]
 
+        def processing(self):  # post-norm: its architecture's, which the record leaves out
+            return {"fold_ln": False, "center_writing_weights": False, "center_unembed": True}
+
     text = tmp_path / "a b.txt"
     text.write_text("x")
     latin = TokenSource(text=[str(text)], encoding="latin-1")

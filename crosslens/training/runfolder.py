@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import crosslens.core.paths as core_paths
-from crosslens.activations.partners import harvest_words, store_seal
+from crosslens.activations.partners import harvest_processing_flags, harvest_words, store_seal
 from crosslens.activations.store import MANIFEST_NAME, ActivationStore
 from crosslens.core.errors import CrosslensError, PartnerMismatchError, keyword_and_flag
 from crosslens.core.hashing import file_sha256
@@ -474,12 +474,15 @@ def recorded_store(run_dir: Path | None) -> str | None:
 def streamed_store_command(run_dir: Path | None) -> str | None:
     """For a run trained with ``train --stream`` (its run.json's ``stream`` entry), the ``crosslens
     harvest`` command that writes a store of the tokens it trained on, from the same snapshots at
-    the same hook, beside the run folder; None for a run trained on a store. It names no
-    ``--dtype``: the run recorded each snapshot's file identity, which a store of the same
+    the same hook, beside the run folder, with the weight processing its models were loaded with;
+    None for a run trained on a store, or on models loaded with a processing no flag chooses. It
+    names no ``--dtype``: the run recorded each snapshot's file identity, which a store of the same
     snapshots records too in whatever dtype it was harvested."""
     try:
         stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())[RUN_STREAM]  # type: ignore[operator]
         suite, tokens = stream["suite"], stream["tokens"]
+        if harvest_processing_flags(suite) is None:  # the command would harvest other activations
+            return None
         words = harvest_words(suite, suite.get("revisions") or [], suite["steps"], str(stream["hook"]))
         words += ["--n-tokens", str(int(stream["n_tokens"])), "--seq-len", str(int(stream["seq_len"]))]
         words += ["--heldout-tokens", str(int(stream["heldout_tokens"]))]

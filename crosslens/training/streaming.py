@@ -37,6 +37,7 @@ from crosslens.activations.forward import harvest_rows
 from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
 from crosslens.activations.tokens import bos_prepended, kept_tokens, position_record, tokens_sha256
+from crosslens.checkpoints.models import architecture_processing
 from crosslens.core.devices import dtype_name
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
@@ -85,14 +86,18 @@ class HeldoutActivations:
 
 def suite_record(suite: Any) -> dict[str, Any]:
     """Which snapshots a streamed run reads, as its run.json and its resume identity name them:
-    the suite's model id, family, folder (a local suite) and each snapshot's step and revision."""
-    return {
+    the suite's model id, family, folder (a local suite) and each snapshot's step and revision, and
+    the weight processing its models load with where it was chosen over their architecture's (a
+    suite of models read raw), which changes their activations."""
+    record = {
         "model_id": suite.model_id,
         "family": suite.family,
         "root": None if suite.root is None else str(suite.root),
         "steps": [int(s) for s in suite.steps],
         "revisions": [r.revision for r in suite.snapshots],
     }
+    processing = {"processing": suite.processing()}
+    return record if architecture_processing(processing) else {**record, **processing}
 
 
 class StreamingTrainingRunner(CrosscoderTrainingRunner):
