@@ -413,6 +413,70 @@ def test_a_bad_suite_flag_makes_the_live_panels_say_so_in_one_line(run, tmp_path
     assert message.endswith("or leave --suite out for the one it records") and "\n" not in message
 
 
+SUITE_FIX = "pass the suite the crosscoder was trained on, or leave --suite out for the one it records"
+
+
+def test_a_suite_folder_that_holds_no_suite_makes_the_live_api_answer_503_in_one_line(run, capsys):
+    """``browse --suite`` naming the run's or its store's folder, which hold no snapshots, printed a
+    traceback from the warm-up thread and answered every live request 500."""
+    from crosslens.browser.server import _warm_up
+    from crosslens.cli import build_parser
+    from crosslens.cli.browse import DeferredLive
+    from crosslens.live.config import LiveConfig
+
+    for folder in (run, run.parent / "store"):
+        args = build_parser().parse_args(["browse", str(run), "--suite", str(folder), "--device", "cpu"])
+        server = serve(run, DeferredLive(args, LiveConfig()))
+        try:
+            capsys.readouterr()
+            _warm_up(server.live)  # the thread's function, here: what escaped it went to stderr as a traceback
+            out, err = capsys.readouterr()
+            line = f"--suite {folder}: found no snapshots in {folder.resolve()}: expected a suite.json, or sub-folders"
+            assert out.startswith(f"live panels unavailable (the stored pages work): {line}") and out.endswith(
+                f"{SUITE_FIX}\n"
+            ), out
+            assert len(out.splitlines()) == 1 and err == ""
+            for path in (
+                f"/api/live/text?{query(text=TEXT)}",
+                f"/api/live/feature/3/steer?{query(prompt=PROMPT, strength=2)}",
+            ):
+                status, payload = get(server, path)
+                assert status == 503 and payload["error"].startswith(line), payload
+                assert payload["error"].endswith(SUITE_FIX) and "\n" not in payload["error"]
+            state = get(server, "/api/live/status")[1]
+            assert (state["state"], state["problem"]) == ("unavailable", payload["error"])
+            assert get(server, "/api/feature/3")[0] == 200  # the stored pages work
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_browse_refuses_a_suite_path_that_holds_no_suite_before_it_serves(run, tmp_path, capsys, monkeypatch):
+    """``browse --suite STORE`` started the server and failed in the warm-up thread: a path is read
+    without torch, so the command refuses it in one line, exit status 2, before it serves."""
+    import crosslens.browser
+    from crosslens.cli import main
+
+    served: list[str] = []
+    monkeypatch.setattr(crosslens.browser, "browse", lambda run_dir, **settings: served.append(str(run_dir)))
+    for folder, words_ in (
+        (run.parent / "store", f"found no snapshots in {(run.parent / 'store').resolve()}: expected a suite.json"),
+        (run, f"found no snapshots in {run.resolve()}"),
+        (run / "run.json", "is a file, not a folder"),
+        (tmp_path / "nope", "the path does not exist"),
+    ):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["browse", str(run), "--suite", str(folder), "--port", "0"])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f"--suite {folder}: " in err and words_ in err and err.count("--suite") <= 2, err
+    assert served == []
+    main(["browse", str(run), "--suite", str(run.parent / "suite"), "--port", "0"])  # a suite's folder
+    main(["browse", str(run), "--suite", str(run.parent / "store"), "--no-live"])  # no live models: it is not read
+    assert served == [str(run), str(run)]
+
+
 def test_a_bad_device_or_dtype_flag_makes_the_live_api_answer_503_in_one_line(run):
     """``browse --dtype int8`` (or a device this machine has not) answered every live request 500,
     as a failure of the server's, where the live models cannot be made and the flag is the fix."""

@@ -11,13 +11,20 @@ from __future__ import annotations
 import argparse
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crosslens.browser.config import BrowseConfig
+from crosslens.checkpoints.local import scan_local_suite
+from crosslens.cli.common import CLIError, missing_path_error, resolve_suite
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.options import DeviceFlags
-from crosslens.core.paths import FINAL_DIRNAME
+from crosslens.core.errors import LiveUnavailableError
+from crosslens.core.model_specs import is_models_spec
+from crosslens.core.paths import FINAL_DIRNAME, looks_like_path
 from crosslens.live.config import RETRY, LiveConfig, limits
+
+SUITE_FIX = "pass the suite the crosscoder was trained on, or leave --suite out for the one it records"
 
 
 @dataclass
@@ -34,6 +41,8 @@ def browse(args: argparse.Namespace) -> int:
 
     config = build(BrowseConfig, explicit(args, BrowseConfig))
     live_config = build(LiveConfig, explicit(args, LiveConfig))
+    if live_config.live and args.suite:
+        check_suite_folder(args.suite)
     serve(
         args.run_dir,
         port=config.port,
@@ -43,6 +52,23 @@ def browse(args: argparse.Namespace) -> int:
         live=DeferredLive(args, live_config) if live_config.live else None,
     )
     return 0
+
+
+def check_suite_folder(spec: str) -> None:
+    """Refuse a ``--suite`` path that holds no suite before the server starts, where reading its
+    folder is all it takes: the live models are made on first use, where a refusal no longer stops
+    the command. A hub id, pico or a list of models is checked then (a hub id needs the network)."""
+    if is_models_spec(spec) or spec == "pico":
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if looks_like_path(spec):
+            raise missing_path_error(spec)
+        return
+    try:
+        scan_local_suite(path)
+    except (ValueError, FileNotFoundError) as error:  # a layout that is no suite: a CrosslensError is a ValueError
+        raise CLIError(f"--suite {spec}: {' '.join(str(error).split())}; {SUITE_FIX}") from None
 
 
 class DeferredLive:
@@ -97,8 +123,6 @@ class DeferredLive:
 def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
     """The live models of ``args.run_dir`` on ``--device`` in ``--dtype`` (unresolved here: :class:`LiveModels`
     resolves both as from Python), from ``--suite`` where given."""
-    from crosslens.cli.common import CLIError, resolve_suite
-    from crosslens.core.errors import CrosslensError, LiveUnavailableError
     from crosslens.live import LiveAnswers, LiveModels
     from crosslens.training.runfolder import crosscoder_suite_record
 
@@ -108,11 +132,8 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
         try:
             suite = resolve_suite(args.suite, steps)
-        except (CrosslensError, CLIError, FileNotFoundError) as error:
-            raise LiveUnavailableError(
-                f"--suite {args.suite}: {' '.join(str(error).split())}; pass the suite the crosscoder was trained "
-                "on, or leave --suite out for the one it records"
-            ) from None
+        except (ValueError, CLIError, FileNotFoundError) as error:  # a CrosslensError is a ValueError
+            raise LiveUnavailableError(f"--suite {args.suite}: {' '.join(str(error).split())}; {SUITE_FIX}") from None
         except OSError as error:  # a file that could not be read this time: the flag is not at fault
             raise LiveUnavailableError(
                 f"--suite {args.suite} could not be read ({' '.join(str(error).split())}); {RETRY}"
