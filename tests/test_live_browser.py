@@ -477,6 +477,37 @@ def test_browse_refuses_a_suite_path_that_holds_no_suite_before_it_serves(run, t
     assert served == [str(run), str(run)]
 
 
+def test_a_suite_flag_refusal_names_the_flag_once_and_the_steps_as_the_crosscoders(run, tmp_path):
+    """``browse --suite`` refusals said the flag twice (``--suite X: --suite X: ...``) and refused the
+    crosscoder's steps as ``--steps``, a flag browse has not."""
+    from crosslens.cli import build_parser
+    from crosslens.cli.browse import live_answers
+    from crosslens.core.errors import LiveUnavailableError
+    from crosslens.live.config import LiveConfig
+
+    other = tmp_path / "other"  # the tiny suite without its step10
+    other.mkdir()
+    for step in ("step0", "step20"):
+        (other / step).symlink_to(run.parent / "suite" / step)
+    for spec, line in (
+        (
+            str(other),
+            f"--suite {other}: the suite has no step10, which the crosscoder was trained on; nearest: step0, step20; "
+            f"`crosslens suite list {other}` lists them; {SUITE_FIX}",
+        ),
+        (
+            "nosuchorg/nosuchmodel",
+            "--suite nosuchorg/nosuchmodel: no such local folder, and cannot tell which family "
+            "'nosuchorg/nosuchmodel' is; pass 'pico', a local folder of checkpoints, or a hub id naming pythia, "
+            f"OLMo or bloom; {SUITE_FIX}",
+        ),
+    ):
+        args = build_parser().parse_args(["browse", str(run), "--suite", spec, "--device", "cpu"])
+        with pytest.raises(LiveUnavailableError) as refused:
+            live_answers(args, LiveConfig())
+        assert str(refused.value) == line
+
+
 def test_a_bad_device_or_dtype_flag_makes_the_live_api_answer_503_in_one_line(run):
     """``browse --dtype int8`` (or a device this machine has not) answered every live request 500,
     as a failure of the server's, where the live models cannot be made and the flag is the fix."""

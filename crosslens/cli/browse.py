@@ -131,8 +131,10 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
         record = crosscoder_suite_record(f"{args.run_dir}/{FINAL_DIRNAME}")
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
         try:
-            suite = resolve_suite(args.suite, steps)
-        except (ValueError, CLIError, FileNotFoundError) as error:  # a CrosslensError is a ValueError
+            suite = resolve_suite(args.suite, steps, steps_from="the crosscoder was trained on")
+        except CLIError as error:  # its line names the flag
+            raise LiveUnavailableError(f"{' '.join(str(error).split())}; {SUITE_FIX}") from None
+        except (ValueError, FileNotFoundError) as error:  # a folder that is no suite (a CrosslensError is a ValueError)
             raise LiveUnavailableError(f"--suite {args.suite}: {' '.join(str(error).split())}; {SUITE_FIX}") from None
         except OSError as error:  # a file that could not be read this time: the flag is not at fault
             raise LiveUnavailableError(
