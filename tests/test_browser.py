@@ -272,6 +272,43 @@ def test_bad_parameters_and_unknown_features_answer_one_line(server):
     assert get(server, "/api/nothing")[0] == 404
 
 
+def test_every_status_the_server_answers_is_one_its_docstring_names(server, monkeypatch):
+    """The server's docstring said every error is JSON with status 400 or 404; it also answers 403,
+    500 and 501, two of them not as JSON."""
+    import http.client
+
+    import crosslens.browser.server as server_module
+
+    def answer(path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, str, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            connection.request(method, path, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.getheader("Content-Type"), response.read()
+        finally:
+            connection.close()
+
+    def failing():
+        raise RuntimeError("no summary")
+
+    monkeypatch.setattr(server, "run_summary", failing)
+    json_kind, answers = "application/json", {}
+    for path, status in (("/api/features?sort=bogus", 400), ("/api/nothing", 404), ("/api/run", 500)):
+        answers[status] = answer(path)
+    answers[403] = answer("/api/feature/3", headers={"Sec-Fetch-Site": "cross-site"})
+    answers["host"] = answer("/api/feature/3", headers={"Host": "elsewhere.example"})
+    answers[501] = answer("/api/feature/3", method="POST")
+    for status in (400, 404, 500, 403):
+        assert answers[status][:2] == (status, json_kind) and list(json.loads(answers[status][2])) == ["error"]
+    assert json.loads(answers[500][2]) == {"error": "the server failed on /api/run (RuntimeError: no summary)"}
+    assert answers["host"] == (403, "text/plain; charset=utf-8", b"forbidden host\n")
+    assert answers[501][:2] == (501, "text/html;charset=utf-8") and b"<html" in answers[501][2]
+    said = set(map(int, re.findall(r"\b([45]\d\d)\b", server_module.__doc__)))
+    assert said == {400, 403, 404, 409, 500, 501, 503}, said
+    for words in ('``{"error": "one line"}``', "plain-text 403 (``forbidden host``)", "501 page (HTML)"):
+        assert words in " ".join(server_module.__doc__.split())
+
+
 def test_a_feature_answers_what_the_database_holds(server, oracle):
     causal_features = sorted({r["feature"] for r in oracle.causal})
     feature = causal_features[0]

@@ -10,7 +10,14 @@ library to start). The page shows two views and moves between them without reloa
 * ``/report``: the run's report.html, whose feature ids link to their pages (with a notice at the top
   where the lineage agreement it may show no longer holds).
 
-JSON API (every error is ``{"error": "one line"}`` with status 400 or 404):
+JSON API, answered to GET. An error is ``{"error": "one line"}``: 400 for a bad parameter (or
+parameters that are not UTF-8), 404 for an unknown feature or endpoint, 403 for a request from
+another site's page, 409 and 503 from the live routes (:mod:`crosslens.browser.live` says when),
+and 500 where answering failed in the server itself (the line names the path and the exception;
+the server goes on). Two refusals are not JSON, on any path: a request addressed to a host name
+other than this machine's is a plain-text 403 (``forbidden host``), and a method other than GET
+is http.server's 501 page (HTML).
+
 
 * ``/api/run``: the run: snapshots, classes and their counts, tasks, sortable columns, budget;
 * ``/api/features?...``: a page of the feature list (parameters: :func:`~crosslens.browser.queries.parse_query`);
