@@ -160,6 +160,35 @@ def test_sampling_repeats_with_its_seed(live):
     assert ids(only) == ids(first)[2:]
 
 
+def test_sampled_rows_share_each_step_s_draw_so_only_the_steering_makes_them_differ(live):
+    """The plain and steered rows drew their tokens from one generator one after the other, so a
+    strength of 0 at a temperature above 0 gave two texts, and the page marked the noise as the
+    steering's."""
+    ids = lambda answer, row: [getattr(r, row) for r in answer.snapshots]  # noqa: E731
+    zero = live.steer(3, PROMPT, strength=0.0, n_tokens=10, temperature=0.8, seed=5)
+    assert ids(zero, "plain_ids") == ids(zero, "steered_ids")
+    greedy = live.steer(3, PROMPT, strength=0.0, n_tokens=10)
+    assert ids(zero, "plain_ids") != ids(greedy, "plain_ids")  # it samples
+    steered = live.steer(3, PROMPT, strength=8.0, n_tokens=10, temperature=0.8, seed=5)
+    assert ids(steered, "plain_ids") == ids(zero, "plain_ids")  # the plain row does not hang on the strength
+    assert ids(steered, "steered_ids") != ids(steered, "plain_ids")
+    assert live.steer(3, PROMPT, strength=8.0, n_tokens=10, temperature=0.8, seed=5) == steered
+
+
+def test_any_temperature_in_range_samples(live, reference):
+    """``softmax(logits / 1e-45)`` is NaN: steering raised a bare RuntimeError (HTTP 500 from the page)."""
+    for mode, strength in (("add", 6.0), ("clamp", 0.0)):
+        greedy = live.steer(7, PROMPT, strength=strength, mode=mode, n_tokens=8)
+        tiny = live.steer(7, PROMPT, strength=strength, mode=mode, n_tokens=8, temperature=1e-45, seed=3)
+        assert [(r.plain_ids, r.steered_ids) for r in tiny.snapshots] == [
+            (r.plain_ids, r.steered_ids) for r in greedy.snapshots
+        ]
+    hot = live.steer(7, PROMPT, strength=0.0, n_tokens=8, temperature=10.0, seed=3)
+    vocabulary = reference[1][0].cfg.d_vocab
+    assert all(row.plain_ids == row.steered_ids for row in hot.snapshots)
+    assert all(0 <= i < vocabulary for row in hot.snapshots for i in row.plain_ids)
+
+
 # --------------------------------------------------------------------------- resident models
 def test_resident_models_are_bounded_and_reused(run):
     live = LiveModels(run, device="cpu", config=LiveConfig(resident_models=1))

@@ -13,7 +13,10 @@ for a code of 1. So a strength is in the units of the feature's activations:
 Both continuations run as one batch of two rows (the hook writes the second), with
 TransformerLens's key-value cache, so each new token costs one position's forward. Greedy
 (``temperature`` 0) or sampled from a generator seeded by ``seed`` per snapshot: the same request
-gives the same tokens.
+gives the same tokens. A sampled step draws one Gumbel vector ``g`` that both rows share and takes
+``argmax(logits + T g)`` in each (the Gumbel-max draw from ``softmax(logits / T)``), so the rows
+differ only where the steering moved the logits, and no temperature divides the logits to
+overflow.
 """
 
 from __future__ import annotations
@@ -92,10 +95,13 @@ def steering_hook(
 
 
 def _next_tokens(logits_BV: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Each row's next token: greedy at temperature 0, else a Gumbel-max draw whose noise every row
+    shares, so a steered row departs from the plain one only through its logits."""
     if temperature <= 0:
         return logits_BV.argmax(dim=-1)
-    probs_BV = torch.softmax(logits_BV.float() / temperature, dim=-1)
-    return torch.multinomial(probs_BV, 1, generator=generator)[:, 0]
+    uniform_V = torch.rand(logits_BV.shape[-1], generator=generator, device=logits_BV.device)
+    gumbel_V = -torch.log(-torch.log(uniform_V))  # a uniform of 0 gives -inf: that token is not drawn
+    return (logits_BV.float() + temperature * gumbel_V).argmax(dim=-1)
 
 
 @torch.inference_mode()
