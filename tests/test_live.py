@@ -17,9 +17,12 @@ import torch
 import trust_fixtures as tf
 from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
 from live_fixtures import PROMPT, TEXT, edited_copy, live, run, words  # noqa: F401  (fixtures)
+from safetensors.torch import load_file, save_file
 
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import LiveInputError, LiveUnavailableError
+from crosslens.core.hashing import crosscoder_sha256
+from crosslens.core.paths import final_weights
 from crosslens.crosscoders.folding import resolve_norm_factors
 from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -308,6 +311,31 @@ def test_another_hook_or_width_is_refused_in_one_line(run, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("final"))
     refused(LiveModels(bare), "holds no trained crosscoder (final/cfg.json)")
+
+
+def test_the_crosscoder_named_is_the_one_loaded_after_the_run_is_trained_again(run, tmp_path):
+    """``crosscoder()`` hashed the weights file on disk at each call: after ``train --overwrite`` the
+    page's pairing check passed while the answers came from the weights loaded before."""
+    copy = tmp_path / "retrained"
+    shutil.copytree(run, copy)
+    live = LiveModels(copy, device="cpu")
+    try:
+        before = live.activations(TEXT).crosscoder_NF.copy()
+        loaded = crosscoder_sha256(copy)
+        assert live.crosscoder()["weights_sha256"] == loaded
+        weights = final_weights(copy)
+        tensors = load_file(weights)
+        save_file({k: v * 2 if k.startswith("W_") else v for k, v in tensors.items()}, weights)
+        assert crosscoder_sha256(copy) != loaded
+        assert live.crosscoder()["weights_sha256"] == loaded  # the weights its answers come from
+        np.testing.assert_allclose(live.activations(TEXT + " run").crosscoder_NF[:-1], before, atol=1e-5)
+    finally:
+        live.close()
+    fresh = LiveModels(copy, device="cpu")
+    try:
+        assert fresh.crosscoder()["weights_sha256"] == crosscoder_sha256(copy)
+    finally:
+        fresh.close()
 
 
 def test_nothing_on_disk_changes(run, live):

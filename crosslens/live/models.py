@@ -43,7 +43,7 @@ from crosslens.core.errors import (
 )
 from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.metadata import CFG_NAME, metadata_value
-from crosslens.core.paths import FINAL_DIRNAME
+from crosslens.core.paths import FINAL_DIRNAME, final_weights
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards.logits import vocabulary_pieces
 from crosslens.dashboards.readings import Readings
@@ -75,6 +75,8 @@ class _Opened:
     """What :meth:`LiveModels.prepare` loads once."""
 
     crosscoder: Any
+    weights_sha256: str
+    """The sha256 of the weights file as it was loaded (:func:`~crosslens.core.hashing.crosscoder_sha256`)."""
     readings: Readings
     models: ResidentModels
     hook: str
@@ -224,7 +226,10 @@ class LiveModels:
             raise LiveUnavailableError(problem)
         base = resident_bytes() or 0
         try:
+            sha = crosscoder_sha256(self.run_dir) if final_weights(self.run_dir).is_file() else None
             crosscoder = load_crosscoder_folder(final, device=str(self.device), dtype="float32").eval()
+            if sha is None or crosscoder_sha256(self.run_dir) != sha:  # written while it loaded: not the hashed bytes
+                raise LiveUnavailableError(f"the crosscoder in {final} changed while it was loaded; {RETRY}")
         except (CrosslensError, FileNotFoundError) as error:
             raise LiveUnavailableError(str(error)) from None
         except OSError as error:
@@ -250,6 +255,7 @@ class LiveModels:
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         return _Opened(
             crosscoder=crosscoder,
+            weights_sha256=sha,
             readings=Readings(crosscoder),
             models=models,
             hook=hook,
@@ -293,20 +299,15 @@ class LiveModels:
 
     def crosscoder(self) -> dict[str, Any]:
         """What identifies the crosscoder the questions are asked of (JSON), as a feature database
-        records it: its ``run``, the sha256 of its weights file (``weights_sha256``:
-        :func:`~crosslens.core.hashing.crosscoder_sha256`), ``d_sae`` and its snapshots' ``revisions``."""
+        records it: its ``run``, the sha256 of its weights file as it was loaded (``weights_sha256``:
+        :func:`~crosslens.core.hashing.crosscoder_sha256`; a run trained again since keeps answering
+        from, and naming, the weights loaded), ``d_sae`` and its snapshots' ``revisions``."""
 
         def identity(opened: _Opened) -> dict[str, Any]:
-            try:
-                sha = crosscoder_sha256(self.run_dir)
-            except OSError as error:
-                raise LiveUnavailableError(
-                    f"the crosscoder in {self.run_dir} could not be read ({' '.join(str(error).split())}); {RETRY}"
-                ) from None
             snapshots = metadata_value(opened.crosscoder, "suite")["snapshots"]
             return {
                 "run": str(self.run_dir),
-                "weights_sha256": sha,
+                "weights_sha256": opened.weights_sha256,
                 "d_sae": int(opened.crosscoder.cfg.d_sae),
                 "revisions": [str(entry["revision"]) for entry in snapshots],
             }
