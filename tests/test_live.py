@@ -92,6 +92,26 @@ def test_the_strongest_features_are_listed_per_reading(live):
         acts.reading(3)
 
 
+def test_a_kept_text_s_arrays_cannot_be_changed_by_one_asker_for_the_next(live):
+    """The kept answer's arrays were writable: a notebook thresholding ``acts.reading(-1)`` in place
+    changed what the next question about the text got."""
+    text = TEXT + " and the cat"
+    acts = live.activations(text)
+    code = acts.reading(-1)
+    peak = float(code.max())
+    assert peak > 0
+    with pytest.raises(ValueError, match="read-only"):
+        code[code > 0] = 0.0
+    for array in (acts.token_ids, acts.snapshots_SNF, acts.reading(0)):
+        with pytest.raises(ValueError, match="read-only"):
+            array[...] = 0
+    again = live.activations(text)
+    assert again is acts and float(again.crosscoder_NF.max()) == peak
+    mine = acts.reading(-1).copy()
+    mine[mine > 0] = 0.0  # a copy is the asker's own
+    assert float(mine.max()) == 0.0 and float(live.activations(text).crosscoder_NF.max()) == peak
+
+
 # --------------------------------------------------------------------------- steering
 def reference_continuation(model, ids, n, fn=None) -> list[int]:
     """Greedy tokens after ``ids``, the whole sequence recomputed for each (``fn`` hooked at HOOK)."""

@@ -419,7 +419,8 @@ class LiveModels:
     def activations(self, text: str, *, kind: str | None = None) -> TextActivations:
         """Every feature's activation on each token of ``text``, for the crosscoder's code and at every
         snapshot (:class:`~crosslens.live.TextActivations`). The same text gives the same numbers;
-        the last few texts are kept, so asking again costs nothing. ``kind``: a name for this kind of
+        the last few texts are kept, so asking again costs nothing (the arrays are read-only, shared
+        by every asker: copy one to change it). ``kind``: a name for this kind of
         question, where a newer one of the kind is to take its place while it waits its turn
         (it then raises :class:`~crosslens.core.errors.LiveSupersededError`)."""
         ids = self.tokenize(text)
@@ -433,9 +434,12 @@ class LiveModels:
         self._fits(opened, len(ids) + 1, f"the text's {len(ids)} tokens")
         tokens_L = torch.tensor([opened.bos, *ids], device=self.device)
         crosscoder_NF, snapshots_SNF = text_codes(opened.models, opened.readings, tokens_L, opened.hook)
+        token_ids = np.asarray(ids, dtype=np.int64)
+        for array in (token_ids, crosscoder_NF, snapshots_SNF):
+            array.flags.writeable = False  # the kept answer is handed to every asker: none may change another's
         answer = TextActivations(
             text=text,
-            token_ids=np.asarray(ids, dtype=np.int64),
+            token_ids=token_ids,
             tokens=[opened.pieces[i] if i < len(opened.pieces) else f"<{i}>" for i in ids],
             crosscoder_NF=crosscoder_NF,
             snapshots_SNF=snapshots_SNF,
