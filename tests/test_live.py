@@ -317,6 +317,24 @@ def test_a_suite_that_is_not_the_crosscoder_s_is_refused_in_one_line(run, tmp_pa
     refused(LiveModels(moved), f"its folder {tmp_path / 'gone'} is gone")
 
 
+def test_a_suite_given_as_a_path_is_refused_where_the_live_models_are_made(run):
+    """``suite="/path"`` raised AttributeError at the first question, and the status then said idle."""
+    folder = run.parent / "suite"
+    for given in (str(folder), folder):
+        with pytest.raises(LiveInputError) as error:
+            LiveModels(run, suite=given, device="cpu")
+        message = one_line(error)
+        assert message.startswith(f"suite={given!r} is a {type(given).__name__}, not a CheckpointSuite: pass ")
+        assert f"suite=CheckpointSuite.local({str(folder)!r}) for a folder of checkpoints" in message
+    with pytest.raises(LiveInputError, match=r"^suite=3 is a int, not a CheckpointSuite: .*local\(FOLDER\)"):
+        LiveModels(run, suite=3)
+    live = LiveModels(run, suite=CheckpointSuite.local(folder), device="cpu")
+    try:
+        assert live.activations(TEXT).crosscoder_NF.shape[1] == 32
+    finally:
+        live.close()
+
+
 def test_another_hook_or_width_is_refused_in_one_line(run, tmp_path):
     def unrecorded(meta, hook=HOOK):
         meta["hook_name"] = hook

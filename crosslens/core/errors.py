@@ -87,7 +87,8 @@ class PartnerMismatchError(CrosslensError):
 
 
 class LiveInputError(CrosslensError):
-    """A text, prompt or steering setting the live models cannot run (the browser answers HTTP 400)."""
+    """A text, prompt or steering setting the live models cannot run (the browser answers HTTP 400),
+    or a suite :class:`~crosslens.live.LiveModels` cannot load from."""
 
 
 class LiveUnavailableError(CrosslensError):

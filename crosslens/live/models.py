@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ import torch
 from crosslens.activations.partners import crosscoder_record_problem, snapshot_problem
 from crosslens.activations.tokens import MAX_UNKNOWN_SHARE, unknown_share, unknown_words
 from crosslens.checkpoints.identity import snapshot_identity
+from crosslens.checkpoints.suite import CheckpointSuite
 from crosslens.core.bounds import whole_number
 from crosslens.core.devices import model_dtype, resident_bytes, resolve_device, resolve_dtype
 from crosslens.core.errors import (
@@ -67,7 +69,10 @@ from crosslens.training.runfolder import norm_factors_problem
 
 T = TypeVar("T")
 
-SUITE_FIX = "pass the suite the crosscoder was trained on (crosslens browse --suite FOLDER|HUB_ID, suite= in Python)"
+SUITE_FIX = (
+    "pass the suite the crosscoder was trained on (crosslens browse --suite FOLDER|HUB_ID, "
+    "suite=CheckpointSuite.local(FOLDER) in Python)"
+)
 
 
 @dataclass
@@ -111,6 +116,8 @@ class LiveModels:
         config: LiveConfig | None = None,
         fix: str = SUITE_FIX,
     ) -> None:
+        if suite is not None and not isinstance(suite, CheckpointSuite):
+            raise LiveInputError(_suite_problem(suite))
         self.run_dir = Path(run_dir)
         self.config = config if config is not None else LiveConfig()
         self.device = resolve_device(device)
@@ -562,6 +569,16 @@ class LiveModels:
                 self._opened.models.close()
             self._opened, self._refusal, self._failure = None, None, None
             self._texts.clear()
+
+
+def _suite_problem(suite: Any) -> str:
+    """Why ``suite`` cannot be a :class:`LiveModels` suite, with the call that makes one of it."""
+    folder = repr(str(suite)) if isinstance(suite, (str, os.PathLike)) else "FOLDER"
+    return (
+        f"suite={suite!r} is a {type(suite).__name__}, not a CheckpointSuite: pass suite=CheckpointSuite.local({folder}) "
+        "for a folder of checkpoints or CheckpointSuite.pythia(HUB_ID) for a hub id (from crosslens.checkpoints), "
+        "or leave suite out for the one the crosscoder records"
+    )
 
 
 def _check_index(value: Any, size: int, what: str) -> int:
