@@ -290,6 +290,37 @@ def test_a_feature_and_its_settings_read_off_tensors_and_arrays_steer_as_python_
     assert read_off == plain
 
 
+def test_numpy_settings_steer_as_python_numbers_and_bools_or_one_snapshot_are_refused(live):
+    """A NumPy seed or temperature was refused with a message asking for what it was ("seed
+    np.int64(3): give a whole number"), ``True`` steered as a strength or temperature of 1, and
+    ``snapshots=2`` raised TypeError."""
+    plain = live.steer(3, PROMPT, strength=4.0, n_tokens=3, temperature=0.5, seed=3)
+    read_off = live.steer(3, PROMPT, strength=4.0, n_tokens=3, temperature=np.float32(0.5), seed=np.int64(3))
+    assert read_off == plain and type(read_off.seed) is int and type(read_off.temperature) is float
+    assert live.steer(3, PROMPT, strength=4.0, n_tokens=3, seed=torch.tensor(3)).seed == 3
+    cases = [
+        (dict(strength=True), "strength True: give a finite number"),
+        (dict(strength=1.0, mode="clamp", temperature=np.float64("nan")), "temperature np.float64(nan): give 0"),
+        (dict(strength=1.0, temperature=True), "temperature True: give 0 (greedy) to 10"),
+        (dict(strength=1.0, seed=True), "seed True: give a whole number"),
+        (dict(strength=1.0, seed=2.0), "seed 2.0: give a whole number"),
+        (dict(strength=10**400), "strength 1000"),
+        (dict(strength=1.0, snapshots=2), "snapshots 2: pass a list, e.g. [2]"),
+        (dict(strength=1.0, snapshots=np.int64(1)), "snapshots np.int64(1): pass a list, e.g. [1]"),
+        (dict(strength=1.0, snapshots="01"), "snapshots '01': pass a list, e.g. [0]"),
+        (dict(strength=1.0, snapshots=np.array([], dtype=int)), "snapshots []: name 1 snapshot or more"),
+    ]
+    for settings, words_ in cases:
+        with pytest.raises(LiveInputError) as error:
+            live.steer(3, PROMPT, n_tokens=3, **settings)
+        assert one_line(error).startswith(words_), (words_, str(error.value))
+    chosen = live.steer(3, PROMPT, strength=4.0, n_tokens=3, snapshots=np.array([0, 2]))
+    assert [r.snapshot for r in chosen.snapshots] == [0, 2]
+    assert (
+        live.steer(3, PROMPT, strength=4.0, n_tokens=3, snapshots=(s for s in (2,))).snapshots == chosen.snapshots[1:]
+    )
+
+
 def other_suite(root: Path, seeds=(5, 6, 7), steps=(0, 10, 20), **overrides) -> CheckpointSuite:
     write_local_suite(
         root, {f"step{step}": tiny_neox(seed=s, **overrides) for step, s in zip(steps, seeds)}, make_word_tokenizer()

@@ -3,10 +3,13 @@ fields are also ``crosslens browse``'s flags. Nothing here imports torch."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
+from typing import Any
 
-from crosslens.core.bounds import check_bounds
-from crosslens.core.errors import CrosslensError
+from crosslens.core.bounds import check_bounds, whole_number
+from crosslens.core.errors import CrosslensError, LiveInputError
 
 RETRY = "ask again: the next question loads it again"
 """How a refusal for a file that could not be read ends: the suite is not at fault, so no other is named."""
@@ -73,3 +76,54 @@ def limits(config: LiveConfig) -> dict[str, object]:
             "seed": STEER_SEED,
         },
     }
+
+
+def steering_settings(
+    config: LiveConfig, strength: Any, mode: Any, n_tokens: Any, temperature: Any, seed: Any
+) -> tuple[float, int, float, int]:
+    """Refuse settings a steering cannot run with, one line each; return the strength, length,
+    temperature and seed as Python numbers (from NumPy or Python numbers alike, never a bool)."""
+    if mode not in MODES:
+        raise LiveInputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    word = "clamp value" if mode == "clamp" else "strength"
+    value = _real_number(strength)
+    if value is None or not math.isfinite(value) or abs(value) > MAX_STRENGTH:
+        raise LiveInputError(f"{word} {strength!r}: give a finite number of at most {MAX_STRENGTH:g} in size")
+    length = whole_number(n_tokens)
+    if length is None or not 1 <= length <= config.max_new_tokens:
+        raise LiveInputError(f"length {n_tokens!r}: generate 1 to {config.max_new_tokens} tokens")
+    heat = _real_number(temperature)
+    if heat is None or not 0 <= heat <= MAX_TEMPERATURE:
+        raise LiveInputError(f"temperature {temperature!r}: give 0 (greedy) to {MAX_TEMPERATURE:g}")
+    number = whole_number(seed)
+    if number is None or not 0 <= number < 2**63:
+        raise LiveInputError(f"seed {seed!r}: give a whole number from 0 to 2^63 - 1")
+    return value, length, heat, number
+
+
+def snapshot_list(snapshots: Any) -> list[Any] | None:
+    """The snapshots a steering asks for, as a list (from a list, tuple, range, array or tensor);
+    None for every one. One snapshot on its own, a string or an empty list is refused."""
+    if snapshots is None:
+        return None
+    try:
+        listed = None if isinstance(snapshots, (str, bytes)) else list(snapshots)
+    except TypeError:  # a number, or a 0-d array or tensor
+        listed = None
+    if listed is None:
+        one = whole_number(snapshots)
+        raise LiveInputError(f"snapshots {snapshots!r}: pass a list, e.g. [{one if one is not None else 0}]")
+    if not listed:
+        raise LiveInputError("snapshots []: name 1 snapshot or more, or leave it out for every one")
+    return listed
+
+
+def _real_number(value: Any) -> float | None:
+    """``value`` as a float where it is a real number (a Python or NumPy int or float), never a bool;
+    None for anything else, or a number past a float's range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None

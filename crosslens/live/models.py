@@ -15,8 +15,6 @@ go. :meth:`LiveModels.status` answers without waiting.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import threading
 from collections import OrderedDict
@@ -51,9 +49,6 @@ from crosslens.dashboards.logits import vocabulary_pieces
 from crosslens.dashboards.readings import Readings
 from crosslens.dashboards.sources import recorded_suite
 from crosslens.live.config import (
-    MAX_STRENGTH,
-    MAX_TEMPERATURE,
-    MODES,
     RETRY,
     STEER_MODE,
     STEER_SEED,
@@ -61,6 +56,8 @@ from crosslens.live.config import (
     STEER_TOKENS,
     LiveConfig,
     limits,
+    snapshot_list,
+    steering_settings,
 )
 from crosslens.live.resident import ResidentModels
 from crosslens.live.steering import SteeredSnapshot, Steering, continue_twice, direction, steering_hook
@@ -477,9 +474,10 @@ class LiveModels:
         decoder direction at the crosscoder's hook, ``"clamp"`` sets its activation to ``strength``).
         ``temperature`` 0 is greedy; above 0, tokens are drawn with ``seed``. ``snapshots``: which
         (default: every one); ``kind``: as :meth:`activations`'."""
-        strength, n_tokens = self._check_steering(strength, mode, n_tokens, temperature, seed)
-        if snapshots is not None and not len(snapshots):
-            raise LiveInputError("snapshots []: name 1 snapshot or more, or leave it out for every one")
+        strength, n_tokens, temperature, seed = steering_settings(
+            self.config, strength, mode, n_tokens, temperature, seed
+        )
+        snapshots = snapshot_list(snapshots)
         ids = self.tokenize(prompt, what="prompt")
 
         def continuations(opened: _Opened) -> tuple[list[str], list[SteeredSnapshot]]:
@@ -498,10 +496,10 @@ class LiveModels:
             prompt=prompt,
             prompt_tokens=prompt_tokens,
             mode=mode,
-            strength=float(strength),
-            n_tokens=int(n_tokens),
-            temperature=float(temperature),
-            seed=int(seed),
+            strength=strength,
+            n_tokens=n_tokens,
+            temperature=temperature,
+            seed=seed,
             snapshots=rows,
         )
 
@@ -521,24 +519,6 @@ class LiveModels:
             steered=[piece(i) for i in both[1]],
             direction_norm=float(direction(opened.readings, feature, s).norm()),
         )
-
-    def _check_steering(
-        self, strength: float, mode: str, n_tokens: int, temperature: float, seed: int
-    ) -> tuple[float, int]:
-        """Refuse settings a steering cannot run with; return the strength and length as Python numbers."""
-        if mode not in MODES:
-            raise LiveInputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
-        word = "clamp value" if mode == "clamp" else "strength"
-        if not isinstance(strength, numbers.Real) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
-            raise LiveInputError(f"{word} {strength!r}: give a finite number of at most {MAX_STRENGTH:g} in size")
-        length = whole_number(n_tokens)
-        if length is None or not 1 <= length <= self.config.max_new_tokens:
-            raise LiveInputError(f"length {n_tokens!r}: generate 1 to {self.config.max_new_tokens} tokens")
-        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= MAX_TEMPERATURE:
-            raise LiveInputError(f"temperature {temperature!r}: give 0 (greedy) to {MAX_TEMPERATURE:g}")
-        if not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise LiveInputError(f"seed {seed!r}: give a whole number from 0 to 2^63 - 1")
-        return float(strength), length
 
     @contextmanager
     def _threads(self) -> Iterator[None]:
