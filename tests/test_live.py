@@ -407,6 +407,24 @@ def test_the_crosscoder_named_is_the_one_loaded_after_the_run_is_trained_again(r
         fresh.close()
 
 
+def test_a_missing_folder_or_a_run_s_final_folder_is_named_as_such(run, tmp_path):
+    """Both were told "holds no trained crosscoder (final/cfg.json): ... browse that folder"."""
+    for given, words_ in (
+        (tmp_path / "nope", f"{tmp_path / 'nope'} does not exist: pass the run folder `crosslens train` wrote"),
+        (
+            run / "final",
+            f"{run / 'final'} is a run's crosscoder folder, not its run folder: pass the run folder, {run}",
+        ),
+        (tmp_path, f"{tmp_path} holds no trained crosscoder (final/cfg.json): pass the run folder `crosslens train`"),
+    ):
+        live = LiveModels(given, device="cpu")
+        with pytest.raises(LiveUnavailableError) as error:
+            live.activations(TEXT)
+        message = one_line(error)
+        assert message.startswith(words_) and "browse" not in message, message
+        assert live.status()["problem"] == message
+
+
 def test_nothing_on_disk_changes(run, live):
     before = {**tf.tree_bytes(run), **{f"suite/{k}": v for k, v in tf.tree_bytes(run.parent / "suite").items()}}
     live.activations(TEXT + " there")

@@ -221,10 +221,7 @@ class LiveModels:
     def _load(self) -> _Opened:
         final = self.run_dir / FINAL_DIRNAME
         if not (final / CFG_NAME).is_file():
-            raise LiveUnavailableError(
-                f"{self.run_dir} holds no trained crosscoder ({FINAL_DIRNAME}/{CFG_NAME}): the live panels need the "
-                "run folder `crosslens train` wrote; browse that folder"
-            )
+            raise LiveUnavailableError(_no_crosscoder(self.run_dir))
         problem = norm_factors_problem(self.run_dir)
         if problem is not None:
             raise LiveUnavailableError(problem)
@@ -549,6 +546,16 @@ class LiveModels:
                 self._opened.models.close()
             self._opened, self._refusal, self._failure = None, None, None
             self._texts.clear()
+
+
+def _no_crosscoder(run_dir: Path) -> str:
+    """Why ``run_dir`` holds no crosscoder to load, naming the run folder to pass where it is its ``final``."""
+    if not run_dir.exists():
+        return f"{run_dir} does not exist: pass the run folder `crosslens train` wrote"
+    if run_dir.name == FINAL_DIRNAME and (run_dir / CFG_NAME).is_file():
+        parent = run_dir.parent if len(run_dir.parts) > 1 else run_dir.absolute().parent
+        return f"{run_dir} is a run's crosscoder folder, not its run folder: pass the run folder, {parent}"
+    return f"{run_dir} holds no trained crosscoder ({FINAL_DIRNAME}/{CFG_NAME}): pass the run folder `crosslens train` wrote"
 
 
 def _suite_problem(suite: Any) -> str:
