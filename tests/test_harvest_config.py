@@ -109,10 +109,14 @@ def test_a_library_harvest_that_does_not_fit_names_the_keywords_that_fix_it(suit
     config = HarvestConfig(
         out_dir=str(out), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(256, 16, 0)
     )
+
+    def refusal() -> str:
+        with pytest.raises(CrosslensError) as refused:
+            harvest_stores(config, local)
+        return str(refused.value)
+
     monkeypatch.setattr(budget_module, "available_memory", lambda device: 1000)
-    with pytest.raises(CrosslensError) as memory:
-        harvest_stores(config, local)
-    assert str(memory.value) == (
+    assert refusal() == (
         f"n_tokens (`--n-tokens`): a table of 256 tokens needs about {format_bytes(256 * 20)} of memory while it is "
         f"built, and {format_bytes(1000)} is available; lower n_tokens (`--n-tokens`) (+ heldout_tokens "
         "(`--heldout-tokens`)) to at most about 50"
@@ -121,9 +125,7 @@ def test_a_library_harvest_that_does_not_fit_names_the_keywords_that_fix_it(suit
     # 256 tokens x 3 snapshots x d_model 32 x float32, plus 32 B per token of the token file
     store, bfloat16 = 256 * (3 * 32 * 4 + 32), 256 * (3 * 32 * 2 + 32)
     monkeypatch.setattr(budget_module, "free_disk", lambda folder: bfloat16 + 1000)
-    with pytest.raises(CrosslensError) as disk:
-        harvest_stores(config, local)
-    assert str(disk.value) == (
+    assert refusal() == (
         f"out_dir (`--out`) {out}: the store needs about {format_bytes(store)} (256 tokens x 3 snapshots x 32 "
         f"values x 4 B) and its disk has {format_bytes(bfloat16 + 1000)} free; free space, lower n_tokens "
         '(`--n-tokens`) or the number of snapshots (`--n-snapshots`), pass store_dtype="bfloat16" (`--store-dtype '

@@ -492,6 +492,34 @@ def test_analyze_on_a_store_of_a_kissane_run_without_its_factors_is_refused_in_o
     assert (run / "report.html").is_file()
 
 
+def test_analyze_crosscoder_on_a_store_through_a_kissane_crosscoder_without_its_factors_is_refused(
+    fake_releases, tmp_path
+):
+    """The library's ``analyze_crosscoder(crosscoder, store=...)`` read the store at a scale the
+    crosscoder was not trained on, as the command did: refused naming the call that measures the
+    factors, after which it runs."""
+    from trust_fixtures import token_table
+
+    from crosslens.activations import ActivationStore, harvest_activations
+    from crosslens.analysis import analyze_crosscoder
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.errors import PartnerMismatchError
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.pretrained import measure_norm_factors
+
+    hook, store_dir, run = "blocks.14.hook_resid_pre", tmp_path / "store", tmp_path / "run"
+    harvest_activations(
+        CheckpointSuite.models([GEMMA_BASE, GEMMA_CHAT]), hook, token_table(8), store_dir, progress=False
+    )
+    assert main(["pretrained", "run", KISSANE, "--out", str(run)]) == 0
+    crosscoder, store = load_crosscoder_folder(run / "final"), ActivationStore.open(store_dir)
+    with pytest.raises(PartnerMismatchError, match=r"measure_norm_factors\(crosscoder, store\)"):
+        analyze_crosscoder(crosscoder, store=store, device="cpu", progress=False)
+    measure_norm_factors(crosscoder, store)
+    analysis, _ = analyze_crosscoder(crosscoder, store=store, device="cpu", progress=False)
+    assert analysis.frequency is not None
+
+
 def test_a_kissane_run_records_factors_measured_on_a_store_and_without_them_is_refused_in_one_line(
     fake_releases, tmp_path, capsys
 ):

@@ -444,20 +444,14 @@ def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, c
     assert err.count("\n") == 1
 
 
-def test_a_library_resume_on_other_snapshots_or_another_model_dtype_is_refused(inputs, tmp_path):
-    """The runner names the snapshots and the models' dtype in what it trains on itself, so a
-    resume on another suite (the same revision names in another folder) or dtype is refused
-    whatever ``stream`` description the caller passes."""
-    from crosslens.checkpoints import CheckpointSuite
-    from crosslens.core.errors import StoreChangedError
+def tiny_streamed_run(out_dir: Path, suite, train_NL, heldout_NL, resume: bool, **runner_kwargs) -> None:
+    """A two-step streamed run of a 16-latent crosscoder into ``out_dir``, run from Python as a
+    notebook does: resumed, or started over."""
     from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
 
-    suite = CheckpointSuite.local(inputs[0])
-    other = CheckpointSuite.local(_write_suite(tmp_path / "other", seeds=[3, 4, 5]))
-    tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
     config = CrosscoderRunnerConfig(
         store_path="",
-        out_dir=str(tmp_path / "run"),
+        out_dir=str(out_dir),
         hook_name=HOOK,
         sae=ArchitectureConfig(d_sae=16),
         n_steps=2,
@@ -465,15 +459,26 @@ def test_a_library_resume_on_other_snapshots_or_another_model_dtype_is_refused(i
         checkpoint_every=2,
         progress=False,
     )
+    runner = StreamingTrainingRunner(config, suite, train_NL, heldout_NL, {"note": "api"}, **runner_kwargs)
+    try:
+        runner.run(resume=resume, overwrite=not resume)
+    finally:
+        runner.close()
+
+
+def test_a_library_resume_on_other_snapshots_or_another_model_dtype_is_refused(inputs, tmp_path):
+    """The runner names the snapshots and the models' dtype in what it trains on itself, so a
+    resume on another suite (the same revision names in another folder) or dtype is refused
+    whatever ``stream`` description the caller passes."""
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.errors import StoreChangedError
+
+    suite = CheckpointSuite.local(inputs[0])
+    other = CheckpointSuite.local(_write_suite(tmp_path / "other", seeds=[3, 4, 5]))
+    tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
 
     def run(on, resume: bool, model_dtype=torch.float32) -> None:
-        runner = StreamingTrainingRunner(
-            config, on, tokens_NL[:24], tokens_NL[24:], {"note": "api"}, model_dtype=model_dtype
-        )
-        try:
-            runner.run(resume=resume, overwrite=not resume)
-        finally:
-            runner.close()
+        tiny_streamed_run(tmp_path / "run", on, tokens_NL[:24], tokens_NL[24:], resume, model_dtype=model_dtype)
 
     run(suite, False)
     with pytest.raises(
@@ -495,27 +500,12 @@ def test_a_library_resume_on_other_inputs_names_the_keyword_for_a_new_run(tmp_pa
     and another ``out_dir`` takes the run."""
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.core.errors import StoreChangedError
-    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
 
     folder = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
     tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
 
     def run(out: str, train_NL: torch.Tensor, resume: bool) -> None:
-        config = CrosscoderRunnerConfig(
-            store_path="",
-            out_dir=str(tmp_path / out),
-            hook_name=HOOK,
-            sae=ArchitectureConfig(d_sae=16),
-            n_steps=2,
-            train_batch_size_tokens=32,
-            checkpoint_every=2,
-            progress=False,
-        )
-        runner = StreamingTrainingRunner(config, CheckpointSuite.local(folder), train_NL, tokens_NL[24:], {})
-        try:
-            runner.run(resume=resume, overwrite=not resume)
-        finally:
-            runner.close()
+        tiny_streamed_run(tmp_path / out, CheckpointSuite.local(folder), train_NL, tokens_NL[24:], resume)
 
     run("run", tokens_NL[:24], False)
     with pytest.raises(StoreChangedError) as tokens:

@@ -31,7 +31,9 @@ from crosslens.analysis.probes import (
 )
 from crosslens.analysis.report import REPORT_TITLE, evolution_report, representative_features
 from crosslens.analysis.scaling import LatentScalingConfig, check_snapshot_decoders
+from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.hooks import recorded_hook, resolve_hook
+from crosslens.core.metadata import unmeasured_norm_factors
 from crosslens.htmlreport import Report
 
 if TYPE_CHECKING:
@@ -90,6 +92,7 @@ def analyze_crosscoder(
     if store is None and isinstance(emergence, EmergenceResult):
         frequency = emergence.frequency  # the firing the saved check classed dead latents by
     if store is not None:
+        _refuse_unmeasured_factors(crosscoder)
         check_recorded_partner(crosscoder, store, hook, used_by="analyze_crosscoder")
         hook = resolve_hook(store, hook or _metadata_hook(crosscoder, store))
         frequency = firing_frequency(store, crosscoder, hook=hook, n_tokens=n_frequency_tokens)
@@ -171,3 +174,16 @@ def _metadata_hook(crosscoder: Crosscoder, store: Any) -> str | None:
 
 def _has_provenance_steps(crosscoder: Crosscoder) -> bool:
     return bool(snapshots_from_metadata(metadata_dict(crosscoder)))
+
+
+def _refuse_unmeasured_factors(crosscoder: Crosscoder) -> None:
+    """Refuse a store read through a crosscoder whose source scaled activations by per-snapshot
+    factors it did not save, none measured since: its activations would be read at a scale the
+    crosscoder was not trained on, and every number from them would be off."""
+    if unmeasured_norm_factors(metadata_dict(crosscoder)):
+        raise PartnerMismatchError(
+            "analyze_crosscoder: this crosscoder reads activations scaled by per-snapshot factors its source did not "
+            "save, and none were measured; measure them on a store of its models first: "
+            "crosslens.pretrained.measure_norm_factors(crosscoder, store) (for its run folder, crosslens pretrained "
+            "run RELEASE --out RUN --store STORE --overwrite)"
+        )
