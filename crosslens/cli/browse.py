@@ -56,8 +56,8 @@ def browse(args: argparse.Namespace) -> int:
 
 def check_suite_folder(spec: str) -> None:
     """Refuse a ``--suite`` path that holds no suite before the server starts, where reading its
-    folder is all it takes: the live models are made on first use, where a refusal no longer stops
-    the command. A hub id, pico or a list of models is checked then (a hub id needs the network)."""
+    folder is all it takes: the live models are made on first use, once the server runs, where a
+    refusal cannot stop the command. A hub id, pico or a list of models is checked then (a hub id needs the network)."""
     if is_models_spec(spec) or spec == "pico":
         return
     path = Path(spec).expanduser()
