@@ -272,6 +272,7 @@ LINEAGE_SENSITIVITY = (
     {"birth_splits": False},
     {"turns": False},
     {"turn_at_once": False},
+    {"leave_for_good": False},
     {"own_share": 0.3},
     {"own_share": 0.7},
     {"held_by_activations": False},

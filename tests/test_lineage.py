@@ -624,3 +624,25 @@ def test_the_activation_share_is_the_activation_amplitude_over_the_error_amplitu
         n_tokens=1,
     )
     assert scaling.activation_share.tolist() == [[1.0, pytest.approx(1 / 3), pytest.approx(-0.25), math.inf]]
+
+
+def test_a_latent_that_dips_off_the_shared_row_for_one_snapshot_keeps_it():
+    """Of two latents on one row, one turns away for good while the other dips under the hold line
+    for one snapshot and comes back: only the first left, so the pair made no split (TopK reusing a
+    duplicate for a feature born there). Where the second stays off, or without ``leave_for_good``,
+    both left: a split."""
+    gen = torch.Generator().manual_seed(4)
+    u = torch.linalg.qr(torch.randn(D, 8, generator=gen))[0].T
+    W = torch.zeros(2, S, D)
+    W[0] = W[1] = u[0]
+    W[1, 3:] = _turned(u[0], u[1], 0.3)  # turns away for good at 3
+    W[0, 3] = _turned(u[0], u[2], 0.8)  # under the hold line (0.87) at 3 alone
+    dipped = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
+    assert lineage_of(dipped).events == []
+    assert [(e.kind, e.snapshot) for e in lineage_of(dipped, LineageConfig(leave_for_good=False)).events] == [
+        ("split", 3)
+    ]
+    W[0, 3:] = _turned(u[0], u[2], 0.8)  # stays off
+    assert [(e.kind, e.snapshot) for e in lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events] == [
+        ("split", 3)
+    ]

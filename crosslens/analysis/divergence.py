@@ -95,7 +95,8 @@ def _left(
     under the hold line from it and from the row beside it on the ``from_P`` side. Time runs from
     ``from_P`` to ``to_P``: forward for a split (from the pair's together row to its first snapshot
     apart), backward for a merge. Without ``turn_at_once``, any present row of those under the hold
-    line from the row at ``from_P`` counts, the one-step condition aside."""
+    line from the row at ``from_P`` counts, the one-step condition aside. With ``leave_for_good``, no
+    present row of those after the first under the hold line is back over it."""
     S = unit_FSD.shape[1]
     step_P1 = torch.where(to_P >= from_P, 1, -1)[:, None]
     at_PK = to_P[:, None] + step_P1 * torch.arange(config.min_snapshots)
@@ -104,9 +105,14 @@ def _left(
     x_P1 = x_P[:, None]
     rows_PKD = unit_FSD[x_P1, at_PK]
     from_start_PK = (unit_FSD[x_P, from_P.clamp(0, S - 1)][:, None] * rows_PKD).sum(-1)
-    away_PK = inside_PK & present_FS[x_P1, at_PK] & (from_start_PK < config.hold_cosine)
+    present_PK = inside_PK & present_FS[x_P1, at_PK]
+    away_PK = present_PK & (from_start_PK < config.hold_cosine)
+    # a latent back at the hold line after it was first under it within those snapshots dipped off
+    # the row for a snapshot and kept it
+    back_PK = (away_PK.cumsum(1) > 0) & present_PK & ~away_PK
+    stays_P = ~back_PK.any(1) if config.leave_for_good else torch.ones_like(x_P, dtype=torch.bool)
     if not config.turn_at_once:
-        return away_PK.any(1)
+        return away_PK.any(1) & stays_P
     from_before_PK = (unit_FSD[x_P1, before_PK] * rows_PKD).sum(-1)
     in_one_step_P = (away_PK & present_FS[x_P1, before_PK] & (from_before_PK < config.hold_cosine)).any(1)
     # a latent that got under the hold line from the shared row only by drifting a little at every
@@ -115,7 +121,7 @@ def _left(
     lo_P, hi_P = torch.minimum(from_P, to_P).clamp(0, S - 1), torch.maximum(from_P, to_P).clamp(0, S - 1)
     idx_1S = torch.arange(S)[None, :]
     turned_P = (turned_FS[x_P] & (idx_1S > lo_P[:, None]) & (idx_1S <= hi_P[:, None])).any(1)
-    return (away_PK[:, 0] & turned_P) | in_one_step_P
+    return ((away_PK[:, 0] & turned_P) | in_one_step_P) & stays_P
 
 
 def birth_splits(

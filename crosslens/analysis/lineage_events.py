@@ -158,6 +158,14 @@ class LineageConfig:
     planted event found keeps being found, and false events on the families without events go;
     False reads a turn anywhere in the ``min_snapshots`` after the event (benchmarks/README.md,
     "Is an emergence real?")."""
+    leave_for_good: bool = True
+    """A latent leaves the row a split's (a merge's) pair shares only where, among the
+    ``min_snapshots`` after the split (before the merge), none of its present rows after the first
+    under the hold line from that row is back over it: a latent back at the line within them dipped
+    off the row for a snapshot and kept it, and only its partner left (TopK reusing a duplicate for a feature born there while the other dips with
+    it). On the planted grid every planted split found is kept and two false events go
+    (benchmarks/README.md, "Is an emergence real?"); False reads one row of those under the line as
+    leaving."""
     held_by_activations: bool = True
     """Where latent scaling has read activations (:func:`lineage_of` given its presence), keep an
     event only where the activations hold its latents on their sides of it: present by latent
