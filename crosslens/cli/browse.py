@@ -68,7 +68,12 @@ def check_suite_folder(spec: str) -> None:
     try:
         scan_local_suite(path)
     except (ValueError, FileNotFoundError) as error:  # a layout that is no suite: a CrosslensError is a ValueError
-        raise CLIError(f"--suite {spec}: {' '.join(str(error).split())}; {SUITE_FIX}") from None
+        raise CLIError(no_suite(spec, error)) from None
+
+
+def no_suite(spec: str, error: Exception) -> str:
+    """The one line for a ``--suite`` path whose folder holds no suite, with the fix."""
+    return f"--suite {spec}: {' '.join(str(error).split())}; {SUITE_FIX}"
 
 
 class DeferredLive:
@@ -135,7 +140,7 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
         except CLIError as error:  # its line names the flag
             raise LiveUnavailableError(f"{' '.join(str(error).split())}; {SUITE_FIX}") from None
         except (ValueError, FileNotFoundError) as error:  # a folder that is no suite (a CrosslensError is a ValueError)
-            raise LiveUnavailableError(f"--suite {args.suite}: {' '.join(str(error).split())}; {SUITE_FIX}") from None
+            raise LiveUnavailableError(no_suite(args.suite, error)) from None
         except OSError as error:  # a file that could not be read this time: the flag is not at fault
             raise LiveUnavailableError(
                 f"--suite {args.suite} could not be read ({' '.join(str(error).split())}); {RETRY}"
