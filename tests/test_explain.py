@@ -159,6 +159,39 @@ def test_explanation_ids_of_one_feature_stay_within_its_stride_and_more_snapshot
     )
 
 
+def test_a_run_refused_at_the_snapshot_limit_leaves_no_connection_open(run, stub, monkeypatch):
+    """A run of more snapshots than explanation ids can number was refused with the read-only
+    connection to its feature database left open (until the garbage collector found it)."""
+    import sqlite3
+
+    import crosslens.explain.store as store
+
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recording(*args, **kwargs):
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(store, "MAX_SNAPSHOTS", N_SNAPSHOTS - 1)
+    monkeypatch.setattr(sqlite3, "connect", recording)
+    for attempt in (
+        lambda: explain_run(run, config(stub)),
+        lambda: dry_run(run, config()),
+        lambda: Explainer(run, config()),
+    ):
+        opened.clear()
+        with pytest.raises(
+            ExplainError, match=f"^this run has {N_SNAPSHOTS} snapshots; .* at most {N_SNAPSHOTS - 1} snapshots$"
+        ):
+            attempt()
+        assert len(opened) == 2  # the database's checks, then the run's own reading of it
+        for connection in opened:
+            with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+                connection.execute("SELECT 1")
+    assert not (run / EXPLANATIONS_NAME).exists()
+
+
 def test_held_out_contexts_are_verified_and_split_from_the_shown_ones(run):
     from crosslens.dashboards.record import open_database
 

@@ -127,6 +127,15 @@ class Explainer:
         # read from the thread that sends the requests, which may not be this one (run_async)
         uri = f"{(self.run_dir / DATABASE_NAME).resolve().as_uri()}?mode=ro"
         self.database = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        try:
+            self._read(record)
+        except BaseException:  # a refused run (too many snapshots) leaves no connection open behind it
+            self.database.close()
+            raise
+
+    def _read(self, record: dict[str, Any]) -> None:
+        """What the run reads from its feature database and sealed ``record``, once."""
+        config = self.config
         self.contexts = FeatureContexts(self.database)
         self.n_features = self.database.execute("SELECT count(*) FROM features").fetchone()[0]
         budget = self._meta("budget") or {}
