@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from explain_fixtures import CAT, DEAD, DRIFTER, N_SNAPSHOTS, write_planted_database
+from explain_fixtures import CAT, DEAD, DRIFTER, N_SNAPSHOTS, rows, write_planted_database
 from test_browser import driver, get, listed, open_page, screenshot, server, serving, shown_features, wait_for  # noqa: F401 (fixtures on run_dir)
 
 from crosslens.browser.database import Database
@@ -119,6 +119,44 @@ def test_a_running_browser_searches_the_explanations_an_overwrite_wrote(tmp_path
                 assert stored == [(4,)]
         finally:
             browser.close()
+
+
+def stored(run: Path) -> tuple[int, int]:
+    """(features, explanations) the run's explanations file holds."""
+    return rows(run, "SELECT count(DISTINCT feature), count(*) FROM explanations")[0]
+
+
+def test_a_running_browser_counts_the_explanations_written_since_it_started(tmp_path):
+    """browse read the explanations' counts once, at start: what an explain run wrote while it
+    served was not counted, searched or shown until it was started again."""
+    from crosslens.explain.run import Explainer
+    from crosslens.explain.store import ExplanationStore
+
+    run = write_planted_database(tmp_path / "run").parent
+    with StubEndpoint(model="stub") as stub, serving(run) as server:
+        settings = dict(endpoint=stub.url, model="stub", progress=False)
+        assert get(server, "/api/run")[1]["explained"] is None
+        assert get(server, "/api/features?meaning=cat")[0] == 400
+        explain_run(run, ExplainConfig(features=str(CAT), **settings))  # the run's first explanations
+        first = get(server, "/api/run")[1]["explained"]
+        assert first["problem"] is None and (first["features"], first["explanations"]) == stored(run) == (1, 4)
+        assert ids(listed(server, meaning="cat")) == [CAT]
+        assert get(server, f"/api/feature/{CAT}/explanations")[1]["available"]
+        explain_run(run, ExplainConfig(features="4", **settings))  # feature 4 reads " lamp"
+        second = get(server, "/api/run")[1]["explained"]
+        assert (second["features"], second["explanations"]) == stored(run) == (2, 8)
+        assert ids(listed(server, meaning="lamp")) == [4]
+        explainer = Explainer(run, ExplainConfig(progress=False))
+        store = ExplanationStore(run, explainer.binding)
+        explainer.close()
+        try:  # a run still writing: its committed answers are in the WAL, not yet in the file
+            store.add_explanation(5, -1, "crosslens", 'the text "sun"', model="stub", prompt="crosslens-explain/1")
+            store.commit()
+            third = get(server, "/api/run")[1]["explained"]
+            assert (third["features"], third["explanations"]) == stored(run) == (3, 9)
+            assert ids(listed(server, meaning="sun")) == [5]
+        finally:
+            store.close()
 
 
 def test_a_search_by_meaning_in_chromium_opens_its_result(driver, server):  # noqa: F811

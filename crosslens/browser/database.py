@@ -1,5 +1,6 @@
 """The feature database, opened read-only for the browser: a small pool of connections shared by
-the server's threads, and the run's facts every page needs (read once, at start).
+the server's threads, and the run's facts every page needs (read once, at start; the counts of its
+explanations, as their file changes).
 
 :func:`open_database` is the one place that finds and opens the file; the layout itself is
 :mod:`crosslens.dashboards.schema`.
@@ -11,6 +12,7 @@ import json
 import queue
 import sqlite3
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from crosslens.core.errors import CrosslensError
 from crosslens.core.hashing import remembered_file_sha256
 from crosslens.dashboards import schema
 from crosslens.dashboards.config import DashboardsError
-from crosslens.dashboards.explanation_schema import explanations_path
+from crosslens.dashboards.explanation_schema import ALIAS, explanations_path
 from crosslens.dashboards.record import crosscoder_folder_problem, database_problem, read_record
 
 FEATURE_CLASSES = ("initialization", "persistent", "transient", "dead")
@@ -220,24 +222,45 @@ def read_run_facts(connection: sqlite3.Connection, path: Path, verified: bool = 
 
 class Database:
     """The feature database for a threaded server: read-only connections handed out one per
-    request (SQLite connections are not shared between threads at once), opened as needed."""
+    request (SQLite connections are not shared between threads at once), opened as needed.
+
+    The explanations beside it follow their file: :meth:`follow_explanations` reads their counts
+    again where the file (or its WAL) changed, so a ``crosslens explain`` run that writes while the
+    server runs is shown without a restart; each connection is attached to the file as it is when
+    handed out."""
 
     def __init__(self, run_dir: str | Path, database: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir)
         first = open_database(run_dir, database)
         self.path = database_path(run_dir, database)
         self.facts = read_run_facts(first, self.path, verified=database is None)
-        # -- explanations (crosslens explain): attached to every connection where they belong here
-        beside = explanations_path(self.path).is_file()
         sealed = database is None and self.run_dir.is_dir()
-        sha = read_record(self.run_dir).get("database_sha256") if sealed else None
-        self.facts.explained = find_explanations(
-            self.path, sha or (remembered_file_sha256(self.path) if beside else None)
-        )
-        attach_explanations(first, self.facts.explained)
-        # --
+        self._sha: str | None = read_record(self.run_dir).get("database_sha256") if sealed else None
+        self._follow = threading.Lock()
+        self._stamp: tuple | None = ()
+        self._attach: tuple | None = None  # the file the connections should have attached (None: none)
+        self._attached: dict[sqlite3.Connection, tuple | None] = {first: None}
+        self.follow_explanations()
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._idle.put(first)
+
+    def follow_explanations(self) -> dict[str, Any] | None:
+        """The run's explanations as their file is now (``facts.explained``), read again only where
+        the file changed since last asked: a stat of it and its WAL when it did not."""
+        path = explanations_path(self.path)
+        stamp = _file_stamp(path)
+        if stamp == self._stamp:
+            return self.facts.explained
+        with self._follow:
+            if stamp != self._stamp:
+                if stamp is not None and self._sha is None:  # the file checks which database it belongs to
+                    self._sha = remembered_file_sha256(self.path)
+                found = find_explanations(self.path, self._sha)
+                shown = found is not None and not found.get("problem")
+                self._attach = (str(path), *stamp[0][2:]) if shown and stamp is not None else None
+                self.facts.explained = found
+                self._stamp = stamp
+        return self.facts.explained
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
@@ -245,11 +268,23 @@ class Database:
             connection = self._idle.get_nowait()
         except queue.Empty:
             connection = _connect(self.path)
-            attach_explanations(connection, self.facts.explained)
         try:
+            self._attached_as_now(connection)
             yield connection
         finally:
             self._idle.put(connection)
+
+    def _attached_as_now(self, connection: sqlite3.Connection) -> None:
+        """Attach ``connection`` to the explanations file shown now (a new file, by its inode, again)."""
+        wanted = self._attach
+        if self._attached.get(connection) == wanted:
+            return
+        if self._attached.get(connection) is not None:
+            connection.execute(f"DETACH DATABASE {ALIAS}")
+        self._attached[connection] = None
+        if wanted is not None:
+            attach_explanations(connection, self.facts.explained)
+            self._attached[connection] = wanted
 
     def close(self) -> None:
         while True:
@@ -257,3 +292,17 @@ class Database:
                 self._idle.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _file_stamp(path: Path) -> tuple | None:
+    """(size, modification time, device, inode) of the SQLite file at ``path`` and of its WAL, which
+    a writer in WAL mode grows before the file itself; None where there is no file."""
+    stamps = []
+    for each in (path, path.with_name(path.name + "-wal")):
+        try:
+            stat = each.stat()
+        except FileNotFoundError:
+            stamps.append(None)
+            continue
+        stamps.append((stat.st_size, stat.st_mtime_ns, stat.st_dev, stat.st_ino))
+    return None if stamps[0] is None else tuple(stamps)

@@ -1,6 +1,7 @@
 """The run's explanations in the browser (``RUN/explanations.sqlite``, from ``crosslens explain``):
 found beside the feature database and attached to every connection, searched by meaning from the
-feature list, and shown per phase on a feature's page.
+feature list, and shown per phase on a feature's page; their counts follow the file as a run
+writes it (:meth:`crosslens.browser.database.Database.follow_explanations`).
 
 The file is attached only where it was made from this very feature database
 (:func:`crosslens.dashboards.explanation_schema.binding_problem`); one made from another is left
@@ -107,7 +108,7 @@ def parse_explained(params: Mapping[str, str], found: dict[str, Any] | None) -> 
     if not found or found.get("problem"):
         if meaning or drifted or raw:
             raise ExplainedQueryError(
-                "this run has no explanations to search: run `crosslens explain RUN`, then start `crosslens browse` again."
+                "this run has no explanations to search: run `crosslens explain RUN` (they are searched as it writes them)."
             )
         return None
     try:
@@ -205,7 +206,7 @@ def sort_column(sort: str, query: ExplainedQuery | None) -> str | None:
         return None
     if query is None:
         raise ExplainedQueryError(
-            f"sort={sort}: this run has no explanations: run `crosslens explain RUN`, then start `crosslens browse` again."
+            f"sort={sort}: this run has no explanations: run `crosslens explain RUN` (they are sorted as it writes them)."
         )
     if sort == "match" and not query.meaning:
         raise ExplainedQueryError("sort=match ranks a search: add meaning=WORDS.")

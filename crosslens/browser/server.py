@@ -202,6 +202,8 @@ class BrowserHandler(BaseHTTPRequestHandler):
             match = pattern.fullmatch(url.path)
             if match:
                 try:
+                    if url.path.startswith("/api/"):  # a crosslens explain run may be writing the explanations
+                        self.server.database.follow_explanations()
                     return getattr(self, name)(*match.groups())
                 except (QueryError, ExplainedQueryError, NoSuchFeature) as error:
                     status = HTTPStatus.NOT_FOUND if isinstance(error, LookupError) else HTTPStatus.BAD_REQUEST
