@@ -451,6 +451,46 @@ def test_a_suite_folder_that_holds_no_suite_makes_the_live_api_answer_503_in_one
             server.server_close()
 
 
+def test_an_olmo_suite_of_two_ingredients_makes_the_live_api_answer_503_in_one_line(run, tmp_path, capsys):
+    """``browse --suite`` naming an OLMo repo whose cache holds two stage-2 ingredients raised
+    SystemExit in the warm-up thread (the command line's exit, printed there) and every live
+    request died with it, unanswered: the refusal is the panels' one line, naming @ingredientK."""
+    from hf_cache import make_word_tokenizer, offline_hf_home_at, tiny_olmo2, write_fake_hub_repo
+
+    from crosslens.browser.server import _warm_up
+    from crosslens.checkpoints.hub import remember_stage_ends
+    from crosslens.cli import build_parser
+    from crosslens.cli.browse import DeferredLive
+    from crosslens.live.config import LiveConfig
+
+    repo = "allenai/OLMo-2-0425-1B"
+    revisions = (
+        "stage1-step1000-tokens3B",
+        "stage2-ingredient1-step1000-tokens3B",
+        "stage2-ingredient2-step1000-tokens3B",
+    )
+    write_fake_hub_repo(tmp_path, repo, {r: tiny_olmo2(seed=i) for i, r in enumerate(revisions)}, make_word_tokenizer())
+    remember_stage_ends(repo, revisions)
+    with offline_hf_home_at(tmp_path):
+        args = build_parser().parse_args(["browse", str(run), "--suite", repo, "--device", "cpu"])
+        server = serve(run, DeferredLive(args, LiveConfig()))
+        try:
+            capsys.readouterr()
+            _warm_up(server.live)  # the thread's function, here: a SystemExit escaped it
+            out, err = capsys.readouterr()
+            assert out.startswith(f"live panels unavailable (the stored pages work): {repo}: the suite mixes stage-2 ")
+            assert f"(CLI: --suite {repo}@ingredient1); {SUITE_FIX}\n" in out and len(out.splitlines()) == 1, out
+            assert err == ""
+            status, payload = get(server, f"/api/live/text?{query(text=TEXT)}")
+            assert status == 503 and payload["error"] == out.split(": ", 1)[1].strip(), payload
+            state = get(server, "/api/live/status")[1]
+            assert (state["state"], state["problem"]) == ("unavailable", payload["error"])
+            assert get(server, "/api/feature/3")[0] == 200  # the stored pages work
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
 def test_browse_refuses_a_suite_path_that_holds_no_suite_before_it_serves(run, tmp_path, capsys, monkeypatch):
     """``browse --suite STORE`` started the server and failed in the warm-up thread: a path is read
     without torch, so the command refuses it in one line, exit status 2, before it serves."""

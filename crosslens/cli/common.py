@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from pathlib import Path
 
 import crosslens.core.launch as launch
@@ -155,8 +154,7 @@ def resolve_suite(
             try:
                 suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
             except MixedIngredientsError as error:  # its message names the --suite NAME@ingredientK to pass
-                print(f"crosslens: {error}", file=sys.stderr)
-                raise SystemExit(2) from None
+                raise CLIError(str(error)) from None
         elif "bloom" in lowered:
             suite = CheckpointSuite.bloom(spec)
         else:
