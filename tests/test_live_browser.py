@@ -517,6 +517,35 @@ def test_browse_refuses_a_suite_path_that_holds_no_suite_before_it_serves(run, t
     assert served == [str(run), str(run)]
 
 
+def test_browse_refuses_a_suite_folder_without_the_crosscoders_steps_before_it_serves(
+    run, tmp_path, capsys, monkeypatch
+):
+    """``browse --suite FOLDER`` whose suite lacks a step the crosscoder was trained on started the
+    server, and only the live panels refused it (503): the folder's steps are read without torch,
+    so the command refuses it in one line, exit status 2, before it serves."""
+    import crosslens.browser
+    from crosslens.cli import main
+
+    served: list[str] = []
+    monkeypatch.setattr(crosslens.browser, "browse", lambda run_dir, **settings: served.append(str(run_dir)))
+    other = tmp_path / "other"  # the tiny suite without its step10
+    other.mkdir()
+    for step in ("step0", "step20"):
+        (other / step).symlink_to(run.parent / "suite" / step)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["browse", str(run), "--suite", str(other), "--port", "0"])
+    assert exit_info.value.code == 2 and served == []
+    assert capsys.readouterr().err == (
+        f"crosslens browse: error: --suite {other}: the suite has no step10, which the crosscoder was trained on "
+        "(it lacks 1 of the crosscoder's 3 steps; its 2 snapshots are at steps 0 to 20); "
+        f"`crosslens suite list {other}` lists them; {SUITE_FIX}\n"
+    )
+    main(["browse", str(run), "--suite", str(other), "--no-live"])  # no live models: it is not read
+    main(["browse", str(run), "--suite", str(run.parent / "suite"), "--port", "0"])  # every step of the crosscoder
+    assert served == [str(run), str(run)]
+
+
 def test_a_suite_flag_refusal_names_the_flag_once_and_the_steps_as_the_crosscoders(run, tmp_path):
     """``browse --suite`` refusals said the flag twice (``--suite X: --suite X: ...``) and refused the
     crosscoder's steps as ``--steps``, a flag browse has not."""

@@ -20,6 +20,7 @@ from crosslens.cli.common import CLIError, missing_path_error, resolve_suite
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.options import DeviceFlags
 from crosslens.core.errors import LiveUnavailableError
+from crosslens.core.metadata import saved_metadata
 from crosslens.core.model_specs import is_models_spec
 from crosslens.core.paths import FINAL_DIRNAME, looks_like_path
 from crosslens.live.config import RETRY, LiveConfig, limits
@@ -42,7 +43,7 @@ def browse(args: argparse.Namespace) -> int:
     config = build(BrowseConfig, explicit(args, BrowseConfig))
     live_config = build(LiveConfig, explicit(args, LiveConfig))
     if live_config.live and args.suite:
-        check_suite_folder(args.suite)
+        check_suite_folder(args.suite, recorded_steps(args.run_dir))
     serve(
         args.run_dir,
         port=config.port,
@@ -54,10 +55,20 @@ def browse(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_suite_folder(spec: str) -> None:
-    """Refuse a ``--suite`` path that holds no suite before the server starts, where reading its
-    folder is all it takes: the live models are made on first use, once the server runs, where a
-    refusal cannot stop the command. A hub id, pico or a list of models is checked then (a hub id needs the network)."""
+def recorded_steps(run_dir: str) -> list[int] | None:
+    """The steps of the snapshots RUN's crosscoder was trained on, as its cfg.json records them
+    (read without torch or its weights); None where it records none."""
+    suite = saved_metadata(Path(run_dir) / FINAL_DIRNAME).get("suite")
+    snapshots = suite.get("snapshots") if isinstance(suite, dict) else None
+    return [int(entry["step"]) for entry in snapshots or []] or None
+
+
+def check_suite_folder(spec: str, steps: list[int] | None) -> None:
+    """Refuse a ``--suite`` path that holds no suite, or not the crosscoder's ``steps``, before the
+    server starts, where reading its folder is all it takes: the live models are made on first use,
+    once the server runs, where a refusal cannot stop the command. A hub id, pico or a list of
+    models is checked then: which steps a hub id's revisions are is its family's suite builder's to
+    say, which imports torch and TransformerLens (seconds) and, online, lists the hub."""
     if is_models_spec(spec) or spec == "pico":
         return
     path = Path(spec).expanduser()
@@ -66,9 +77,17 @@ def check_suite_folder(spec: str) -> None:
             raise missing_path_error(spec)
         return
     try:
-        scan_local_suite(path)
+        layout = scan_local_suite(path)
     except (ValueError, FileNotFoundError) as error:  # a layout that is no suite: a CrosslensError is a ValueError
         raise CLIError(no_suite(spec, error)) from None
+    held = sorted(ref.step for ref in layout.snapshots)
+    missing = [step for step in steps or () if step not in held]
+    if missing:
+        raise CLIError(
+            f"--suite {spec}: the suite has no step{missing[0]}, which the crosscoder was trained on (it lacks "
+            f"{len(missing)} of the crosscoder's {len(steps or ())} steps; its {len(held)} snapshots are at steps "
+            f"{held[0]} to {held[-1]}); `crosslens suite list {spec}` lists them; {SUITE_FIX}"
+        )
 
 
 def no_suite(spec: str, error: Exception) -> str:
@@ -129,14 +148,11 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
     """The live models of ``args.run_dir`` on ``--device`` in ``--dtype`` (unresolved here: :class:`LiveModels`
     resolves both as from Python), from ``--suite`` where given."""
     from crosslens.live import LiveAnswers, LiveModels
-    from crosslens.training.runfolder import crosscoder_suite_record
 
     suite = None
     if args.suite:
-        record = crosscoder_suite_record(f"{args.run_dir}/{FINAL_DIRNAME}")
-        steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
         try:
-            suite = resolve_suite(args.suite, steps, steps_from="the crosscoder was trained on")
+            suite = resolve_suite(args.suite, recorded_steps(args.run_dir), steps_from="the crosscoder was trained on")
         except CLIError as error:  # its line names the flag
             raise LiveUnavailableError(f"{' '.join(str(error).split())}; {SUITE_FIX}") from None
         except (ValueError, FileNotFoundError) as error:  # a folder that is no suite (a CrosslensError is a ValueError)
