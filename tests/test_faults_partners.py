@@ -382,6 +382,40 @@ def test_attribute_on_a_suite_without_the_crosscoders_steps_names_the_suite_not_
     assert err.endswith("; pass the suite it was trained on")
 
 
+def test_a_suite_without_the_recorded_steps_is_refused_by_evaluate_and_dashboards_in_their_own_flags(
+    world, tmp_path, capsys
+):
+    """``evaluate --spliced-loss`` (no --suite, no --steps) and ``dashboards --stream`` without --steps
+    refused the steps a store or crosscoder records as ``--steps: ...``, a flag never given."""
+    suite = tmp_path / "suite"
+    shutil.copytree(world["suite"], suite)
+    store = harvest(suite, tmp_path / "store").path
+    train(store, tmp_path / "run", n_steps=10, checkpoint_every=0)
+    other = tmp_path / "other"  # the suite without its step10
+    other.mkdir()
+    for step in ("step0", "step20"):
+        (other / step).symlink_to(suite / step)
+    err = refusal(["dashboards", str(tmp_path / "run"), "--stream", "--suite", str(other), "--device", "cpu"], capsys)
+    assert err == (
+        f"crosslens dashboards: error: --suite {other}: the suite has no step10, which the crosscoder was trained "
+        f"on; nearest: step0, step20; `crosslens suite list {other}` lists them"
+    )
+    shutil.move(suite / "step10", tmp_path / "step10")  # the recorded suite loses a snapshot
+    err = refusal(["dashboards", str(tmp_path / "run"), "--stream", "--device", "cpu"], capsys)
+    assert err == (
+        f"crosslens dashboards: error: the suite the crosscoder records, {suite}, has no step10, which the "
+        f"crosscoder was trained on; nearest: step0, step20; `crosslens suite list {suite}` lists them"
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # the quality table prints before the spliced loss is refused
+        main(["evaluate", str(tmp_path / "run"), "--store", str(store), "--spliced-loss", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err == (
+        f"crosslens evaluate: error: --store {store}: the suite it was harvested from, {suite}, has no step10, "
+        f"which the store holds; nearest: step0, step20; `crosslens suite list {suite}` lists them"
+    )
+
+
 def test_run_json_store_is_absolute_and_checked_by_seal(world, tmp_path, monkeypatch, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()

@@ -120,10 +120,12 @@ def resolve_suite(
     flag: str = "--suite",
     processing: dict | None = None,
     steps_from: str | None = None,
+    named: str | None = None,
 ):
     """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots. A list of
     models (``A,B``) is a diffing suite, loaded with ``processing`` where a record gives one.
-    ``steps_from`` says whose ``steps`` are, where no ``--steps`` gave them (:func:`select_snapshots`)."""
+    ``steps_from`` says whose ``steps`` are, where no ``--steps`` gave them, and ``named`` how that
+    refusal names the suite (:func:`select_snapshots`)."""
     from crosslens.checkpoints import CheckpointSuite, MixedIngredientsError
     from crosslens.checkpoints.models import chosen_processing
     from crosslens.pico.build import pico_suite
@@ -135,7 +137,7 @@ def resolve_suite(
     elif spec == "pico":
         listed, built = pico_listing()
         if not built:  # a bad --steps/--n-snapshots is refused before the build, not after it
-            select_snapshots(listed, steps, n_snapshots, given, steps_from=steps_from)
+            select_snapshots(listed, steps, n_snapshots, given, steps_from=steps_from, named=named)
         suite = pico_suite()
     elif Path(spec).expanduser().exists():
         suite = CheckpointSuite.local(Path(spec).expanduser())
@@ -162,7 +164,7 @@ def resolve_suite(
                 f"{flag} {spec}: no such local folder, and cannot tell which family {spec!r} is; pass 'pico', "
                 "a local folder of checkpoints, or a hub id naming pythia, OLMo or bloom"
             )
-    return select_snapshots(suite, steps, n_snapshots, given, steps_from=steps_from)
+    return select_snapshots(suite, steps, n_snapshots, given, steps_from=steps_from, named=named)
 
 
 def selected_suite(args: argparse.Namespace, recipe: Recipe | None, processing: dict | None = None):
@@ -229,13 +231,17 @@ def select_snapshots(
     spec: str,
     recipe: str | None = None,
     steps_from: str | None = None,
+    named: str | None = None,
 ):
     """``suite`` narrowed to ``--steps``, then to ``--n-snapshots`` log-spaced ones. A step the
     suite does not list, or more snapshots than it holds, is refused, naming the suite: ``spec``
     (what ``--suite`` said, whose `crosslens suite list` shows the snapshots; a suite of models
     names its models' steps itself), or the ``recipe`` whose steps the suite is. Steps that no
     ``--steps`` gave but a record, ``steps_from`` (e.g. "the crosscoder was trained on"), are the
-    suite's to hold: a step it lacks is refused as ``--suite``'s, for a command that may have no ``--steps``."""
+    suite's to hold: a step it lacks is refused as the suite's, for a command that may have no
+    ``--steps``, the suite named as ``named`` says (default ``--suite SPEC: the suite``; a command
+    without ``--suite`` names where the suite came from, e.g. ``--store S: the suite it was
+    harvested from, SPEC,``)."""
     name = f"recipe {recipe}" if recipe else spec
     listing = "" if recipe else f"; `crosslens suite list {spec}` lists them"
     models = is_models_spec(spec)
@@ -247,9 +253,8 @@ def select_snapshots(
         except UnknownRevisionError as error:
             nearest = f"; nearest: {', '.join(error.nearest)}" if error.nearest and not models else ""
             if steps_from is not None:
-                raise CLIError(
-                    f"--suite {spec}: the suite has no {error.requested}, which {steps_from}{nearest}{listing}"
-                ) from None
+                named = named or f"--suite {spec}: the suite"
+                raise CLIError(f"{named} has no {error.requested}, which {steps_from}{nearest}{listing}") from None
             raise CLIError(
                 f"--steps: {error.requested} is not among the {len(suite)} snapshots of {name}{nearest}{listing}"
             ) from None

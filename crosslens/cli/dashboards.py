@@ -73,10 +73,19 @@ def _stream_source(args: argparse.Namespace, run: Path):
 
     record = crosscoder_suite_record(crosscoder_folder(run))  # the run's final/ holds the crosscoder
     spec = args.suite or record.get("root") or record.get("model_id") or DEFAULT_SUITE
-    steps = args.steps
-    if steps is None and args.n_snapshots is None:
+    steps, recorded = args.steps, args.steps is None and args.n_snapshots is None
+    if recorded:  # the crosscoder's steps, which the suite is refused for lacking, as no --steps gave them
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
-    suite = resolve_suite(spec, steps, args.n_snapshots, processing=None if args.suite else record.get("processing"))
+    flag = "--models" if getattr(args, "models", None) is not None else "--suite"
+    named = f"{flag} {args.suite}: the suite" if args.suite else f"the suite the crosscoder records, {spec},"
+    suite = resolve_suite(
+        spec,
+        steps,
+        args.n_snapshots,
+        processing=None if args.suite else record.get("processing"),
+        steps_from="the crosscoder was trained on" if recorded else None,
+        named=named,
+    )
     check_suite_processing(args, record, suite, run)
     tokens, budget = tokens_of(args, None)
     train_NL, _ = token_tables(tokens, budget, suite.tokenizer())

@@ -142,7 +142,15 @@ def store_suite(store: Any, device: str, dtype: str | None, flag: str = "--store
     if not spec:
         raise CLIError(f"{flag} {store.path}: its manifest records no suite, so the snapshot models cannot be loaded")
     steps = [int(s["step"]) for s in store.snapshots]
-    return on_device(resolve_suite(spec, steps, None, processing=record.get("processing")), device, dtype or "float32")
+    suite = resolve_suite(
+        spec,
+        steps,
+        None,
+        processing=record.get("processing"),
+        steps_from="the store holds",
+        named=f"{flag} {store.path}: the suite it was harvested from, {spec},",
+    )
+    return on_device(suite, device, dtype or "float32")
 
 
 def measure_spliced(
