@@ -89,10 +89,27 @@ def test_the_library_refuses_a_file_for_its_store_before_any_model_loads(suite, 
         out_dir=str(a_file), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(64, 16)
     )
     with pytest.raises(
-        CrosslensError, match=rf"^--out {a_file} is a file, not a folder; pass a folder path for the store$"
+        CrosslensError,
+        match=rf"^out_dir \(`--out`\) {a_file} is a file, not a folder; pass a folder path for the store$",
     ):
         harvest_stores(config, CheckpointSuite.local(suite))
     assert a_file.read_text() == "x"
+
+
+def test_the_library_refuses_a_run_folder_for_its_store_naming_its_keyword(suite, text, tmp_path):
+    """``harvest_stores``'s refusals of its ``out_dir`` named only the command's ``--out``."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    config = HarvestConfig(
+        out_dir=str(run), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(64, 16)
+    )
+    with pytest.raises(CrosslensError) as refused:
+        harvest_stores(config, CheckpointSuite.local(suite))
+    assert str(refused.value) == (
+        f"out_dir (`--out`) {run} is a training run's folder (it holds run.json); harvest into another folder"
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
 
 
 def test_a_library_harvest_that_does_not_fit_names_the_keywords_that_fix_it(suite, text, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from crosslens.activations.budget import TokenBudget, check_harvest_fits
+from crosslens.activations.budget import OUT_DIR, TokenBudget, check_harvest_fits
 from crosslens.activations.config import HarvestConfig
 from crosslens.activations.harvest import harvest_store
 from crosslens.activations.harvest_inputs import HarvestInputs
@@ -40,10 +40,10 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
     ``config.overwrite``."""
     out = config.out_dir
     if Path(out).exists() and not Path(out).is_dir():
-        raise CrosslensError(f"--out {out} is a file, not a folder; pass a folder path for the store")
+        raise CrosslensError(f"{OUT_DIR} {out} is a file, not a folder; pass a folder path for the store")
     if (Path(out) / RUN_CONFIG_NAME).is_file():  # overwrite replaces a store, never a run's files
         raise CrosslensError(
-            f"--out {out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder"
+            f"{OUT_DIR} {out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder"
         )
     check_processing(config, suite)
     budget, store_dtype = config.budget, config.store_dtype or config.model_dtype
