@@ -237,6 +237,7 @@ def test_a_crosscoder_trained_on_a_store_records_where_its_tokens_came_from(suit
 
     from trust_fixtures import harvest, train
 
+    from crosslens.activations.tokens import tokens_sha256
     from crosslens.training.runner import training_data_metadata
 
     config = HarvestConfig(
@@ -248,7 +249,26 @@ def test_a_crosscoder_trained_on_a_store_records_where_its_tokens_came_from(suit
     assert metadata["dataset_path"] == str(text.resolve())  # one string, as SAELens defines it
     assert store.token_source == {"kind": "text", "source": [str(text.resolve())]}
     unrecorded = harvest(suite, tmp_path / "python")  # harvest_activations is given a token table, not its source
-    assert unrecorded.token_source is None and training_data_metadata(unrecorded)["dataset_path"] is None
+    table = {"kind": "token_table", "token_ids_sha256": tokens_sha256(unrecorded.sequences)}
+    assert unrecorded.token_source == table and training_data_metadata(unrecorded)["dataset_path"] is None
+
+
+def test_harvest_activations_records_the_tokens_it_was_given_or_the_source_its_caller_names(suite, text, tmp_path):
+    """The lower-level harvest recorded no token source: a store of it was silent about its tokens."""
+    from trust_fixtures import harvest, token_table
+
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.tokens import tokens_sha256
+    from crosslens.training.runner import training_data_metadata
+
+    tokens = token_table(seed=3)
+    store = harvest(suite, tmp_path / "table", tokens=tokens)
+    recorded = ActivationStore.open(store.path).token_source  # as the manifest on disk says
+    assert recorded == {"kind": "token_table", "token_ids_sha256": tokens_sha256(tokens)}
+    assert recorded["token_ids_sha256"] == store.manifest["spec"]["token_ids_sha256"]
+    named = harvest(suite, tmp_path / "named", tokens=tokens, token_source=TokenSource(text=[text]).record())
+    assert named.token_source == {"kind": "text", "source": [str(text.resolve())]}
+    assert training_data_metadata(named)["dataset_path"] == str(text.resolve())
 
 
 def test_dataset_path_is_one_string_whatever_the_token_source(tmp_path):

@@ -73,6 +73,7 @@ def harvest_activations(
     progress: bool = True,
     model_dtype: str | torch.dtype = "float32",
     distributed: bool | None = None,
+    token_source: dict | None = None,
 ) -> ActivationStore:
     """Harvest ``hooks`` for ``token_ids_NL`` at every snapshot of ``suite`` into ``out_dir``.
 
@@ -97,6 +98,10 @@ def harvest_activations(
         distributed: split the snapshots (and, with more ranks than snapshots, their shards)
             over the processes of a ``torchrun`` job, which write one store with one
             manifest (see :class:`HarvestTeam`); None does so whenever run under torchrun.
+        token_source: where the token table's text came from, as
+            :meth:`~crosslens.activations.config.TokenSource.record` gives it, recorded in the
+            store (:attr:`ActivationStore.token_source`, a crosscoder's ``dataset_path``); None
+            records the table itself: ``{"kind": "token_table", "token_ids_sha256": ...}``.
     """
     inputs = HarvestInputs.build(
         suite,
@@ -108,6 +113,7 @@ def harvest_activations(
         batch_size=batch_size,
         shard_tokens=shard_tokens,
         model_dtype=model_dtype,
+        token_source=token_source,
     )
     return harvest_store(
         inputs,

@@ -56,7 +56,8 @@ class HarvestInputs:
     """Sequences per forward pass."""
     token_source: dict | None = None
     """Where the token table's text came from (:meth:`~crosslens.activations.config.TokenSource.record`),
-    recorded in the manifest beside the spec (the token table's hash is in it); None: not known."""
+    recorded in the manifest beside the spec; :meth:`build` given none records the table itself
+    (:func:`token_table_source`), so that a store always says what its tokens are."""
 
     @classmethod
     def build(
@@ -78,7 +79,8 @@ class HarvestInputs:
         checked; the arguments are :func:`~crosslens.activations.harvest.harvest_activations`'s.
         ``identities``: the snapshots' identities where the caller has read them (a held-out split of
         the same suite: :attr:`identities` of its training rows' inputs); else they are read here.
-        ``token_source``: where the tokens came from, for the manifest (:attr:`token_source`)."""
+        ``token_source``: where the tokens came from, for the manifest (:attr:`token_source`; None:
+        the token table, by its hash)."""
         check_storage_dtype(dtype)
         hooks = as_hook_list(hooks)
         token_ids_NL = _checked_token_table(token_ids_NL, batch_size=batch_size, shard_tokens=shard_tokens)
@@ -105,7 +107,7 @@ class HarvestInputs:
             reference_tokenizer=tokenizer if per_model_tokenizer else None,
             first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer),
             batch_size=batch_size,
-            token_source=token_source,
+            token_source=token_table_source(spec) if token_source is None else token_source,
         )
 
     @property
@@ -137,6 +139,16 @@ def _checked_token_table(token_ids_NL: torch.Tensor, *, batch_size: int, shard_t
     if batch_size < 1 or shard_tokens < 1:
         raise ValueError(f"batch_size={batch_size} and shard_tokens={shard_tokens} must both be >= 1.")
     return token_ids_NL.detach().cpu().long().contiguous()
+
+
+TOKEN_TABLE_KIND = "token_table"
+"""The ``kind`` of a token source recorded as the token table a caller gave, its text's source unknown."""
+
+
+def token_table_source(spec: dict) -> dict:
+    """The token source of a table given without its text's source: its kind and its hash (the
+    spec's), which names the rows a store holds though not where their text came from."""
+    return {"kind": TOKEN_TABLE_KIND, "token_ids_sha256": spec["token_ids_sha256"]}
 
 
 def store_spec(

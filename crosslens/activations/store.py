@@ -339,8 +339,9 @@ class ActivationStore:
     @property
     def token_source(self) -> dict | None:
         """Where the tokens' text came from, as the harvest recorded it (``{"kind": "dataset",
-        "source": "NAME:COLUMN"}``, see :meth:`~crosslens.activations.config.TokenSource.record`);
-        None where it is not known."""
+        "source": "NAME:COLUMN"}``, see :meth:`~crosslens.activations.config.TokenSource.record`), or
+        the token table a caller harvested, by its hash, where its text's source was not given
+        (``{"kind": "token_table", "token_ids_sha256": ...}``); None where its manifest records none."""
         return self.manifest.get(TOKEN_SOURCE_KEY)
 
     def norm_factors(self, hook: str) -> Float[torch.Tensor, " n_snapshots"]:
