@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -552,7 +553,10 @@ def test_drift_compares_the_scores_of_one_judge(run, stub):
     """Drift set an explanation's score on its own contexts, by one model, against its scores on the
     other phases' contexts by another."""
     explain_run(run, config(stub, features=str(DRIFTER), drift=False))  # each scored on its own reading
-    with StubEndpoint(model="other-judge") as other, pytest.warns(UserWarning, match=f"written by {MODEL} "):
+    with sqlite3.connect(run / EXPLANATIONS_NAME) as db:  # words the second judge wrote (another model's are refused)
+        db.execute("UPDATE explanations SET model = 'other-judge'")
+    db.close()
+    with StubEndpoint(model="other-judge") as other:
         explain_run(run, config(other, model="other-judge", features=str(DRIFTER)))  # and on the others
     own = "scored_on = (SELECT snapshot FROM explanations e WHERE e.id = explanation)"
     assert set(rows(run, f"SELECT model, {own} FROM scores")) == {(MODEL, 1), ("other-judge", 0)}
@@ -621,9 +625,10 @@ def test_an_error_in_a_worker_stops_the_run_in_one_line(run, stub, monkeypatch):
     assert rows(run, "SELECT count(*) FROM explanations")[0][0] > 0  # what was answered before is kept
 
 
-def test_a_run_asking_another_model_says_whose_explanations_it_keeps_and_keeps_the_record(run, stub):
+def test_a_run_asking_another_model_is_refused_naming_both_models_and_keeps_the_record(run, stub):
     """A run with another --model asked nothing, said nothing, and recorded the new model as the
-    file's endpoint while every explanation stayed the first model's."""
+    file's endpoint while every explanation stayed the first model's; then it only warned, after
+    its model had judged the other model's explanations. It is refused before anything is sent."""
     explain_run(run, config(stub, features=f"{CAT},{DRIFTER}"))
     stored = rows(run, "SELECT count(*) FROM explanations")[0][0]
     assert stored == 8
@@ -632,14 +637,14 @@ def test_a_run_asking_another_model_says_whose_explanations_it_keeps_and_keeps_t
     with StubEndpoint(model="better-model") as better:
         settings = config(better, model="better-model", features=f"{CAT},{DRIFTER}")
         for call in (dry_run, explain_run):
-            with pytest.warns(UserWarning) as caught:
-                summary = call(run, settings)
-            assert (summary.explain_requests, summary.score_requests) == (0, 0)
-            (warning,) = [str(w.message) for w in caught]
+            with pytest.raises(ExplainError) as refusal:
+                call(run, settings)
+            warning = str(refusal.value)
             assert len(warning.splitlines()) == 1 and str(run / EXPLANATIONS_NAME) in warning
             assert f"holds 8 explanations of these features written by {MODEL} (8), not better-model" in warning
-            assert "pass --overwrite to ask better-model for every one" in warning
+            assert "pass --overwrite to ask better-model for every one, or move the file aside" in warning
         assert better.requests == 0
+        assert rows(run, "SELECT count(*) FROM explanations")[0][0] == stored
         assert dict(rows(run, "SELECT key, value FROM meta"))["endpoint"] == meta["endpoint"]  # nothing was asked
 
         with warnings.catch_warnings():

@@ -1,12 +1,15 @@
-"""What a run keeps that it would not have asked for itself, said once in one line naming
-``--overwrite``: explanations another model wrote, and scores judged on other held-out passages.
+"""What a run finds stored that it would not have asked for itself: explanations another model
+wrote, refused in one line naming both models and ``--overwrite``; scores judged on other held-out
+passages, kept and said once in one line naming ``--overwrite``.
 
 The file holds one explanation per feature, reading and source, and one score per explanation and
 reading judged, so a run keeps what it finds and asks only for what is missing. Another model's
-explanations stand for their readings; a score judged on other passages (another ``--seed`` or
-``--n-examples``, or another rule of choosing them: :func:`~crosslens.explain.contexts.score_prompt`)
-stands for its pair, and drift never sets it against this run's scores. ``explain_run`` says so
-once its endpoint took the run (a refused one says only why); ``dry_run`` says it too.
+explanations would stand for their readings, and the run's model would judge them: a run asking
+``--model B`` of a file that model A explained would ask B for no explanation, so it is refused
+before anything is sent (``explain_run`` and ``dry_run`` alike). A score judged on other passages
+(another ``--seed`` or ``--n-examples``, or another rule of choosing them:
+:func:`~crosslens.explain.contexts.score_prompt`) stands for its pair, and drift never sets it
+against this run's scores; ``explain_run`` says so once its endpoint took the run, ``dry_run`` too.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from crosslens.explain.config import ExplainConfig
+from crosslens.explain.config import ExplainConfig, ExplainError
 from crosslens.explain.prompts import PROMPT_FORMAT
 
 SOURCE = "crosslens"
@@ -34,10 +37,11 @@ def read_rows(path: Path, sql: str, args: tuple = ()) -> list[tuple] | None:
         connection.close()
 
 
-def warn_of_other_models(path: Path, selected: list, config: ExplainConfig) -> None:
-    """Warn, in one line naming them and ``--overwrite``, where explanations of the selected features
-    that another model wrote are stored: a run asking ``config.model`` keeps them and asks nothing
-    for their readings, since the file holds one explanation per feature, reading and source."""
+def refuse_other_models(path: Path, selected: list, config: ExplainConfig) -> None:
+    """Refuse, in one line naming them, ``config.model`` and ``--overwrite``, a run of ``config.model``
+    where explanations of the selected features that another model wrote are stored: the file holds
+    one explanation per feature, reading and source, so the run would keep them, ask its model for
+    none of their readings, and judge another model's words."""
     if config.overwrite or not config.model or not path.is_file():
         return
     rows = read_rows(path, "SELECT feature, model FROM explanations WHERE source = ?", (SOURCE,)) or []
@@ -46,10 +50,10 @@ def warn_of_other_models(path: Path, selected: list, config: ExplainConfig) -> N
     others.pop(config.model, None)
     if others:
         who = ", ".join(f"{model} ({count})" for model, count in sorted(others.items()))
-        warnings.warn(
-            f"{path} holds {others.total()} explanations of these features written by {who}, not {config.model}; "
-            f"they are kept and their readings not asked again: pass --overwrite to ask {config.model} for every one",
-            stacklevel=3,
+        raise ExplainError(
+            f"{path} holds {others.total()} explanations of these features written by {who}, not {config.model}, "
+            f"and keeps one per feature and reading, so {config.model} would be asked for none of them: pass "
+            f"--overwrite to ask {config.model} for every one, or move the file aside to keep them"
         )
 
 

@@ -40,7 +40,7 @@ from crosslens.explain.contexts import (
     plan_feature,
     score_prompt,
 )
-from crosslens.explain.kept import SOURCE, warn_of_other_models, warn_of_other_passages
+from crosslens.explain.kept import SOURCE, refuse_other_models, warn_of_other_passages
 from crosslens.explain.prompts import (
     PROMPT_FORMAT,
     AnswerError,
@@ -251,7 +251,7 @@ def dry_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     try:
         selected = explainer.selected()
         stored, scored = ({}, set()) if config.overwrite else read_stored(explainer.run_dir, explainer.binding)
-        warn_of_other_models(explainer.run_dir / EXPLANATIONS_NAME, selected, config)
+        refuse_other_models(explainer.run_dir / EXPLANATIONS_NAME, selected, config)
         warn_of_other_passages(explainer.run_dir / EXPLANATIONS_NAME, selected, config, explainer.score_prompt)
         summary = Summary(
             features=len(selected), stored=dict(explanations=sum(map(len, stored.values())), scores=len(scored))
@@ -335,8 +335,7 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
             ) from error
         session.store.close(compact=summary.stored.get("failures") == 0)
         session.store = None
-        warn_of_other_models(path, selected, config)  # once the endpoint took the run: what it kept
-        warn_of_other_passages(path, selected, config, explainer.score_prompt)
+        warn_of_other_passages(path, selected, config, explainer.score_prompt)  # once the endpoint took the run
         return summary
     finally:
         if session is not None and session.store is not None:
@@ -399,6 +398,8 @@ class Session:
         explainer = self.explainer
         try:
             await self.endpoint.preflight()
+            # after the endpoint said it serves the model (a typo is named as that), before any request
+            refuse_other_models(explainer.run_dir / EXPLANATIONS_NAME, self.selected, self.config)
             self.store = self.open_store()
             with explainer.timer():
                 self.stored, self.scored = self.store.explanations(), self.store.scores()
