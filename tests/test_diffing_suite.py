@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sqlite3
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import trust_fixtures as tf
-from hf_cache import make_word_tokenizer, tiny_neox, write_fake_hub_repo
+from hf_cache import make_word_tokenizer, tiny_neox, write_fake_hub_repo, write_local_suite
 from test_browser import get, serving
 from test_cli import one_line_error
 
@@ -294,13 +295,27 @@ def test_a_store_loaded_with_other_processing_is_not_the_crosscoders_partner(two
     )
 
 
-def test_a_suite_given_with_other_processing_is_refused_by_streamed_dashboards_and_attribute(
+AGREEMENT_PAIRS = [
+    ("the cat sees", "the cat see"),
+    ("the dogs see", "the dogs sees"),
+    ("the man walks", "the man walk"),
+    ("the men walk", "the men walks"),
+    ("the bird eats", "the bird eat"),
+    ("the birds eat", "the birds eats"),
+    ("the child runs", "the child run"),
+    ("the children run", "the children runs"),
+]
+"""Minimal pairs in the tiny models' vocabulary, for `attribute --task PAIRS.jsonl`."""
+
+
+def test_a_crosscoder_of_raw_residual_streams_streams_and_attributes_on_its_models_loaded_raw(
     two_models, tmp_path, capsys
 ):
-    """A crosscoder trained on its models' raw residual streams (`harvest --no-center-writing-weights`)
-    is refused a --models/--suite that loads them centred, by `dashboards --stream` and `attribute`, in
-    one line before anything is written; the suite recorded with it, which the refusal says to use,
-    loads them raw."""
+    """A crosscoder trained on its models' raw residual streams (`harvest --no-center-writing-weights`):
+    `dashboards --stream` and `attribute` refused the --models/--suite A,B that named its models,
+    which loaded centred, and had no flag to load them raw. A suite of models loads as the crosscoder's
+    record says, named or not; a folder of the same models, which loads with its architecture's
+    processing, is refused in one line before anything is written."""
     from crosslens.crosscoders.saved import load_crosscoder_folder
 
     store, run = tmp_path / "store", tmp_path / "run"
@@ -309,21 +324,64 @@ def test_a_suite_given_with_other_processing_is_refused_by_streamed_dashboards_a
     train = ["--arch", "crosscoder", "--d-sae", "16", "--n-steps", "4", "--batch-size", "64", "--spliced-seqs", "0"]
     assert main(["train", "--store", str(store), "--out", str(run), *train, *CPU]) == 0
     assert load_crosscoder_folder(run / "final").cfg.metadata.suite["processing"]["center_writing_weights"] is False
+    local = tmp_path / "local"  # the same two models, as a folder of checkpoints
+    write_local_suite(local, {"step0": tiny_neox(0), "step1": tiny_neox(1)}, make_word_tokenizer())
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b}) + "\n" for g, b in AGREEMENT_PAIRS))
     capsys.readouterr()
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     said = "its models load with the weight processing center_writing_weights=True, but the crosscoder"
     out = str(tmp_path / "attribution.json")
+    attribute = ["attribute", "--crosscoder", str(run), "--task", str(pairs), "--n-examples", "8", "--allow-chance"]
     dashboards = ["--top-k", "4", "--window", "3", "--batch-size", "48", "--n-tokens", "256", "--seq-len", "16"]
-    for argv, flag in (
-        (["dashboards", str(run), "--stream", "--models", MODELS, *dashboards, *CPU], "--models"),
-        (["dashboards", str(run), "--stream", "--suite", MODELS, *dashboards, *CPU], "--suite"),
-        (["attribute", "--crosscoder", str(run), "--suite", MODELS, "--out", out, *CPU], "--suite"),
+    for argv in (
+        ["dashboards", str(run), "--stream", "--suite", str(local), *dashboards, *CPU],
+        [*attribute, "--suite", str(local), "--out", out, *CPU],
     ):
         err = one_line_error(argv, capsys)
-        assert f"{flag} {MODELS}: {said}" in err, err
-        assert f"was trained on them loaded with center_writing_weights=False; drop {flag}: the suite" in err, err
+        assert f"--suite {local}: {said}" in err, err
+        assert "was trained on them loaded with center_writing_weights=False; drop --suite: the suite" in err, err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    assert main(["dashboards", str(run), "--stream", *dashboards, *CPU]) == 0
+
+    databases = []
+    for flags in (["--models", MODELS], ["--suite", MODELS], []):  # each loads the models raw, as recorded
+        assert main(["dashboards", str(run), "--stream", *flags, *dashboards, "--overwrite", *CPU]) == 0
+        with sqlite3.connect(run / "dashboards.sqlite") as db:
+            databases.append(db.execute("SELECT * FROM feature_snapshots ORDER BY 1, 2").fetchall())
+        db.close()
+    assert databases[0] and databases[0] == databases[1] == databases[2]
+    for flags in (["--models", MODELS], []):
+        capsys.readouterr()
+        assert main([*attribute, *flags, "--out", out, *CPU]) == 0
+        assert f"IE table: {out}" in capsys.readouterr().out
+        assert json.loads(Path(out).read_text())
+
+
+def test_train_stream_loads_a_suite_of_models_raw_with_the_harvest_flag(two_models, tmp_path, capsys):
+    """`train --stream` had no `--no-center-writing-weights`: a crosscoder of raw residual streams
+    could be trained only on a store. The flag is harvest's (its help and meaning), for a suite of
+    models only; the streamed run records the processing, and `dashboards --stream` loads it so."""
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    run = tmp_path / "run"
+    train = ["--arch", "crosscoder", "--d-sae", "16", "--n-steps", "4", "--batch-size", "64", "--spliced-seqs", "0"]
+    streamed = ["--stream", "--hook", HOOK, "--n-tokens", "512", "--seq-len", "16", *train, *CPU]
+    raw = ["--no-center-writing-weights"]
+    err = one_line_error(["train", "--store", str(tmp_path / "store"), *raw, "--out", str(run), *train], capsys)
+    assert err == (
+        "crosslens train: error: --no-center-writing-weights chooses how --stream loads a suite of models: add --stream"
+    )
+    err = one_line_error(["train", *streamed, "--suite", "pico", *raw, "--out", str(run)], capsys)
+    assert "--no-center-writing-weights chooses how a suite of models loads (--models A,B)" in err
+    assert not run.exists()
+    assert main(["train", *streamed, "--models", MODELS, *raw, "--out", str(run)]) == 0
+    suite = load_crosscoder_folder(run / "final").cfg.metadata.suite
+    assert suite["processing"]["center_writing_weights"] is False
+    assert (
+        json.loads((run / "run.json").read_text())["stream"]["suite"]["processing"]["center_writing_weights"] is False
+    )
+    dashboards = ["--top-k", "4", "--window", "3", "--batch-size", "48", "--n-tokens", "256", "--seq-len", "16"]
+    assert main(["dashboards", str(run), "--stream", "--models", MODELS, *dashboards, *CPU]) == 0
 
 
 def test_the_harvest_named_for_a_streamed_run_loads_its_models_as_the_run_did(two_models, tmp_path):

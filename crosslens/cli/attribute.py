@@ -75,7 +75,7 @@ def attribute(args: argparse.Namespace) -> int:
     if args.suite is None and suite_spec != DEFAULT_SUITE:
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
     try:
-        processing = None if args.suite else record.get("processing")  # how its models were loaded
+        processing = record.get("processing")  # a suite of models loads as the crosscoder read it
         suite = resolve_suite(suite_spec, steps, args.n_snapshots, processing=processing)
     except CLIError as error:
         if args.steps is not None or not str(error).startswith("--steps"):

@@ -175,11 +175,26 @@ def selected_suite(args: argparse.Namespace, recipe: Recipe | None, processing: 
     return resolve_suite(args.suite or DEFAULT_SUITE, args.steps, args.n_snapshots, processing=processing)
 
 
+def chosen_processing_flag(args: argparse.Namespace) -> dict | None:
+    """The weight processing ``--no-center-writing-weights`` chooses for the suite of models the
+    command loads (None: the suite's own), refused for any other suite, whose processing is its
+    architecture's; before the pico suite is built."""
+    if getattr(args, "center_writing_weights", None) is None:
+        return None
+    if not is_models_spec(args.suite or ""):
+        raise CLIError(
+            "--no-center-writing-weights chooses how a suite of models loads (--models A,B); any other suite "
+            "loads with its architecture's processing: drop --no-center-writing-weights, or pass --models"
+        )
+    return {"center_writing_weights": args.center_writing_weights}
+
+
 def check_suite_processing(args: argparse.Namespace, record: dict, suite, crosscoder) -> None:
     """Refuse the suite ``--suite``/``--models`` names where its models load with other weight
     processing than the ``record`` of the crosscoder says it was trained on (where it changes a
-    hook's activations): the crosscoder would read other activations. Before any model loads. The
-    recorded suite (no flag given) is built with the recorded processing."""
+    hook's activations): the crosscoder would read other activations. Before any model loads. A
+    suite of models, the recorded one or one a flag names, is built with the recorded processing
+    (:func:`resolve_suite`), so only another suite (a folder of the same models) can differ."""
     from crosslens.checkpoints.models import processing_difference
 
     if not args.suite:

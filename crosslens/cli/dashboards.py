@@ -82,7 +82,7 @@ def _stream_source(args: argparse.Namespace, run: Path):
         spec,
         steps,
         args.n_snapshots,
-        processing=None if args.suite else record.get("processing"),
+        processing=record.get("processing"),  # a suite of models loads as the crosscoder read it
         steps_from="the crosscoder was trained on" if recorded else None,
         named=named,
     )

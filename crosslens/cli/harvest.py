@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from crosslens.activations.config import HarvestConfig
 from crosslens.cli.common import (
     CLIError,
+    chosen_processing_flag,
     device_and_dtype,
     harvest_layers,
     print_peak_memory,
@@ -21,7 +22,6 @@ from crosslens.cli.inputs import check_output_folder
 from crosslens.cli.options import DeviceFlags, SuiteFlags
 from crosslens.core.devices import reset_peak_memory
 from crosslens.core.launch import is_main_process, local_rank_device
-from crosslens.core.model_specs import is_models_spec
 from crosslens.training.recipes import load_recipe
 
 
@@ -47,12 +47,7 @@ def harvest(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe) if args.recipe else None
     device, model_dtype = device_and_dtype(args, produces_activations=True)
     config = harvest_config(args, recipe, device=local_rank_device(device), model_dtype=model_dtype)
-    if config.processing() and not is_models_spec(args.suite or ""):  # before the pico suite is built
-        raise CLIError(
-            "--no-center-writing-weights chooses how a suite of models loads (--models A,B); any other suite "
-            "loads with its architecture's processing: drop --no-center-writing-weights, or pass --models"
-        )
-    suite = selected_suite(args, recipe, processing=config.processing())
+    suite = selected_suite(args, recipe, processing=chosen_processing_flag(args))
     check_output_folder(config.out_dir, holds="the activation store")
     reset_peak_memory(config.device)
     with torchrun_job():

@@ -29,6 +29,7 @@ from crosslens.activations.config import HarvestConfig, TokenSource
 from crosslens.architectures import uses_k
 from crosslens.cli.common import (
     CLIError,
+    chosen_processing_flag,
     device_and_dtype,
     print_peak_memory,
     selected_suite,
@@ -83,6 +84,10 @@ class TrainFlags:
     overwrite: bool = False
     """Remove another run's results from --out (run.json, final/, checkpoints, quality.json, report
     sections) and train anew; without it, train refuses a folder holding them."""
+    center_writing_weights: bool | None = field(
+        default=None,
+        metadata={"flag": "--no-center-writing-weights", "default_from": (HarvestConfig, "center_writing_weights")},
+    )
     dtype: str | None = None
     """dtype of the snapshot models (float32, bfloat16, float16; default: bfloat16 on CUDA when a --recipe
     harvests or --stream keeps them resident, else float32; a streamed run's --resume takes the dtype the run
@@ -282,6 +287,8 @@ def check_stream_flags(args: argparse.Namespace) -> None:
         if args.store_path is not None:
             raise CLIError("--stream trains without a store: drop --store (or drop --stream to train on the store)")
         return
+    if args.center_writing_weights is not None:  # a store holds what its harvest loaded
+        raise CLIError("--no-center-writing-weights chooses how --stream loads a suite of models: add --stream")
     if args.recipe is not None and args.store_path is None:  # they choose what the recipe's store holds
         return
     given = data_flags_given(args)
@@ -465,7 +472,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     device = config.device
     if not config.hook_name:
         raise CLIError("train --stream needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
-    suite = selected_suite(args, recipe)
+    suite = selected_suite(args, recipe, processing=chosen_processing_flag(args))
     check_hooks(suite.shape(), [config.hook_name])
     identities = None  # read here for an --eval-store, else as the models load
     if args.eval_store is not None:
