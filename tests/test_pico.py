@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 import crosslens.pico.build as pico_build
 from crosslens.core.hashing import weights_sha256
+from crosslens.core.locks import lock_holder
 from crosslens.pico import (
     PicoConfig,
     PicoGrammar,
@@ -349,6 +350,7 @@ def test_a_refused_or_failed_forced_rebuild_keeps_the_old_suite(
         build_pico_suite(tiny_config(seed=1), root=root, force=True, progress=False)
     assert _files(root) == before and is_built(root, tiny_config())
     assert sorted(path.name for path in tmp_path.iterdir()) == [".suite.lock", "empty.txt", "suite"]
+    assert lock_holder(tmp_path / ".suite.lock") is None  # the file stays, its flock is released: no next build waits
 
 
 def test_interrupted_build_resumes_to_the_same_weights(
