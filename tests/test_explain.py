@@ -165,16 +165,18 @@ def test_a_run_refused_at_the_snapshot_limit_leaves_no_connection_open(run, stub
     connection to its feature database left open (until the garbage collector found it)."""
     import sqlite3
 
-    import crosslens.explain.store as store
+    import crosslens.explain.run as running
 
     opened: list[sqlite3.Connection] = []
     connect = sqlite3.connect
+    binding = running.Binding
 
     def recording(*args, **kwargs):
         opened.append(connect(*args, **kwargs))
         return opened[-1]
 
-    monkeypatch.setattr(store, "MAX_SNAPSHOTS", N_SNAPSHOTS - 1)
+    # the run's database read as one of a snapshot more than explanation ids can number
+    monkeypatch.setattr(running, "Binding", lambda **kw: binding(**{**kw, "n_snapshots": MAX_SNAPSHOTS + 1}))
     monkeypatch.setattr(sqlite3, "connect", recording)
     for attempt in (
         lambda: explain_run(run, config(stub)),
@@ -183,7 +185,7 @@ def test_a_run_refused_at_the_snapshot_limit_leaves_no_connection_open(run, stub
     ):
         opened.clear()
         with pytest.raises(
-            ExplainError, match=f"^this run has {N_SNAPSHOTS} snapshots; .* at most {N_SNAPSHOTS - 1} snapshots$"
+            ExplainError, match=f"^this run has {MAX_SNAPSHOTS + 1} snapshots; .* at most {MAX_SNAPSHOTS} snapshots$"
         ):
             attempt()
         assert len(opened) == 2  # the database's checks, then the run's own reading of it
