@@ -63,6 +63,13 @@ def query(**params) -> str:
     return urllib.parse.urlencode(params)
 
 
+def assert_unavailable_beside_the_stored_pages(server, problem: str) -> None:
+    """The live status says the panels are unavailable, for ``problem``, and the stored pages work."""
+    state = get(server, "/api/live/status")[1]
+    assert (state["state"], state["problem"]) == ("unavailable", problem)
+    assert get(server, "/api/feature/3")[0] == 200
+
+
 # --------------------------------------------------------------------------- the API
 def test_the_live_api_answers_what_the_python_function_returns(server, live):
     status, answer = get(server, "/api/live/text?" + query(text=TEXT))
@@ -443,9 +450,7 @@ def test_a_suite_folder_that_holds_no_suite_makes_the_live_api_answer_503_in_one
                 status, payload = get(server, path)
                 assert status == 503 and payload["error"].startswith(line), payload
                 assert payload["error"].endswith(SUITE_FIX) and "\n" not in payload["error"]
-            state = get(server, "/api/live/status")[1]
-            assert (state["state"], state["problem"]) == ("unavailable", payload["error"])
-            assert get(server, "/api/feature/3")[0] == 200  # the stored pages work
+            assert_unavailable_beside_the_stored_pages(server, payload["error"])
         finally:
             server.shutdown()
             server.server_close()
@@ -483,9 +488,7 @@ def test_an_olmo_suite_of_two_ingredients_makes_the_live_api_answer_503_in_one_l
             assert err == ""
             status, payload = get(server, f"/api/live/text?{query(text=TEXT)}")
             assert status == 503 and payload["error"] == out.split(": ", 1)[1].strip(), payload
-            state = get(server, "/api/live/status")[1]
-            assert (state["state"], state["problem"]) == ("unavailable", payload["error"])
-            assert get(server, "/api/feature/3")[0] == 200  # the stored pages work
+            assert_unavailable_beside_the_stored_pages(server, payload["error"])
         finally:
             server.shutdown()
             server.server_close()
