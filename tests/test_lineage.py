@@ -531,11 +531,16 @@ def test_a_predecessor_faded_before_the_snapshot_before_its_successor_is_looked_
     same = EvolutionAnalysis.from_decoder(W[[3, 1, 2, 0]] * GROWING_1S1)
     assert lineage_agreement(lin, analysis, same) == [pytest.approx(1.0, abs=1e-5)]
 
-    # a latent present nowhere on its side is no move made; an event with no latent to look for, none read
+    # a latent present nowhere on its side (the predecessor, present only after the handoff) is no
+    # move made; one present at no snapshot makes no move to look for, and the others' stand; an
+    # event with no latent to look for, none read
     unit, present = unit_rows(analysis.W_dec), analysis.present.clone()
     present[0] = False
+    present[0, 5:] = True
     other = (unit_rows(same.W_dec), same.present)
     assert event_agreement(lin.events, unit, present, *other) == [-1.0]
+    present[0] = False
+    assert event_agreement(lin.events, unit, present, *other) == [pytest.approx(1.0, abs=1e-5)]
     present[1] = False
     unread = event_agreement(lin.events, unit, present, *other)
     assert math.isnan(unread[0])

@@ -15,8 +15,11 @@ latent present on one side only (a succession's) by the other's present rows on 
 latent present at neither is read at its nearest present snapshot on its side of the event: a
 latent before it at its last present snapshot before ``t`` (a predecessor that faded at ``t - 1``,
 inside the succession window), a latent after it at its first from ``t`` on (a second successor
-emerging later); one present nowhere on its side scores -1, as a move not made, and an event
-none of whose latents is present on its side is not read (NaN). The event's agreement is the least
+emerging later); one present nowhere on its side scores -1, as a move not made. A latent present at
+no snapshot at all (one lineage counts among an event's latents though latent scaling holds it
+nowhere, such as a TopK latent whose rows ride along a split it never fires for) makes no move
+another crosscoder could show and is not looked for; an event none of whose latents is present on
+its side is not read (NaN). The event's agreement is the least
 over its latents: 1 where every move is there, near 0 where one is nowhere. Only decoder rows are
 read, so it costs a matmul per latent.
 """
@@ -78,6 +81,8 @@ def event_agreement(
     for event in events:
         scores, read = [], False
         for x in event.latents:
+            if not bool(present_FS[x].any()):
+                continue  # present at no snapshot: no move of it for another crosscoder to show
             sides = _compared_snapshots(event, x, present_FS[x])
             if not sides:
                 # no move of it to look for, so none shown made: dropped, it would leave the
