@@ -41,7 +41,7 @@ from crosslens.analysis.scaling import LatentScalingConfig, latent_scaling
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError
-from crosslens.core.hashing import crosscoder_sha256, file_sha256
+from crosslens.core.hashing import AGREEMENT_READING, crosscoder_sha256, file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, REPORT_NAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsError, compute_dashboards, schema
@@ -638,7 +638,12 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     flags = json.loads(
         (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
     )
-    assert flags["agreement"] == {"against": agreement.against, "crosscoder": crosscoder_sha256(referee), "line": 0.5}
+    assert flags["agreement"] == {
+        "against": agreement.against,
+        "crosscoder": crosscoder_sha256(referee),
+        "line": 0.5,
+        "reading": AGREEMENT_READING,
+    }
     exported = {(e["kind"], e["before"][0]): e["agreement"] for e in flags["features"][str(a)]["lineage"]}
     assert exported == {("split", a): 0.5, ("handoff", a): 0.2, ("handoff", b): None}
 

@@ -49,7 +49,7 @@ from crosslens.analysis.emergence_record import (
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.lineage_events import EVENT_KINDS
 from crosslens.analysis.relatives import unit_rows
-from crosslens.core.hashing import crosscoder_change, crosscoder_sha256
+from crosslens.core.hashing import agreement_change, crosscoder_sha256
 from crosslens.core.metadata import saved_metadata
 from crosslens.core.paths import FINAL_DIRNAME, final_weights
 from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -253,7 +253,7 @@ def saved_agreement(
             else f"was measured on another store than this analysis {'reads' if store else 'read (it read none)'}"
         )
         return saved, f"the lineage agreement with {saved.against} {why}"
-    return saved, crosscoder_change(saved.against, saved.crosscoder_sha256, "the lineage")
+    return saved, agreement_change(saved.to_dict())
 
 
 def holding_agreement(
@@ -264,9 +264,7 @@ def holding_agreement(
     saying why, what is left without it (``leaving_out``: "the feature database") and the command
     that measures it again."""
     agreement = result.agreement
-    problem = (
-        None if agreement is None else crosscoder_change(agreement.against, agreement.crosscoder_sha256, "the lineage")
-    )
+    problem = None if agreement is None else agreement_change(agreement.to_dict())
     if problem is None:
         return result, None
     print(

@@ -41,7 +41,7 @@ from crosslens.analysis.scaling import (
     latent_scaling,
 )
 from crosslens.core.errors import CrosslensError
-from crosslens.core.hashing import crosscoder_sha256, file_sha256
+from crosslens.core.hashing import AGREEMENT_READING, crosscoder_sha256, file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 
@@ -82,6 +82,9 @@ class LineageAgreement:
     store: dict[str, str] | None = None
     """The seal of the store both crosscoders' latent scaling read (:func:`store_seal`): the
     presence each side's moves are looked for in. None where none was named."""
+    reading: str | None = AGREEMENT_READING
+    """How the agreement read an event's latents (:data:`~crosslens.core.hashing.AGREEMENT_READING`:
+    this crosslens's); None read from a record that names none, measured under an earlier reading."""
 
     def made(self) -> list[bool | None]:
         """Per event: whether the other crosscoder makes it (None: NaN, nothing to look for)."""
@@ -94,12 +97,13 @@ class LineageAgreement:
             "line": self.line,
             "events": [None if math.isnan(a) else float(a) for a in self.agreement],
             "store": self.store,
+            "reading": self.reading,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LineageAgreement:
         events = [math.nan if a is None else float(a) for a in d["events"]]
-        return cls(str(d["against"]), str(d["crosscoder"]), float(d["line"]), events, d.get("store"))
+        return cls(str(d["against"]), str(d["crosscoder"]), float(d["line"]), events, d.get("store"), d.get("reading"))
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,24 @@ def crosscoder_change(run_dir: str | os.PathLike, sha256: str, checked: str) -> 
     return None
 
 
+AGREEMENT_READING = "latents present at some snapshot, each at its nearest present snapshot on its side"
+"""How :mod:`crosslens.analysis.agreement` reads a lineage event's latents, recorded with each
+agreement it measures (``LineageAgreement.reading``): one recorded under another reading, or under
+none named (an earlier crosslens's), is measured again rather than shown."""
+
+
+def agreement_change(agreement: dict[str, Any]) -> str | None:
+    """Why a recorded lineage agreement (``LineageAgreement.to_dict()``) no longer holds: measured
+    under another reading than :data:`AGREEMENT_READING`, or against a crosscoder gone or trained
+    again since (:func:`crosscoder_change`); None where it holds."""
+    if agreement.get("reading") != AGREEMENT_READING:
+        return (
+            f"the lineage agreement with {agreement['against']} was measured under an earlier reading of an "
+            "event's latents (one present at no snapshot counted as a move not made)"
+        )
+    return crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")
+
+
 def json_sha256(value: Any) -> str:
     """Hex sha256 of ``json.dumps(value, sort_keys=True)``: equal values hash equal whatever
     the order their dicts were built in."""

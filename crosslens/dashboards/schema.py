@@ -29,7 +29,7 @@ import functools
 import sqlite3
 from typing import Any
 
-from crosslens.core.hashing import crosscoder_change
+from crosslens.core.hashing import agreement_change
 
 FORMAT = "crosslens.dashboards/6"
 """The layout's name and version, ``meta['format']``."""
@@ -275,14 +275,15 @@ def empty_database_bytes() -> int:
 
 
 def agreement_problem(emergence_meta: dict[str, Any] | None) -> str | None:
-    """Why the lineage agreement a database's ``meta.emergence`` holds is not to be shown: the other
-    crosscoder is gone or was trained again since (checked now), or it was left out when the
+    """Why the lineage agreement a database's ``meta.emergence`` holds is not to be shown: it was
+    measured under an earlier reading, the other crosscoder is gone or was trained again since
+    (checked now), or it was left out when the
     database was built (``agreement_dropped``); None where it holds, or there is none."""
     meta = emergence_meta or {}
     agreement = meta.get("agreement")
     if agreement is None:
         return meta.get("agreement_dropped")
-    return crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")
+    return agreement_change(agreement)
 
 
 def schema_problem(connection: sqlite3.Connection) -> str | None:
