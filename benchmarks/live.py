@@ -47,7 +47,8 @@ def texts(run: Path, n: int, length: int) -> tuple[list[str], Path]:
     their BOS, one after another, decoded), and the suite's folder."""
     from crosslens.activations.store import ActivationStore
     from crosslens.checkpoints import CheckpointSuite
-    from crosslens.training.runfolder import crosscoder_suite_record, run_store
+    from crosslens.core.metadata import crosscoder_suite_record
+    from crosslens.training.runfolder import run_store
 
     store = ActivationStore.open(run_store(run), verify="none")
     record = crosscoder_suite_record(run / "final")

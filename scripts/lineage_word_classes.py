@@ -27,8 +27,9 @@ from crosslens.analysis.lineage_events import EVENT_KINDS
 from crosslens.causal import load_crosscoder
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import CrosslensError
+from crosslens.core.metadata import crosscoder_suite_record
 from crosslens.tasks.lexicon import PUNCTUATION, Lexicon
-from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
+from crosslens.training.runfolder import run_folder, run_store
 
 
 def word_classes() -> dict[str, set[str]]:

@@ -17,6 +17,7 @@ from crosslens.cli.options import LoadedCrosscoderFlags
 from crosslens.core.devices import dtype_name
 from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.hooks import recorded_hook
+from crosslens.core.metadata import crosscoder_suite_record
 from crosslens.core.paths import QUALITY_NAME, SECTIONS_DIR
 
 
@@ -66,7 +67,7 @@ def write_report(
     from crosslens.analysis.scaling import check_snapshot_decoders
     from crosslens.causal.spliced_loss_eval import add_spliced_loss_section
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.training.runfolder import crosscoder_suite_record, is_final_crosscoder, run_folder, run_store
+    from crosslens.training.runfolder import is_final_crosscoder, run_folder, run_store
 
     device, _ = device_and_dtype(args)
     run_dir = run_folder(folder)

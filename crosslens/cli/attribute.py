@@ -21,6 +21,7 @@ from crosslens.cli.common import (
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import DEFAULT_SUITE, DeviceFlags, SuiteFlags
+from crosslens.core.metadata import crosscoder_suite_record, trained_steps
 
 
 @dataclass
@@ -60,7 +61,6 @@ class AttributeFlags:
 def attribute(args: argparse.Namespace) -> int:
     from crosslens.causal.attribution import AttributionConfig
     from crosslens.causal.sections import attribution_sections, causal_out_dir, language_attribution_sections
-    from crosslens.training.runfolder import crosscoder_suite_record
 
     folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
     # before any model loads; plots, tables and report.html go beside the table, named after it
@@ -69,7 +69,7 @@ def attribute(args: argparse.Namespace) -> int:
     steps = args.steps
     record = crosscoder_suite_record(folder)
     if steps is None and args.n_snapshots is None:  # the snapshots the crosscoder was trained on
-        steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
+        steps = trained_steps(record)
     tasks = _tasks_from_args(args)  # before any model loads
     suite_spec = args.suite or record.get("root") or record.get("model_id") or DEFAULT_SUITE
     if args.suite is None and suite_spec != DEFAULT_SUITE:

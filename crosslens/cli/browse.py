@@ -20,7 +20,7 @@ from crosslens.cli.common import CLIError, missing_path_error, resolve_suite
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.options import DeviceFlags
 from crosslens.core.errors import LiveUnavailableError
-from crosslens.core.metadata import saved_metadata
+from crosslens.core.metadata import crosscoder_suite_record, trained_steps
 from crosslens.core.model_specs import is_models_spec
 from crosslens.core.paths import FINAL_DIRNAME, looks_like_path
 from crosslens.live.config import RETRY, LiveConfig, limits
@@ -43,7 +43,7 @@ def browse(args: argparse.Namespace) -> int:
     config = build(BrowseConfig, explicit(args, BrowseConfig))
     live_config = build(LiveConfig, explicit(args, LiveConfig))
     if live_config.live and args.suite:
-        check_suite_folder(args.suite, recorded_steps(args.run_dir))
+        check_suite_folder(args.suite, crosscoder_steps(args.run_dir))
     serve(
         args.run_dir,
         port=config.port,
@@ -55,12 +55,10 @@ def browse(args: argparse.Namespace) -> int:
     return 0
 
 
-def recorded_steps(run_dir: str) -> list[int] | None:
+def crosscoder_steps(run_dir: str) -> list[int] | None:
     """The steps of the snapshots RUN's crosscoder was trained on, as its cfg.json records them
     (read without torch or its weights); None where it records none."""
-    suite = saved_metadata(Path(run_dir) / FINAL_DIRNAME).get("suite")
-    snapshots = suite.get("snapshots") if isinstance(suite, dict) else None
-    return [int(entry["step"]) for entry in snapshots or []] or None
+    return trained_steps(crosscoder_suite_record(Path(run_dir) / FINAL_DIRNAME))
 
 
 def check_suite_folder(spec: str, steps: list[int] | None) -> None:
@@ -152,7 +150,9 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
     suite = None
     if args.suite:
         try:
-            suite = resolve_suite(args.suite, recorded_steps(args.run_dir), steps_from="the crosscoder was trained on")
+            suite = resolve_suite(
+                args.suite, crosscoder_steps(args.run_dir), steps_from="the crosscoder was trained on"
+            )
         except CLIError as error:  # its line names the flag
             raise LiveUnavailableError(f"{' '.join(str(error).split())}; {SUITE_FIX}") from None
         except (ValueError, FileNotFoundError) as error:  # a folder that is no suite (a CrosslensError is a ValueError)

@@ -27,6 +27,7 @@ from crosslens.cli.options import (
     data_flags_given,
     data_flags_refusal,
 )
+from crosslens.core.metadata import crosscoder_suite_record, trained_steps
 from crosslens.dashboards.config import DashboardsConfig
 
 
@@ -69,13 +70,13 @@ def _stream_source(args: argparse.Namespace, run: Path):
     suite and snapshots the crosscoder records."""
     from crosslens.activations.tokens import token_tables
     from crosslens.dashboards import StreamSource
-    from crosslens.training.runfolder import crosscoder_folder, crosscoder_suite_record
+    from crosslens.training.runfolder import crosscoder_folder
 
     record = crosscoder_suite_record(crosscoder_folder(run))  # the run's final/ holds the crosscoder
     spec = args.suite or record.get("root") or record.get("model_id") or DEFAULT_SUITE
     steps, recorded = args.steps, args.steps is None and args.n_snapshots is None
     if recorded:  # the crosscoder's steps, which the suite is refused for lacking, as no --steps gave them
-        steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
+        steps = trained_steps(record)
     flag = "--models" if getattr(args, "models", None) is not None else "--suite"
     named = f"{flag} {args.suite}: the suite" if args.suite else f"the suite the crosscoder records, {spec},"
     suite = resolve_suite(

@@ -31,6 +31,18 @@ def saved_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     return metadata if isinstance(metadata, dict) else {}
 
 
+def crosscoder_suite_record(crosscoder_path: str | os.PathLike) -> dict[str, Any]:
+    """The suite provenance saved with a crosscoder (family, model_id, root, snapshots), or {}."""
+    suite = saved_metadata(crosscoder_path).get("suite")
+    return suite if isinstance(suite, dict) else {}
+
+
+def trained_steps(suite_record: dict[str, Any]) -> list[int] | None:
+    """The steps of the snapshots a crosscoder's suite record (:func:`crosscoder_suite_record`) lists,
+    the ones it was trained on; None where it lists none."""
+    return [int(entry["step"]) for entry in suite_record.get("snapshots") or []] or None
+
+
 def metadata_value(crosscoder: Any, key: str) -> Any:
     """``crosscoder.cfg.metadata[key]``, or None when the crosscoder, its cfg or its metadata lacks it."""
     metadata = getattr(getattr(crosscoder, "cfg", None), "metadata", None)

@@ -17,9 +17,9 @@ and, for a one-model-only latent, its verdict (``"diffing": "specific"``, ``"shr
 verdict (``{"format", "record", "n_tokens", "diffing", "features": {"12": {"measured": true,
 "diffing": "specific"}, ...}}``). Where ``crosslens analyze --lineage-against OTHER``
 checked the lineage, the file names that crosscoder (``"agreement": {"against", "crosscoder": its
-weights' sha256, "line", "reading": how an event's latents were read}``) and each event carries its ``"agreement"`` (null: none of its latents
-present beside it). Nothing is written where the database holds no emergence
-check.
+weights' sha256, "line", "reading": how an event's latents were read}``) and each event carries
+its ``"agreement"`` (null: none of its latents present beside it). Nothing is written where the
+database holds no emergence check.
 """
 
 from __future__ import annotations

@@ -505,12 +505,6 @@ def kept_quality_table(runner: Any, eval_store: str | None) -> Path | None:
     return quality if runner.finished_before and eval_store is None and quality.is_file() else None
 
 
-def crosscoder_suite_record(crosscoder_path: str | Path) -> dict[str, Any]:
-    """The suite provenance saved with a crosscoder (family, model_id, root, snapshots), or {}."""
-    suite = saved_metadata(crosscoder_path).get("suite")
-    return suite if isinstance(suite, dict) else {}
-
-
 def save_section(report: Any, run_dir: Path, name: str) -> Path:
     """Save a report section (anything with ``to_dict``) into ``run_dir/sections/NAME.json`` for
     ``crosslens report`` to merge."""
