@@ -9,7 +9,7 @@ as ``scripts/planted_generators.py`` does) on each planted generator, then score
   decoder norm alone dates there;
 - every family: the share of recovered features flagged contested (false flags on the eight
   families without weak features);
-- ``split`` and ``handoff``: the share of planted events found within one snapshot of their
+- ``split``, ``handoff`` and ``merge``: the share of planted events found within one snapshot of their
   step, beside the share the crosscoder's latents carry on both sides (an event no latent
   carries is lost before lineage reads the decoder) and the share found of those; on every
   family the reported events that match no planted event, per recovered feature;
@@ -69,6 +69,12 @@ SMALL = tuple(EVENT_GENERATORS)
 SMALL_TRAINING = {"d_sae": 64, "batch_size": 256}
 """Their crosscoders: 64 latents (2.7 per planted feature, as 128 for 48) on batches of 256 tokens,
 the rest ``train_planted``'s defaults (3000 steps)."""
+
+EVENT_FAMILIES = ("split", "handoff", "merge")
+"""The families with planted lineage events."""
+
+GOAL_FAMILIES = ("split", "handoff")
+"""Of them, those whose planted events lineage is to find 90% of; merges are scored without a goal."""
 
 WITHOUT_EVENTS = ("hard", "zipf", "correlated", "wide", "rare", "cofiring", "late", INDEPENDENT)
 """The eight families with neither weak early presence nor lineage events."""
@@ -270,6 +276,7 @@ LINEAGE_SENSITIVITY = (
     {"max_shared": 10},
     {"max_shared": 127},
     {"birth_splits": False},
+    {"fade_merges": True},
     {"turns": False},
     {"turn_at_once": False},
     {"leave_for_good": False},
@@ -301,14 +308,15 @@ def lineage_sensitivity(planted, analysis, scaling, scaled_present_FS, n_recover
 
 
 def lineage_sensitivity_table(runs: list[dict]) -> None:
-    """Planted splits and handoffs found, and false events on the nine families without them, per
+    """Planted splits, handoffs and merges found, and false events on the nine families without them, per
     lineage setting: the lowest architecture's share beside the total, and the (family,
     architecture) cells whose false events pass 5% of their recovered features."""
     print(
         "| lineage setting | splits found (lowest architecture) | handoffs found (lowest architecture) | "
+        "merges found (lowest architecture) | "
         "false events per recovered feature, nine families | cells over 5% |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     default, varied = LineageConfig(), dict.fromkeys(name for change in LINEAGE_SENSITIVITY for name in change)
     default_key = lineage_key({name: getattr(default, name) for name in varied})
     settings = [(f"{default_key} (default)", lambda r: (r["events_found"], r["false_events"]))]
@@ -318,7 +326,7 @@ def lineage_sensitivity_table(runs: list[dict]) -> None:
     nine = [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")]
     for name, found_false in settings:
         cells = []
-        for family in ("split", "handoff"):
+        for family in EVENT_FAMILIES:
             groups = _by([r for r in runs if r["generator"] == family], "arch").values()
             found = [sum(found_false(r)[0] for r in g) for g in groups]
             planted = [sum(r["planted_events"] for r in g) for g in groups]
@@ -443,17 +451,17 @@ def weak_table(runs: list[dict]) -> bool:
 
 
 def event_table(runs: list[dict]) -> bool:
-    """Planted splits and handoffs found, and the other events, summed over seeds."""
+    """Planted splits, handoffs and merges found, and the other events, summed over seeds."""
     print(
-        "| family | architecture | planted events found (goal >= 90%) | found, per seed | carried by the crosscoder | found of those | events reported | of them decouplings | false | false per recovered feature |"
+        "| family | architecture | planted events found (goal >= 90%: splits, handoffs) | found, per seed | carried by the crosscoder | found of those | events reported | of them decouplings | false | false per recovered feature |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for (generator, arch), group in _by(
-        [r for r in runs if r["generator"] in ("split", "handoff")], "generator", "arch"
+        [r for r in runs if r["generator"] in EVENT_FAMILIES], "generator", "arch"
     ).items():
         found, planted = sum(r["events_found"] for r in group), sum(r["planted_events"] for r in group)
-        ok &= found >= 0.9 * planted
+        ok &= found >= 0.9 * planted or generator not in GOAL_FAMILIES
         carried = sum(r["events_carried"] for r in group)
         false, recovered = sum(r["false_events"] for r in group), sum(r["n_recovered"] for r in group)
         print(

@@ -6,7 +6,7 @@ For every family and seed of the planted grid, each architecture's lineage (as
 scored against the planted events, keeping only the events whose agreement with the referee is at
 or above each line. The referee is the first of ``--referees`` of another architecture than the
 crosscoder's own, so the first referee's own events are checked against the second. Printed per
-line: the planted splits and handoffs found, per architecture, and the events reported on the
+line: the planted splits, handoffs and merges found, per architecture, and the events reported on the
 nine families without planted events, with how many are false. With ``--every-referee`` an event
 is kept only where every other architecture's crosscoder makes it: what no choice of referee can
 set aside.
@@ -41,12 +41,12 @@ from crosslens.analysis.scaling import latent_scaling
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from planted_benchmark import ARCHITECTURES  # noqa: E402
-from planted_emergence import N_TOKENS, WITHOUT_EVENTS, planted_analysis, trained  # noqa: E402
+from planted_emergence import EVENT_FAMILIES, N_TOKENS, WITHOUT_EVENTS, planted_analysis, trained  # noqa: E402
 from planted_generators import INDEPENDENT, build_planted  # noqa: E402
 
 LINES = (0.0, 0.4, 0.5, 0.7)
 """Agreement lines scored (0: every event kept, as lineage reports them)."""
-PLANTED_FAMILIES = ("split", "handoff")
+PLANTED_FAMILIES = EVENT_FAMILIES
 FALSE_FAMILIES = (*WITHOUT_EVENTS, "weak-early")
 
 
@@ -88,7 +88,7 @@ def run_family(
 def table(rows: list[dict], archs: list[str]) -> None:
     print(
         "| agreement line | "
-        + " | ".join(f"{a}: splits, handoffs found" for a in archs)
+        + " | ".join(f"{a}: splits, handoffs, merges found" for a in archs)
         + " | reported, nine families | false | false of reported, per seed |"
     )
     print("|---" * (len(archs) + 4) + "|")

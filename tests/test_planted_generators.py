@@ -362,3 +362,20 @@ def test_the_emergence_scripts_early_dates_are_a_share_of_the_features_they_are_
     rows = {line.split(" | ")[0]: line.split(" | ") for line in capsys.readouterr().out.splitlines()}
     assert rows["| weak-early"][3:6] == ["24", "1/16 (6%)", "2/16 (12%)"]
     assert rows["| hard"][3:6] == ["47", "0/47 (0%)", "3/47 (6%)"]
+
+
+def test_the_emergence_scripts_event_goal_is_of_splits_and_handoffs_not_merges(emergence_script, capsys):
+    """Planted merges are scored beside splits and handoffs, but the 90% goal is the splits' and
+    handoffs': merges found under it leave the goal met, a split family under it misses it."""
+    run = {"arch": "crosscoder", "false_events": 0, "decoupling_events": 0, "events": 5, "n_recovered": 24}
+    found = {"planted_events": 5, "events_carried": 5, "events_found_carried": 5, "events_found": 5}
+    runs = [
+        {**run, **found, "generator": "split"},
+        {**run, **found, "generator": "handoff"},
+        {**run, **found, "generator": "merge", "events_found": 3, "events_found_carried": 3},
+    ]
+    assert emergence_script.event_table(runs)
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in capsys.readouterr().out.splitlines()}
+    assert rows["| merge"][2:4] == ["3/5 (60%)", "60% +/- 0% (1 seeds)"]
+    runs[0] = {**runs[0], "events_found": 4}
+    assert not emergence_script.event_table(runs)

@@ -1,9 +1,10 @@
-"""Lineage events scored against planted splits and handoffs, on a crosscoder that is the planted truth."""
+"""Lineage events scored against planted splits, merges and handoffs, on a crosscoder that is the planted truth."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from crosslens.analysis import LineageEvent, PlantedConfig, PlantedEvolution
@@ -22,7 +23,7 @@ def perfect_decoder(planted: PlantedEvolution, duplicate: int) -> SimpleNamespac
 def untouched(planted: PlantedEvolution) -> list[int]:
     """Planted features in no planted event, present at every snapshot."""
     truth = planted.event_truth
-    used = {i for _, a, b in truth.splits + truth.handoffs for i in (a, b)}
+    used = {i for _, a, b in truth.paired + truth.handoffs for i in (a, b)}
     return [i for i in range(planted.config.n_features) if i not in used and bool((planted.magnitudes[i] > 0).all())]
 
 
@@ -67,6 +68,46 @@ def test_a_handoff_is_found_from_its_predecessor_to_its_successor_only() -> None
     backward = LineageEvent("handoff", at, (new,), (old,), 0.9, "succession")
     assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=[forward])).labels == ["planted"]
     assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=[backward])).events_found == 0
+
+
+def test_a_planted_merge_is_two_directions_that_become_one() -> None:
+    planted = PlantedEvolution.build(PlantedConfig.preset("merge", seed=0))
+    truth = planted.event_truth
+    assert (truth.splits, truth.handoffs, len(truth.merges)) == ([], [], 5)
+    assert truth.to_dict()["merges"] == [list(e) for e in truth.merges]
+    for at, a, b in truth.merges:
+        cos_S = (planted.directions[a] * planted.directions[b]).sum(-1)
+        assert bool((cos_S[at:] > 0.999).all()) and bool((cos_S[:at] < 0.9).all())
+        # just before the merge each lies at the planted cosine to the merged direction
+        for f in (a, b):
+            assert float(planted.directions[f, at - 1] @ planted.directions[a, at]) == pytest.approx(0.6, abs=1e-5)
+        # both fire throughout, each on its own tokens
+        assert bool(planted.present[a].all()) and bool(planted.present[b].all())
+
+
+def test_a_planted_merge_is_found_from_both_its_features_before_it() -> None:
+    planted = PlantedEvolution.build(PlantedConfig.preset("merge", seed=0))
+    merges = planted.event_truth.merges
+    (at_0, a_0, b_0), (at_1, a_1, b_1), (at_2, a_2, b_2) = merges[:3]
+    c = untouched(planted)[0]
+    analysis = perfect_decoder(planted, duplicate=c)
+    events = [
+        LineageEvent("merge", at_0, (a_0, b_0), (a_0, b_0), 1.0, "divergence"),  # at the planted step
+        LineageEvent("merge", at_1 - 1, (a_1, b_1), (a_1, b_1), 1.0, "divergence"),  # a snapshot early
+        LineageEvent("split", at_2, (a_2, b_2), (a_2, b_2), 0.4, "divergence"),  # the wrong kind
+        LineageEvent("merge", at_2, (a_2, c), (a_2, c), 1.0, "divergence"),  # one of its features only
+    ]
+    scores = planted_lineage_scores(planted, analysis, SimpleNamespace(events=events))
+    assert scores.labels == ["planted", "planted", "false", "false"]
+    assert (scores.planted_events, scores.events_found, scores.events_carried) == (5, 2, 5)
+    late = [LineageEvent("merge", at_0 + 2, (a_0, b_0), (a_0, b_0), 1.0, "divergence")]
+    assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=late)).events_found == 0
+    # after the merge one latent carries both features; before it, where b_0 has no latent of its
+    # own, merge 0 is not carried
+    present = analysis.present.clone()
+    present[b_0] = False
+    lagging = SimpleNamespace(W_dec=analysis.W_dec, present=present)
+    assert planted_lineage_scores(planted, lagging, SimpleNamespace(events=events)).events_carried == 4
 
 
 def test_a_row_carries_the_nearest_planted_feature_above_the_line_only() -> None:

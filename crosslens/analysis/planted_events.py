@@ -1,4 +1,4 @@
-"""Planted weak early presence, splits and handoffs: what decoder norms and lineage are tested on.
+"""Planted weak early presence, splits, merges and handoffs: what decoder norms and lineage are tested on.
 
 Each is planted on features a set already holds present at every snapshot (its
 ``initialization`` features that never fade), after everything else is drawn, so the rest of
@@ -12,6 +12,10 @@ the set is the one its config builds without them:
   each turns away from it to a direction of its own (cosine
   :attr:`PlantedEvents.split_cosine` with the parent's); the parent's tokens are the two
   features' tokens, so its firing divides between the children.
+- **merge**: a split read backwards in time. Two features on directions of their own (each at
+  cosine :attr:`PlantedEvents.merge_cosine` with the merged direction just before the merge)
+  share one direction from a planted snapshot on; each keeps firing on its own tokens, so the
+  merged direction fires on both features' tokens.
 - **handoff**: a feature fades at a planted snapshot as a new one emerges there, whose
   direction is near-parallel to the faded one's (cosine :attr:`PlantedEvents.handoff_cosine`)
   and which fires on tokens of its own.
@@ -47,20 +51,24 @@ class PlantedEvents:
     split_cosine: float = 0.6
     """Cosine of each child's direction with the parent's at the split (the children then lie at
     about 0.36 to each other)."""
+    n_merges: int = 0
+    """Pairs of features that share one direction from their merge on."""
+    merge_cosine: float = 0.6
+    """Cosine of each feature's direction with the merged one just before the merge."""
     n_handoffs: int = 0
     """Features that fade as a near-parallel one emerges."""
     handoff_cosine: float = 0.85
     """Cosine of the successor's first direction with the predecessor's at the handoff."""
     event_snapshots: tuple[int, ...] = (2, 3, 4, 5)
-    """Snapshots where splits and handoffs happen, cycled over the events."""
+    """Snapshots where splits, handoffs and merges happen, cycled over the events (in that order)."""
 
     def __post_init__(self) -> None:
         lo, hi = self.weak_amplitude
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(f"weak_amplitude={self.weak_amplitude}: give (low, high) with 0 < low <= high < 1.")
-        if min(self.n_weak_early, self.n_splits, self.n_handoffs) < 0:
+        if min(self.n_weak_early, self.n_splits, self.n_merges, self.n_handoffs) < 0:
             raise ValueError("event counts must be >= 0.")
-        for name in ("split_cosine", "handoff_cosine"):
+        for name in ("split_cosine", "merge_cosine", "handoff_cosine"):
             if not -1.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} is a cosine strictly inside (-1, 1).")
         if not self.weak_until or not self.event_snapshots or min(*self.weak_until, *self.event_snapshots) < 1:
@@ -69,7 +77,7 @@ class PlantedEvents:
     @property
     def n_features_used(self) -> int:
         """Features present throughout that the events take."""
-        return self.n_weak_early + 2 * self.n_splits + 2 * self.n_handoffs
+        return self.n_weak_early + 2 * (self.n_splits + self.n_handoffs + self.n_merges)
 
 
 @dataclass
@@ -82,12 +90,20 @@ class EventTruth:
     """(snapshot, child, child)."""
     handoffs: list[tuple[int, int, int]] = field(default_factory=list)
     """(snapshot, predecessor, successor)."""
+    merges: list[tuple[int, int, int]] = field(default_factory=list)
+    """(snapshot, feature, feature): the first snapshot where the two share a direction."""
+
+    @property
+    def paired(self) -> list[tuple[int, int, int]]:
+        """Splits and merges: the events whose two features share a direction on one side."""
+        return self.splits + self.merges
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "weak_early": {str(k): v for k, v in self.weak_early.items()},
             "splits": [list(e) for e in self.splits],
             "handoffs": [list(e) for e in self.handoffs],
+            "merges": [list(e) for e in self.merges],
         }
 
 
@@ -142,6 +158,19 @@ def plant_events(planted: Any, events: PlantedEvents, gen: torch.Generator) -> E
         planted.magnitudes[b, :at] = 0.0
         planted.fade[a], planted.emergence[b] = at, at
         truth.handoffs.append((at, a, b))
+    first = events.n_weak_early + 2 * (events.n_splits + events.n_handoffs)
+    for k in range(events.n_merges):
+        a, b = pick[first + 2 * k], pick[first + 2 * k + 1]
+        at = min(S - 1, events.event_snapshots[(events.n_splits + events.n_handoffs + k) % len(events.event_snapshots)])
+        merged_D = planted.directions[a, at].clone()
+        away_2D = torch.randn(2, d_in, generator=gen)
+        away_2D[1] -= (away_2D[1] @ away_2D[0]) / away_2D[0].square().sum() * away_2D[0]
+        for feature, away_D in ((a, away_2D[0]), (b, away_2D[1])):
+            last_D = _turned(merged_D, events.merge_cosine, away_D)
+            # a walk from the merge back to snapshot 0, read forwards
+            planted.directions[feature, :at] = drift(last_D[None], at, planted.config.adjacent_cosine, gen)[0].flip(0)
+        planted.directions[b, at:] = planted.directions[a, at:]
+        truth.merges.append((at, a, b))
     return truth
 
 

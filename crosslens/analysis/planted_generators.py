@@ -24,7 +24,7 @@ the others (``_WEAK``):
 - ``late``: 18 persistent features born at snapshot 3 or later, firing on 1.5-3.5% of
   tokens.
 
-Three more plant what decoder norms and lineage can misread
+Four more plant what decoder norms and lineage can misread
 (:mod:`crosslens.analysis.planted_events`), each on features present at every snapshot
 (the shared settings on a smaller set, ``_SMALL``):
 
@@ -34,6 +34,8 @@ Three more plant what decoder norms and lineage can misread
   child turns away from it (cosine 0.6); the parent's tokens are its children's.
 - ``handoff``: 5 of the 24 features fade at snapshot 2-5 as a successor at cosine 0.85 to their
   last direction emerges, firing on tokens of its own.
+- ``merge``: the split read backwards: 5 pairs of the 24 features, each on a direction of its own
+  (cosine 0.6 with the merged one just before), share one direction from snapshot 2-5 on.
 
 Every generator normalises its batches as the activation store does. Build one with
 ``PlantedConfig.preset(name, seed)``.
@@ -84,7 +86,7 @@ _SMALL: dict[str, Any] = dict(
     magnitude_max=1.2,
     transient_lengths=(2, 3),
 )
-"""What ``weak-early``, ``split`` and ``handoff`` share: 8 snapshots of 32 dims, 24 features (12 present
+"""What ``weak-early``, ``split``, ``handoff`` and ``merge`` share: 8 snapshots of 32 dims, 24 features (12 present
 throughout, 3 fading, 4 transient, 5 persistent), firing on 1-5% of tokens; half the width and
 features of the others, so that a crosscoder of 64 latents trains on them in a quarter of the time
 (``scripts/planted_emergence.py``'s ``SMALL_TRAINING``)."""
@@ -201,6 +203,11 @@ EVENT_GENERATORS: dict[str, dict[str, Any]] = {
         **_SMALL,
         n_initialization=12,
         events=PlantedEvents(n_handoffs=5),
+    ),
+    "merge": dict(
+        **_SMALL,
+        n_initialization=12,
+        events=PlantedEvents(n_merges=5),
     ),
 }
 """The generators that plant what decoder norms and lineage can misread, as :data:`GENERATORS`

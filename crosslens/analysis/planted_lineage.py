@@ -1,13 +1,14 @@
-"""Lineage events scored against planted splits and handoffs (:mod:`.planted_events`).
+"""Lineage events scored against planted splits, merges and handoffs (:mod:`.planted_events`).
 
 A planted event is **found** where lineage reports an event of its kind within one snapshot of
 its step whose latents carry its directions on either side: for a split, both children among the
-latents after it; for a handoff, the predecessor among the latents before it and the successor
-among those after. Each reported event finds one planted event at most (a largest one-to-one
-assignment): one event over the latents of two splits planted at one snapshot is one split
-found. A latent's row **carries** a planted feature at a snapshot where that feature is present
-and is the present planted direction nearest to it, at cosine :data:`CARRY_COSINE` or more: a
-direction the set holds no feature along at that snapshot is carried by no latent.
+latents after it; for a merge, both features among the latents before it; for a handoff, the
+predecessor among the latents before it and the successor among those after. Each reported event
+finds one planted event at most (a largest one-to-one assignment): one event over the latents of
+two splits planted at one snapshot is one split found. A latent's row **carries** a planted
+feature at a snapshot where that feature is present and is the present planted direction nearest
+to it, at cosine :data:`CARRY_COSINE` or more: a direction the set holds no feature along at that
+snapshot is carried by no latent.
 
 A reported event that matches a planted event is called **planted** (though the assignment may
 have given that planted event another of its reports). Every other reported event is a
@@ -52,10 +53,11 @@ def carries(
 ) -> bool:
     """Whether one of ``latents``' rows carries ``feature`` at one of ``snapshots`` (the callers
     pass the planted step and the next, as a crosscoder's row can lag one snapshot, or the
-    snapshot before the step). Before a split both children have the parent's direction, so
-    either child counts there; a set without planted events has no such twins."""
-    splits = getattr(getattr(planted, "event_truth", None), "splits", [])
-    twins = {feature} | {c for _, a, b in splits for c in (a, b) if feature in (a, b)}
+    snapshots before it). Before a split (after a merge) both features have one direction, so
+    either counts there; a set without planted events has no such twins."""
+    truth = getattr(planted, "event_truth", None)
+    paired = truth.paired if truth is not None else []
+    twins = {feature} | {c for _, a, b in paired for c in (a, b) if feature in (a, b)}
     for s in snapshots:
         same = (
             twins
@@ -67,16 +69,25 @@ def carries(
     return False
 
 
+def event_sides(kind: str, at: int, n_snapshots: int) -> list[int]:
+    """The snapshots where a planted event of ``kind`` at ``at`` is read on its apart side: a
+    split's step and the next, a merge's two snapshots before its step (a crosscoder's rows can
+    lag or lead by one), a handoff's successor at its step and the next."""
+    if kind == "merge":
+        return sorted({max(0, at - 2), at - 1})
+    return sorted({min(n_snapshots - 1, at), min(n_snapshots - 1, at + 1)})
+
+
 def carried_sides(
-    unit_FSD: torch.Tensor, planted: Any, live: Sequence[int], kind: str, at: int, after: Sequence[int], a: int, b: int
+    unit_FSD: torch.Tensor, planted: Any, live: Sequence[int], kind: str, at: int, sides: Sequence[int], a: int, b: int
 ) -> bool:
     """Whether the crosscoder's live latents carry both sides of a planted event at ``at``, so that
-    lineage could see it: for a split, each child at the snapshots ``after`` it, by two latents or
-    more (one latent carrying both children cannot diverge from itself); for a handoff, the
-    predecessor just before and the successor after."""
-    with_b = [j for j in live if carries(unit_FSD, planted, [j], after, b)]
-    if kind == "split":
-        with_a = [j for j in live if carries(unit_FSD, planted, [j], after, a)]
+    lineage could see it: for a split (a merge), each of its two features at the snapshots
+    ``sides`` after (before) it, by two latents or more (one latent carrying both cannot diverge
+    from itself); for a handoff, the predecessor just before and the successor at ``sides``."""
+    with_b = [j for j in live if carries(unit_FSD, planted, [j], sides, b)]
+    if kind in ("split", "merge"):
+        with_a = [j for j in live if carries(unit_FSD, planted, [j], sides, a)]
         return bool(with_a) and bool(with_b) and len(set(with_a) | set(with_b)) >= 2
     return bool(with_b) and carries(unit_FSD, planted, live, [at - 1], a)
 
@@ -86,7 +97,7 @@ class PlantedLineageScores:
     """Planted events found by a lineage, and what its other events are (:func:`planted_lineage_scores`)."""
 
     planted_events: int
-    """Splits and handoffs planted."""
+    """Splits, merges and handoffs planted."""
     events_found: int
     """Of them, found."""
     events_carried: int
@@ -127,21 +138,28 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
     unit = unit_rows(analysis.W_dec)
     S = unit.shape[1]
     truth = getattr(planted, "event_truth", None)
-    wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
+    wanted = (
+        [("split", *e) for e in truth.splits]
+        + [("handoff", *e) for e in truth.handoffs]
+        + [("merge", *e) for e in truth.merges]
+        if truth
+        else []
+    )
     live = analysis.present.any(1).nonzero().flatten().tolist()
     hit_WK = np.zeros((len(wanted), len(lineage.events)), dtype=bool)
     seen: list[bool] = []
     for w, (kind, at, a, b) in enumerate(wanted):
-        after = sorted({min(S - 1, at), min(S - 1, at + 1)})
-        seen.append(carried_sides(unit, planted, live, kind, at, after, a, b))
+        sides = event_sides(kind, at, S)
+        seen.append(carried_sides(unit, planted, live, kind, at, sides, a, b))
         for k, e in enumerate(lineage.events):
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
-            ahead = carries(unit, planted, e.after, after, b)
-            if kind == "split":
-                ok = ahead and carries(unit, planted, e.after, after, a)
+            if kind == "merge":  # both features among the latents before it
+                ok = carries(unit, planted, e.before, sides, a) and carries(unit, planted, e.before, sides, b)
+            elif kind == "split":
+                ok = carries(unit, planted, e.after, sides, a) and carries(unit, planted, e.after, sides, b)
             else:
-                ok = ahead and carries(unit, planted, e.before, [at - 1], a)
+                ok = carries(unit, planted, e.after, sides, b) and carries(unit, planted, e.before, [at - 1], a)
             hit_WK[w, k] = ok
     # a pair weighs 1, a carried event's less than 1/n more: the largest assignment, and of those
     # one that finds as many of the carried events as any does
@@ -169,5 +187,6 @@ __all__ = [
     "carried_feature",
     "carried_sides",
     "carries",
+    "event_sides",
     "planted_lineage_scores",
 ]
