@@ -87,12 +87,37 @@ def test_a_tighter_successor_line_drops_the_weaker_successions():
     assert len(lineage_of(analysis, LineageConfig(successor_window=0)).events) == 4
 
 
-def test_three_latents_that_part_together_are_one_split():
+def three_parting() -> EvolutionAnalysis:
+    """Latents 0, 1 and 2 on one direction until snapshot 2, each on its own from 3 on."""
     W = built_decoder()[:3].clone()
     W[2] = W[0]
     W[2, 3:] = _turned(W[0, 3], torch.linspace(-1, 1, D), 0.2) * W[0, 3].norm()
-    events = lineage_of(EvolutionAnalysis.from_decoder(W)).events
+    return EvolutionAnalysis.from_decoder(W)
+
+
+def test_three_latents_that_part_together_are_one_split():
+    events = lineage_of(three_parting()).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1, 2))]
+
+
+def test_a_held_event_lists_no_latent_the_activations_hold_nowhere():
+    """A latent whose decoder rows ride along a split that the activations never hold at any
+    snapshot moves nothing of the data: the held split lists the two latents they hold. One held
+    at a single snapshot, away from the split, stays listed; set aside events, and lineage without
+    activations, keep every latent the decoder rows read."""
+    analysis = three_parting()
+    scaled_FS = torch.ones(3, S, dtype=torch.bool)
+    scaled_FS[2] = False
+    lin = lineage_of(analysis, scaled_present_FS=scaled_FS)
+    assert [(e.kind, e.snapshot, e.before, e.after) for e in lin.events] == [("split", 3, (0, 1), (0, 1))]
+    scaled_FS[2, 7] = True
+    assert lineage_of(analysis, scaled_present_FS=scaled_FS).events[0].latents == (0, 1, 2)
+    scaled_FS[2, 7] = False
+    unheld = lineage_of(analysis, LineageConfig(held_by_activations=False), scaled_present_FS=scaled_FS)
+    assert unheld.events[0].latents == (0, 1, 2)
+    scaled_FS[1, 3] = False  # one of the two left, at the split: set aside, as read
+    aside = lineage_of(analysis, scaled_present_FS=scaled_FS)
+    assert aside.events == [] and aside.set_aside[0].latents == (0, 1, 2)
 
 
 def test_relatives_are_the_nearest_present_latents_and_match_the_loop():

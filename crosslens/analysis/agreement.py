@@ -16,8 +16,8 @@ latent present at neither is read at its nearest present snapshot on its side of
 latent before it at its last present snapshot before ``t`` (a predecessor that faded at ``t - 1``,
 inside the succession window), a latent after it at its first from ``t`` on (a second successor
 emerging later); one present nowhere on its side scores -1, as a move not made. A latent present at
-no snapshot at all (one lineage counts among an event's latents though latent scaling holds it
-nowhere, such as a TopK latent whose rows ride along a split it never fires for) makes no move
+no snapshot at all (one lineage read from decoder rows alone counts among an event's latents,
+such as a TopK latent whose rows ride along a split it never fires for) makes no move
 another crosscoder could show and is not looked for; an event none of whose latents is present on
 its side is not read (NaN). The event's agreement is the least
 over its latents: 1 where every move is there, near 0 where one is nowhere. Only decoder rows are

@@ -60,7 +60,7 @@ points at no concept of the data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -187,7 +187,9 @@ class LineageConfig:
     side. The others are read from decoder rows that carry nothing the activations show (a latent
     whose row points at a feature on snapshots where it explains none of it) and are set aside
     (:attr:`Lineage.set_aside`). On the planted grid every planted event found is held, and most of the
-    false events go (benchmarks/README.md, "Is an emergence real?")."""
+    false events go (benchmarks/README.md, "Is an emergence real?"). A held event lists only the
+    latents the activations hold at some snapshot: one they hold at none (a TopK latent whose rows
+    ride along a split it never fires for) moves nothing of the data, on either side."""
     own_share: float = 0.5
     """Where latent scaling has read activations (:func:`lineage_of` given its activation share), a
     split's children at each of the ``min_snapshots`` snapshots from it on, and a merge's latents at
@@ -389,12 +391,24 @@ def lineage(
         present_FS = None if scaled_present_FS is None else scaled_present_FS.bool().cpu()
         own_FS = None if activation_share_FS is None else activation_share_FS.cpu() >= config.own_share
         held = held_by_activations(events, present_FS, config.min_snapshots, own_FS)
+    kept = [e for e, ok in zip(events, held) if ok]
+    if config.held_by_activations and scaled_present_FS is not None:
+        somewhere_F = scaled_present_FS.bool().cpu().any(1)
+        kept = [_held_somewhere(e, somewhere_F) for e in kept]
     return Lineage(
         relatives=relatives,
         relative_cosine=cosines,
-        events=[e for e, ok in zip(events, held) if ok],
+        events=kept,
         set_aside=[e for e, ok in zip(events, held) if not ok],
     )
+
+
+def _held_somewhere(event: LineageEvent, somewhere_F: torch.Tensor) -> LineageEvent:
+    """``event`` without the latents the activations hold at no snapshot: a held event keeps two on
+    each side of a divergence and one on each side of a succession, all of them held somewhere."""
+    before = tuple(j for j in event.before if bool(somewhere_F[j]))
+    after = tuple(j for j in event.after if bool(somewhere_F[j]))
+    return event if (before, after) == (event.before, event.after) else replace(event, before=before, after=after)
 
 
 def held_by_activations(
