@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from crosslens.analysis import LineageEvent, PlantedConfig, PlantedEvolution
+from crosslens.analysis import LineageEvent, PlantedConfig, PlantedEvents, PlantedEvolution
 from crosslens.analysis.planted_lineage import carried_feature, carries, planted_lineage_scores
 from crosslens.analysis.relatives import unit_rows
 
@@ -83,6 +84,13 @@ def test_a_planted_merge_is_two_directions_that_become_one() -> None:
             assert float(planted.directions[f, at - 1] @ planted.directions[a, at]) == pytest.approx(0.6, abs=1e-5)
         # both fire throughout, each on its own tokens
         assert bool(planted.present[a].all()) and bool(planted.present[b].all())
+    # beside splits and handoffs in one set, every event takes features of its own
+    events = PlantedEvents(n_splits=2, n_handoffs=1, n_merges=2)
+    mixed = PlantedEvolution.build(dataclasses.replace(PlantedConfig.preset("merge", seed=0), events=events))
+    truth = mixed.event_truth
+    used = [i for _, a, b in truth.splits + truth.handoffs + truth.merges for i in (a, b)]
+    assert len(used) == len(set(used)) == 10
+    assert [at for at, _, _ in truth.splits + truth.handoffs + truth.merges] == [2, 3, 4, 5, 2]
 
 
 def test_a_planted_merge_is_found_from_both_its_features_before_it() -> None:
