@@ -332,7 +332,7 @@ def test_is_it_real_finds_planted_truth_and_checks_the_pico_crosscoder(
     assert weak["crosscoder"]["reported"] - weak["crosscoder"]["decoder"] >= 3, weak
     assert weak["crosscoder"]["contested"] >= 3, weak
 
-    # planted splits and handoffs found (measured: 4 and 5 of 5), every reported event labelled
+    # planted splits, handoffs and merges found (measured: 4, 5 and 4 of 5), every reported event labelled
     for family, run in summary["events"].items():
         assert run["planted_events"] == 5 and run["events_found"] >= 4, (family, run)
         assert len(run["labels"]) == run["events"] == sum(run["counts"].values())
@@ -340,6 +340,7 @@ def test_is_it_real_finds_planted_truth_and_checks_the_pico_crosscoder(
         assert set(run["labels"]) <= {"planted", "decoupling", "false"}
     assert summary["events"]["split"]["counts"]["split"] >= 4
     assert summary["events"]["handoff"]["counts"]["handoff"] >= 4
+    assert summary["events"]["merge"]["counts"]["merge"] >= 4  # measured: 5, finding 4 of the 5 planted
     # each event's agreement with a ReLU crosscoder of the same planted set: the planted ones are made there
     for family, run in summary["events"].items():
         assert len(run["agreement"]) == run["events"], (family, run)
