@@ -82,7 +82,7 @@ def test_a_planted_merge_is_two_directions_that_become_one() -> None:
         # just before the merge each lies at the planted cosine to the merged direction
         for f in (a, b):
             assert float(planted.directions[f, at - 1] @ planted.directions[a, at]) == pytest.approx(0.6, abs=1e-5)
-        # both fire throughout, each on its own tokens
+        # both are present throughout
         assert bool(planted.present[a].all()) and bool(planted.present[b].all())
     # beside splits and handoffs in one set, every event takes features of its own
     events = PlantedEvents(n_splits=2, n_handoffs=1, n_merges=2)
