@@ -276,7 +276,6 @@ LINEAGE_SENSITIVITY = (
     {"max_shared": 10},
     {"max_shared": 127},
     {"birth_splits": False},
-    {"fade_merges": True},
     {"turns": False},
     {"turn_at_once": False},
     {"leave_for_good": False},

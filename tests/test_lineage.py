@@ -386,11 +386,13 @@ def test_a_crowd_that_shares_one_direction_and_scatters_makes_no_split():
     assert [(e.kind, e.snapshot, e.latents) for e in few] == [("split", 4, tuple(range(7)))]
 
 
-def born_copies() -> torch.Tensor:
-    """9 latents over 8 snapshots: 1 born at 3 as the copy of 0 and apart from it from 4 on, 0
-    turning at 4 (a split by birth); 3 along 2 only under the presence line before it emerges;
-    6 born at 5 as 5's copy and staying one; 8 born at 3 as 7's copy, leaving it at 4 as 7 keeps
-    its row."""
+def test_a_latent_born_as_another_s_copy_that_leaves_it_is_a_split():
+    """A split's second child may get a latent of its own only as it splits off, born as a copy of
+    the parent's latent and apart from it after, the parent's latent turning too: together at one
+    snapshot, too few for a divergence. A latent born as a copy that stays one is a duplicate, one
+    born as a copy that leaves a parent keeping its row is a duplicate gone on to carry another
+    feature, and one whose rows lay along another's only under the presence line before it emerged
+    was never that latent's copy: no split."""
     gen = torch.Generator().manual_seed(7)
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
     W = torch.zeros(9, S, D)
@@ -403,41 +405,12 @@ def born_copies() -> torch.Tensor:
     W[6, 5:] = u[5]  # born at 5 as 5's copy and staying one
     W[7] = u[9]  # keeps its row ...
     W[8, 3], W[8, 4:] = u[9], _turned(u[9], u[10], 0.3)  # ... as its copy, born at 3, leaves at 4
-    return W * GROWING_1S1
-
-
-def test_a_latent_born_as_another_s_copy_that_leaves_it_is_a_split():
-    """A split's second child may get a latent of its own only as it splits off, born as a copy of
-    the parent's latent and apart from it after, the parent's latent turning too: together at one
-    snapshot, too few for a divergence. A latent born as a copy that stays one is a duplicate, one
-    born as a copy that leaves a parent keeping its row is a duplicate gone on to carry another
-    feature, and one whose rows lay along another's only under the presence line before it emerged
-    was never that latent's copy: no split."""
-    analysis = EvolutionAnalysis.from_decoder(born_copies())
+    analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
     assert not analysis.present[1, :3].any() and not analysis.present[3, :4].any()
     assert lineage_of(analysis).events == [
         LineageEvent("split", 4, (0, 1), (0, 1), pytest.approx(0.18, abs=1e-4), "divergence"),
     ]
     assert lineage_of(analysis, LineageConfig(birth_splits=False)).events == []
-
-
-def test_a_latent_that_fades_as_another_s_copy_is_a_merge():
-    """The split by birth read backwards: two latents apart until a merge, where one turns onto the
-    other's row and the other fades a snapshot later, the crosscoder keeping one latent for the
-    merged direction: together at one snapshot, too few for a divergence. The same decoder with its
-    snapshots reversed holds one such merge, at the first snapshot after the pair's last one apart,
-    and none of the split by birth's other cases read backwards (a copy fading as a copy, one that
-    came onto the row of a latent that kept it, one along another's only under the presence line
-    after it faded)."""
-    backwards = EvolutionAnalysis.from_decoder(born_copies().flip(1))
-    assert backwards.present[1].tolist() == [True] * 5 + [False] * 3
-    fading = LineageConfig(fade_merges=True)
-    assert lineage_of(backwards, fading).events == [
-        LineageEvent("merge", 4, (0, 1), (0, 1), pytest.approx(1.0, abs=1e-4), "divergence"),
-    ]
-    assert lineage_of(backwards).events == []  # off by default
-    # forwards, the pair is a split and no merge
-    assert [e.kind for e in lineage_of(EvolutionAnalysis.from_decoder(born_copies()), fading).events] == ["split"]
 
 
 def test_a_handover_to_or_from_a_latent_that_turns_is_a_succession_by_a_turn():

@@ -1,7 +1,6 @@
 """Splits and merges read from two latents whose rows coincide and part (or the reverse): the
-divergence rules of :func:`crosslens.analysis.lineage_events.lineage`, splits whose second child is
-born as the parent's copy, and their reverse in time, merges whose second latent fades as the
-merged one's copy.
+divergence rules of :func:`crosslens.analysis.lineage_events.lineage`, and splits whose second
+child is born as the parent's copy.
 
 Pairs come back as ``(kind, snapshot, a, b, cosine)`` tuples; ``config`` is a
 :class:`~crosslens.analysis.lineage_events.LineageConfig`, whose fields say what each rule reads.
@@ -13,8 +12,6 @@ from collections.abc import Collection
 from typing import Any
 
 import torch
-
-from crosslens.analysis.succession import held_presence, turned_rows
 
 
 def divergence_pairs(
@@ -177,32 +174,6 @@ def birth_splits(
         if (min(a, b), max(a, b)) not in seen:
             found.append(("split", at, min(a, b), max(a, b), float(cos_PS[p, at])))
     return found
-
-
-def fade_merges(
-    unit_FSD: torch.Tensor,
-    present_FS: torch.Tensor,
-    relatives: torch.Tensor,
-    cosines: torch.Tensor,
-    config: Any,
-    seen: Collection[tuple[int, int]] = (),
-) -> list[tuple[str, int, int, int, float]]:
-    """Merges whose second latent fades as the merged one's copy: :func:`birth_splits` read with time
-    running backwards. A latent ``b`` last present at ``l`` (for ``min_snapshots`` in a row) with a
-    relative ``a`` there at ``same_cosine`` or closer that is present at ``l + 1`` too, the two apart
-    at ``min_snapshots`` snapshots before ``l`` and never at the hold line there, and ``a`` leaving
-    on the way back the row it holds at ``l``: two concepts became one, and the crosscoder kept one
-    latent for it. The merge is at the first snapshot after the pair's last one apart, its cosine
-    the pair's there; ``seen`` pairs (``a < b``) are left out."""
-    S = unit_FSD.shape[1]
-    unit_back, present_back = unit_FSD.flip(1), present_FS.flip(1)
-    turned_back = turned_rows(unit_back, present_back, config.hold_cosine)
-    held_back = held_presence(present_back, config.min_snapshots)
-    found = birth_splits(
-        unit_back, present_back, held_back, relatives.flip(1), cosines.flip(1), config, turned_back, seen
-    )
-    # a split at s read backwards is apart at S - 1 - s and before: merged from the snapshot after
-    return [("merge", S - at, a, b, float(unit_FSD[a, S - at] @ unit_FSD[b, S - at])) for _, at, a, b, _ in found]
 
 
 def _crowded(

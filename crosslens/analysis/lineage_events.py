@@ -25,10 +25,6 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   at that one snapshot. The parent's latent turns too, as in a divergence: a newborn copy that
   leaves a parent keeping its row is a duplicate gone on to carry another feature
   (:attr:`LineageConfig.birth_splits`);
-- **merge by fading**: the same read backwards in time: a latent that fades as another's copy (its
-  last present row at ``same_cosine`` or closer to a latent present there and just after), having
-  been apart from it before, the other turning onto that row: two concepts became one and the
-  crosscoder kept one latent for it (:attr:`LineageConfig.fade_merges`, off by default);
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
   latent's first ones, two rows of one snapshot where both are present left out, >=
@@ -66,7 +62,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.analysis.divergence import birth_splits, divergence_pairs, fade_merges
+from crosslens.analysis.divergence import birth_splits, divergence_pairs
 from crosslens.analysis.relatives import nearest_relatives, unit_rows
 from crosslens.analysis.succession import (
     components,
@@ -145,15 +141,6 @@ class LineageConfig:
     adds one false event; reading a latent's rows under the presence line before its birth as well
     found one more split but added false events on ``correlated`` (benchmarks/README.md, "Is an
     emergence real?")."""
-    fade_merges: bool = False
-    """Also read as a merge a latent that fades as another's copy, having been apart from it before
-    (:func:`~crosslens.analysis.divergence.fade_merges`, a split by birth read backwards): such a
-    pair is together at one snapshot, too few for a divergence. Off by default. On the planted grid
-    it finds 3 more of the 100 planted merges (JumpReLU's and TopK's, whose crosscoders keep one latent
-    for the merged direction and let the other fade) and adds no false event. On the pico demo's
-    three crosscoders, though, the merges it adds join words of one class of the pico grammar 1
-    time in 8, about what random pairs of latents do (11%), where the merges read without it, among
-    latents strongest at step 0, do 61 times in 61 (benchmarks/README.md, "Planted merges")."""
     turns: bool = True
     """Also read a succession whose predecessor or successor is a latent present on both sides of the
     handover that turns in one step (:func:`~crosslens.analysis.succession.turn_successions`): the
@@ -369,11 +356,9 @@ def lineage(
     held_FS = held_presence(present_FS, config.min_snapshots)  # runs of presence, read by three rules
     turned_FS = turned_rows(unit_FSD, present_FS, config.hold_cosine)  # one-step turns, read by three rules
     found = divergence_pairs(unit_FSD, present_FS, relatives, cosines, config, turned_FS)
-    seen = {(a, b) for _, _, a, b, _ in found}
     if config.birth_splits:
+        seen = {(a, b) for _, _, a, b, _ in found}
         found += birth_splits(unit_FSD, present_FS, held_FS, relatives, cosines, config, turned_FS, seen)
-    if config.fade_merges:
-        found += fade_merges(unit_FSD, present_FS, relatives, cosines, config, seen)
     events = _joined(found)
     successions = succession_events(
         unit_FSD, present_FS, held_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config
