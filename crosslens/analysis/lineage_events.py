@@ -371,15 +371,13 @@ def lineage(
         successions += turn_successions(unit_FSD, present_FS, held_FS, config, joined, turned_FS)
     events += [LineageEvent(*e) for e in successions]
     events.sort(key=lambda e: e.order)
-    held = [True] * len(events)
+    held, somewhere_F = [True] * len(events), None
     if config.held_by_activations and (scaled_present_FS is not None or activation_share_FS is not None):
         present_FS = None if scaled_present_FS is None else scaled_present_FS.bool().cpu()
         own_FS = None if activation_share_FS is None else activation_share_FS.cpu() >= config.own_share
         held = held_by_activations(events, present_FS, config.min_snapshots, own_FS)
-    kept = [e for e, ok in zip(events, held) if ok]
-    if config.held_by_activations and scaled_present_FS is not None:
-        somewhere_F = scaled_present_FS.bool().cpu().any(1)
-        kept = [_held_somewhere(e, somewhere_F) for e in kept]
+        somewhere_F = None if present_FS is None else present_FS.any(1)
+    kept = [e if somewhere_F is None else _held_somewhere(e, somewhere_F) for e, ok in zip(events, held) if ok]
     return Lineage(
         relatives=relatives,
         relative_cosine=cosines,
