@@ -115,6 +115,14 @@ def _turned(start_D: torch.Tensor, cosine: float, away_D: torch.Tensor) -> torch
     return cosine * start_D + math.sqrt(1 - cosine**2) * away_D
 
 
+def _parting(d_in: int, gen: torch.Generator) -> torch.Tensor:
+    """Two directions ``[2, d_in]`` for a split's children (a merge's features) to turn towards, the
+    second orthogonal to the first, so that the two part ways."""
+    away_2D = torch.randn(2, d_in, generator=gen)
+    away_2D[1] -= (away_2D[1] @ away_2D[0]) / away_2D[0].square().sum() * away_2D[0]
+    return away_2D
+
+
 def plant_events(planted: Any, events: PlantedEvents, gen: torch.Generator) -> EventTruth:
     """Plant ``events`` on ``planted`` (a built :class:`~crosslens.analysis.synthetic.PlantedEvolution`
     before its normalisation), in place, on features present at every snapshot and in no
@@ -142,8 +150,7 @@ def plant_events(planted: Any, events: PlantedEvents, gen: torch.Generator) -> E
         a, b = rest[2 * k], rest[2 * k + 1]
         at = min(S - 1, events.event_snapshots[k % len(events.event_snapshots)])
         parent_D = planted.directions[a, at].clone()
-        away_2D = torch.randn(2, d_in, generator=gen)
-        away_2D[1] -= (away_2D[1] @ away_2D[0]) / away_2D[0].square().sum() * away_2D[0]  # the children part ways
+        away_2D = _parting(d_in, gen)
         planted.directions[b, :at] = planted.directions[a, :at]
         for child, away_D in ((a, away_2D[0]), (b, away_2D[1])):
             start_D = _turned(parent_D, events.split_cosine, away_D)
@@ -163,8 +170,7 @@ def plant_events(planted: Any, events: PlantedEvents, gen: torch.Generator) -> E
         a, b = pick[first + 2 * k], pick[first + 2 * k + 1]
         at = min(S - 1, events.event_snapshots[(events.n_splits + events.n_handoffs + k) % len(events.event_snapshots)])
         merged_D = planted.directions[a, at].clone()
-        away_2D = torch.randn(2, d_in, generator=gen)
-        away_2D[1] -= (away_2D[1] @ away_2D[0]) / away_2D[0].square().sum() * away_2D[0]
+        away_2D = _parting(d_in, gen)
         for feature, away_D in ((a, away_2D[0]), (b, away_2D[1])):
             last_D = _turned(merged_D, events.merge_cosine, away_D)
             # a walk from the merge back to snapshot 0, read forwards
