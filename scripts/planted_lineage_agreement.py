@@ -46,7 +46,6 @@ from planted_generators import INDEPENDENT, build_planted  # noqa: E402
 
 LINES = (0.0, 0.4, 0.5, 0.7)
 """Agreement lines scored (0: every event kept, as lineage reports them)."""
-PLANTED_FAMILIES = EVENT_FAMILIES
 FALSE_FAMILIES = (*WITHOUT_EVENTS, "weak-early")
 
 
@@ -97,7 +96,7 @@ def table(rows: list[dict], archs: list[str]) -> None:
         cells = []
         for arch in archs:
             found = []
-            for family in PLANTED_FAMILIES:
+            for family in EVENT_FAMILIES:
                 mine = [r for r in at if r["arch"] == arch and r["generator"] == family]
                 found.append(f"{sum(r['events_found'] for r in mine)}/{sum(r['planted_events'] for r in mine)}")
             cells.append(", ".join(found))
