@@ -219,13 +219,19 @@ def test_a_check_of_another_crosscoder_is_refused_before_the_pass(run, tmp_path)
         )
         with pytest.raises(EmergenceRecordError, match=rf"{what} found under other rules .*\(with unknown\)"):
             read_emergence(copy)
-    # a record of an older format (its tables lack what this version reads) is computed again
-    record["format"] = "crosslens.emergence/1"
-    write_sealed(
-        copy / EMERGENCE_NAME, {k: v for k, v in record.items() if k != "emergence_sha256"}, "emergence_sha256"
-    )
-    with pytest.raises(EmergenceRecordError, match=r"not a crosslens.emergence/2 record; run `crosslens analyze"):
-        read_emergence(copy)
+    # a record of an older format is computed again: a /1 record's tables lack what this version
+    # reads, and a /2 record's events can list latents the activations hold at no snapshot
+    for older in ("crosslens.emergence/1", "crosslens.emergence/2"):
+        record["format"] = older
+        write_sealed(
+            copy / EMERGENCE_NAME, {k: v for k, v in record.items() if k != "emergence_sha256"}, "emergence_sha256"
+        )
+        with pytest.raises(
+            EmergenceRecordError,
+            match=rf"not a crosslens.emergence/3 record \(it is '{older}', written under other rules\); "
+            "run `crosslens analyze",
+        ):
+            read_emergence(copy)
 
 
 def test_a_run_without_a_check_gets_empty_tables_and_the_command(run, tmp_path, capsys):

@@ -45,7 +45,10 @@ from crosslens.core.hashing import AGREEMENT_READING, crosscoder_sha256, file_sh
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 
-EMERGENCE_FORMAT = "crosslens.emergence/2"
+EMERGENCE_FORMAT = "crosslens.emergence/3"
+"""The record's format. Each earlier one was written under other rules, and is read as none: a
+``/2`` record's lineage events can list latents the activations hold at no snapshot, and a ``/1``
+record's presence counted other latents' reconstruction wherever it lay."""
 EMERGENCE_KEY = "emergence_sha256"
 _LIFETIMES = ("emergence", "peak", "fade", "dead", "dip", "recovery")
 
@@ -279,7 +282,10 @@ def read_record(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -
     except (UnreadableRecordError, BrokenSealError) as error:
         raise EmergenceRecordError(f"{path} is damaged ({error}); {_fix(run_dir)} again") from None
     if record.get("format") != EMERGENCE_FORMAT:
-        raise EmergenceRecordError(f"{path} is not a {EMERGENCE_FORMAT} record; {_fix(run_dir)} again")
+        raise EmergenceRecordError(
+            f"{path} is not a {EMERGENCE_FORMAT} record (it is {record.get('format')!r}, written under other "
+            f"rules); {_fix(run_dir)} again"
+        )
     recorded = (record.get("partners") or {}).get("crosscoder")
     if crosscoder_sha is not None and recorded != crosscoder_sha:
         raise NoEmergenceRecordError(
