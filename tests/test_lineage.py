@@ -577,6 +577,32 @@ def test_a_predecessor_faded_before_the_snapshot_before_its_successor_is_looked_
     assert " 1 more have no latent present beside their snapshot, so no agreement." in page
 
 
+def test_a_turn_s_latents_are_looked_for_on_their_side_of_it():
+    """In a turn, the latent that turned is the handover's fader (or successor) on its side; the
+    direction it turns to is not the event's. Another crosscoder that hands the same direction from
+    a latent that fades to one that emerges makes the event. A succession's fader present on both
+    sides is still read by its move: its row changing there unannounced is another concept's."""
+    from crosslens.analysis.agreement import event_agreement
+
+    u = torch.linalg.qr(torch.randn(D, 8, generator=torch.Generator().manual_seed(0)))[0].T
+    W = torch.zeros(2, S, D)
+    W[0, :4], W[0, 4:] = u[0], u[5]  # holds u0 up to 3, then turns to u5 in one step
+    W[1, 4:] = _turned(u[0], u[1], 0.9)  # emerges at 4 along u0
+    present = torch.ones(2, S, dtype=torch.bool)
+    present[1, :4] = False
+    V = torch.zeros(2, S, D)  # the same handover, from a latent that fades to one that emerges
+    V[0, :4], V[1, 4:] = u[0], W[1, 4]
+    other_present = V.norm(dim=-1) > 0
+    turn = LineageEvent("handoff", 4, (0,), (1,), 0.9, "turn")
+    succession = LineageEvent("handoff", 4, (0,), (1,), 0.9, "succession")
+    made = event_agreement([turn, succession], unit_rows(W), present, unit_rows(V), other_present)
+    assert made[0] == pytest.approx(1.0, abs=1e-5)
+    assert made[1] == -1.0  # no latent of the other is present at 3 and 4, to hold u0 and then u5
+    # the turned latent's own side is still looked for: without u0 before the turn, none is made
+    V[0, :4] = u[7]
+    assert event_agreement([turn], unit_rows(W), present, unit_rows(V), other_present) == [pytest.approx(0.0, abs=1e-5)]
+
+
 def test_agreement_is_refused_between_crosscoders_of_other_activations():
     from crosslens.analysis.agreement import event_agreement, lineage_agreement
 

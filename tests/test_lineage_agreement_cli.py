@@ -211,8 +211,9 @@ def test_a_saved_agreement_measured_on_another_store_is_dropped(runs, tmp_path, 
 
 
 def test_a_saved_agreement_of_an_earlier_reading_is_measured_again_not_shown(runs, tmp_path, capsys):
-    """An agreement saved by a crosslens that scored a latent present at no snapshot as a move not
-    made (its record names no reading) is no longer this crosslens's number for those events: the
+    """An agreement saved under an earlier reading of an event's latents (one that scored a latent
+    present at no snapshot as a move not made, whose record names no reading, or one that read a
+    turn's turned latent by its move) is no longer this crosslens's number for those events: the
     report and the feature database leave it out, saying why, and analyze measures it again."""
     from crosslens.analysis.agreement import holding_agreement
 
@@ -222,18 +223,20 @@ def test_a_saved_agreement_of_an_earlier_reading_is_measured_again_not_shown(run
     main(["analyze", "--crosscoder", str(run), "--store", str(runs / "store"), "--lineage-against", str(other)])
     measured = read_emergence(run)
     assert measured.agreement.reading == AGREEMENT_READING
-    earlier = dataclasses.replace(measured.agreement, reading=None)
-    save_run_emergence(run, dataclasses.replace(measured, agreement=earlier), ActivationStore.open(runs / "store"))
-    assert read_emergence(run).agreement.reading is None  # read back as saved: no reading named
     why = f"the lineage agreement with {other} was measured under an earlier reading of an event's latents"
-    held, dropped = holding_agreement(read_emergence(run), run, "the feature database")
-    assert held.agreement is None and dropped.startswith(why)
-    capsys.readouterr()
-    main(["report", str(run), "--store", str(runs / "store")])
-    printed = capsys.readouterr().out
-    assert f"note: {why}" in printed and "lineage events " not in printed
-    main(["analyze", "--crosscoder", str(run), "--store", str(runs / "store"), "--lineage-against", str(other)])
-    assert _same(read_emergence(run).agreement, measured.agreement)
+    for reading in (None, "latents present at some snapshot, each at its nearest present snapshot on its side"):
+        earlier = dataclasses.replace(measured.agreement, reading=reading)
+        store = ActivationStore.open(runs / "store")
+        save_run_emergence(run, dataclasses.replace(measured, agreement=earlier), store)
+        assert read_emergence(run).agreement.reading == reading  # read back as saved
+        held, dropped = holding_agreement(read_emergence(run), run, "the feature database")
+        assert held.agreement is None and dropped.startswith(why)
+        capsys.readouterr()
+        main(["report", str(run), "--store", str(runs / "store")])
+        printed = capsys.readouterr().out
+        assert f"note: {why}" in printed and "lineage events " not in printed
+        main(["analyze", "--crosscoder", str(run), "--store", str(runs / "store"), "--lineage-against", str(other)])
+        assert _same(read_emergence(run).agreement, measured.agreement)
 
 
 def _same(a, b) -> bool:

@@ -11,7 +11,11 @@ architecture shows such events too; another architecture is the test with teeth.
 For each event at snapshot ``t``, each of its latents is looked for in the other crosscoder:
 a latent present at ``t - 1`` and ``t`` (its move) by the other's latents present at both, scored
 by the smaller of the two snapshots' decoder cosines, so one latent must make the whole move; a
-latent present on one side only (a succession's) by the other's present rows on that side. A
+latent present on one side only (a succession's) by the other's present rows on that side. In a
+turn (a succession whose fader or successor is one latent that turned in one step), every latent
+is read on its side of the event: the latent that turned hands over (or takes up) the direction
+of its side, and the direction it turns to (or from) is not the event's, so another crosscoder
+that makes the handover with a latent that fades (or emerges) makes the event. A
 latent present at neither is read at its nearest present snapshot on its side of the event: a
 latent before it at its last present snapshot before ``t`` (a predecessor that faded at ``t - 1``,
 inside the succession window), a latent after it at its first from ``t`` on (a second successor
@@ -57,8 +61,9 @@ from crosslens.crosscoders.saved import load_crosscoder_folder
 AGREEMENT_LINE = 0.5
 """An event the other crosscoder shows: each of its latents' moves made there by one latent at this
 decoder cosine or closer on both snapshots. Halfway between a move that is there (near 1) and one
-that is nowhere (near 0). On the planted grid, 0.4 keeps one false event more, 0.5 one planted
-handoff fewer, and 0.7 four planted events fewer still (benchmarks/README.md, "Is an emergence real?")."""
+that is nowhere (near 0). On the planted grid, 0.4 keeps one false event more; 0.5 keeps every planted
+split and handoff that lineage finds without a line, and 0.7 four fewer (benchmarks/README.md, "Is an
+emergence real?")."""
 
 
 def event_agreement(
@@ -103,10 +108,12 @@ def event_agreement(
 def _compared_snapshots(event: Any, latent: int, present_S: Bool[torch.Tensor, " n_snapshots"]) -> list[int]:
     """The snapshots at which ``latent``'s rows are looked for (module docstring): those of the
     snapshot before ``event`` and its own where it is present, else its nearest present snapshot on
-    each side of the event it is on; none where it is present nowhere there."""
+    each side of the event it is on; none where it is present nowhere there. A turn's latents are
+    read on their side alone: the one that turned is the event's fader or successor there, and its
+    row on the other side is what it carries besides."""
     t1 = event.snapshot
     beside = [t for t in dict.fromkeys((max(0, t1 - 1), t1)) if bool(present_S[t])]
-    if beside:
+    if beside and event.how != "turn":
         return beside
     on = torch.nonzero(present_S).flatten().tolist()
     earlier = [t for t in on if t < t1] if latent in event.before else []

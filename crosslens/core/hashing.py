@@ -77,7 +77,9 @@ def crosscoder_change(run_dir: str | os.PathLike, sha256: str, checked: str) -> 
     return None
 
 
-AGREEMENT_READING = "latents present at some snapshot, each at its nearest present snapshot on its side"
+AGREEMENT_READING = (
+    "latents present at some snapshot, each at its nearest present snapshot on its side; a turn's on its side alone"
+)
 """How :mod:`crosslens.analysis.agreement` reads a lineage event's latents, recorded with each
 agreement it measures (``LineageAgreement.reading``): one recorded under another reading, or under
 none named (an earlier crosslens's), is measured again rather than shown."""
@@ -90,7 +92,7 @@ def agreement_change(agreement: dict[str, Any]) -> str | None:
     if agreement.get("reading") != AGREEMENT_READING:
         return (
             f"the lineage agreement with {agreement['against']} was measured under an earlier reading of an "
-            "event's latents (one present at no snapshot counted as a move not made)"
+            "event's latents"
         )
     return crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")
 
