@@ -226,6 +226,20 @@ def test_entry_classes_equal_a_per_snapshot_count_on_edge_cases():
     assert (open_any & ~open_all).any() and window_mixed.any() and window_all.any()
 
 
+@pytest.mark.parametrize("share", [0.0, 1e-3, 0.01, 0.3, 1.0])
+def test_flat_nonzero_is_nonzero_whether_it_reads_words_or_entries(share):
+    """Sparse masks are searched word by word (eight entries at a time), dense ones entry by entry:
+    the indices are nonzero's either way, as are those of masks whose entries do not fill words."""
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(96, 256, generator=gen) < share
+    words = mask.view(-1).view(torch.int64)
+    sparse = int(torch.count_nonzero(words)) <= ops.SPARSE_WORD_SHARE * words.numel()
+    assert sparse == (share < 0.3)  # both readings are taken
+    assert torch.equal(ops.flat_nonzero(mask), mask.view(-1).nonzero().squeeze(1))
+    for part in (mask[:, :-3].contiguous(), mask.view(-1)[5:]):  # 253 a row; an offset inside a word
+        assert torch.equal(ops.flat_nonzero(part), part.reshape(-1).nonzero().squeeze(1))
+
+
 @pytest.mark.parametrize("window_mode", ["gathered", "matmul", "per_snapshot"])
 @pytest.mark.parametrize("padding_limit", [0.0, float("inf")])
 def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, padding_limit):
