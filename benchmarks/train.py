@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -327,6 +328,12 @@ def trained_rows(args: argparse.Namespace) -> None:
     saved_cfg = json.loads((run / "final" / "cfg.json").read_text())
     details = saved_cfg["metadata"]["training_architecture_details"]
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES["jumprelu_crosscoder"]
+    unknown = sorted(set(details) - {f.name for f in dataclasses.fields(train_cfg_cls)})
+    if unknown:
+        raise SystemExit(
+            f"--trained {run}: its crosscoder was trained by an earlier crosslens, whose training config held "
+            f"{', '.join(unknown)}; train it again with this one (`make demo` after removing {run})"
+        )
     S, F_, B = saved_cfg["n_snapshots"], saved_cfg["d_sae"], args.batch
     sae = train_cls(train_cfg_cls(d_in=saved_cfg["d_in"], d_sae=F_, n_snapshots=S, **details))
     # folded: reads raw activations; the lambda controller's factor is a training buffer, not saved
