@@ -131,8 +131,8 @@ finds those words first (under it, that is faster than one pass over every entry
 def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """The flat indices of ``mask``'s True entries, ascending: ``mask.view(-1).nonzero()``. On a CPU,
     a sparse mask is read as 64-bit words of eight entries first (a count of the words that hold
-    one, then their indices), and only those words' entries are searched: ``nonzero`` over every
-    entry of a mask of millions takes as long however few are True."""
+    one, then their indices), and only those words' entries are searched; ``nonzero`` alone reads
+    every entry, however few are True."""
     flat = mask.view(-1)
     if flat.device.type != "cpu" or flat.numel() % 8 or flat.storage_offset() % 8:
         return flat.nonzero().squeeze(1)
