@@ -146,9 +146,14 @@ def plant_events(planted: Any, events: PlantedEvents, gen: torch.Generator) -> E
         truth.weak_early[i] = until
     rest = pick[events.n_weak_early :]
     d_in = planted.directions.shape[-1]
+
+    def pair_at(n: int) -> tuple[int, int, int]:
+        """The two features and the snapshot of the ``n``-th event, counted over the splits, then
+        the handoffs, then the merges."""
+        return rest[2 * n], rest[2 * n + 1], min(S - 1, events.event_snapshots[n % len(events.event_snapshots)])
+
     for k in range(events.n_splits):
-        a, b = rest[2 * k], rest[2 * k + 1]
-        at = min(S - 1, events.event_snapshots[k % len(events.event_snapshots)])
+        a, b, at = pair_at(k)
         parent_D = planted.directions[a, at].clone()
         away_2D = _parting(d_in, gen)
         planted.directions[b, :at] = planted.directions[a, :at]
@@ -157,18 +162,15 @@ def plant_events(planted: Any, events: PlantedEvents, gen: torch.Generator) -> E
             planted.directions[child, at:] = drift(start_D[None], S - at, planted.config.adjacent_cosine, gen)[0]
         truth.splits.append((at, a, b))
     for k in range(events.n_handoffs):
-        a, b = rest[2 * events.n_splits + 2 * k], rest[2 * events.n_splits + 2 * k + 1]
-        at = min(S - 1, events.event_snapshots[(events.n_splits + k) % len(events.event_snapshots)])
+        a, b, at = pair_at(events.n_splits + k)
         start_D = _turned(planted.directions[a, at - 1], events.handoff_cosine, torch.randn(d_in, generator=gen))
         planted.directions[b, at:] = drift(start_D[None], S - at, planted.config.adjacent_cosine, gen)[0]
         planted.magnitudes[a, at:] = 0.0
         planted.magnitudes[b, :at] = 0.0
         planted.fade[a], planted.emergence[b] = at, at
         truth.handoffs.append((at, a, b))
-    first = events.n_weak_early + 2 * (events.n_splits + events.n_handoffs)
     for k in range(events.n_merges):
-        a, b = pick[first + 2 * k], pick[first + 2 * k + 1]
-        at = min(S - 1, events.event_snapshots[(events.n_splits + events.n_handoffs + k) % len(events.event_snapshots)])
+        a, b, at = pair_at(events.n_splits + events.n_handoffs + k)
         merged_D = planted.directions[a, at].clone()
         away_2D = _parting(d_in, gen)
         for feature, away_D in ((a, away_2D[0]), (b, away_2D[1])):
