@@ -154,12 +154,11 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
         for k, e in enumerate(lineage.events):
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
-            if kind == "merge":  # both features among the latents before it
-                ok = carries(unit, planted, e.before, sides, a) and carries(unit, planted, e.before, sides, b)
-            elif kind == "split":
-                ok = carries(unit, planted, e.after, sides, a) and carries(unit, planted, e.after, sides, b)
-            else:
+            if kind == "handoff":
                 ok = carries(unit, planted, e.after, sides, b) and carries(unit, planted, e.before, [at - 1], a)
+            else:  # both features among the latents on its apart side: after a split, before a merge
+                apart = e.before if kind == "merge" else e.after
+                ok = carries(unit, planted, apart, sides, a) and carries(unit, planted, apart, sides, b)
             hit_WK[w, k] = ok
     # a pair weighs 1, a carried event's less than 1/n more: the largest assignment, and of those
     # one that finds as many of the carried events as any does
