@@ -55,7 +55,7 @@ from torch import nn
 
 import crosslens.crosscoders as cc
 from crosslens.architectures import SPARSITY_FIELDS
-from crosslens.core.metadata import WEIGHTS_NAME
+from crosslens.core.metadata import TRAINING_DETAILS_KEY, WEIGHTS_NAME
 from crosslens.core.tensors import row_norms
 from crosslens.kernels import sparse
 from crosslens.kernels.active_pairs import ActivePairs
@@ -326,7 +326,7 @@ def trained_rows(args: argparse.Namespace) -> None:
     run = Path(args.trained).expanduser()
     run_cfg = json.loads((run / "run.json").read_text())
     saved_cfg = json.loads((run / "final" / "cfg.json").read_text())
-    details = saved_cfg["metadata"]["training_architecture_details"]
+    details = saved_cfg["metadata"][TRAINING_DETAILS_KEY]
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES["jumprelu_crosscoder"]
     unknown = sorted(set(details) - {f.name for f in dataclasses.fields(train_cfg_cls)})
     if unknown:

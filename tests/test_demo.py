@@ -61,6 +61,7 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.cli.demo_stages import DemoConfig, train_stage
     from crosslens.training.config import ArchitectureConfig
+    from crosslens.training.records import read_record, record_problem, write_record
 
     hook = "blocks.0.hook_resid_post"
     write_local_suite(tmp_path / "suite", {f"step{s}": tiny_neox(seed=s) for s in (0, 10)}, make_word_tokenizer())
@@ -83,6 +84,25 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
     recorded = json.loads(run_file.read_text())
     assert recorded.pop("world_size") == 1
     run_file.write_text(json.dumps(recorded, indent=2))
+    train_stage(tmp_path / "store", tmp_path / "run", config)
+    assert "reusing trained crosscoder" in capsys.readouterr().out
+    # a crosscoder trained by code whose architecture named or defaulted a training field otherwise
+    # (run.json holds the runner's settings only): sealed as that code sealed it, and trained again
+    final = tmp_path / "run" / "final"
+    saved = json.loads((final / "cfg.json").read_text())
+    details = saved["metadata"]["training_architecture_details"]
+    details["tanh_scale"] = details["jumprelu_tanh_scale"]
+    details["threshold_lr_scale"] *= 2
+    (final / "cfg.json").write_text(json.dumps(saved))
+    record = read_record(final)
+    write_record(final, **{k: v for k, v in record.items() if k not in ("format", "files")})
+    assert record_problem(final) is None
+    retrained = train_stage(tmp_path / "store", tmp_path / "run", config)
+    assert (
+        "demo settings changed (the crosscoder's training fields tanh_scale, threshold_lr_scale): retraining"
+        in capsys.readouterr().out
+    )
+    assert torch.equal(retrained.W_dec, first.W_dec)  # the same seed and settings: the same bytes
     train_stage(tmp_path / "store", tmp_path / "run", config)
     assert "reusing trained crosscoder" in capsys.readouterr().out
     train_stage(tmp_path / "store", tmp_path / "run", replace(config, n_steps=30))

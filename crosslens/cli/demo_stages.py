@@ -38,6 +38,7 @@ from crosslens.checkpoints import CheckpointSuite, spaced_steps
 from crosslens.checkpoints.local import SUITE_FILE
 from crosslens.checkpoints.on_device import on_device
 from crosslens.core.errors import DamagedManifestError
+from crosslens.core.metadata import CFG_NAME, TRAINING_DETAILS_KEY, saved_metadata
 from crosslens.core.paths import IE_TABLE_NAME, RUN_CONFIG_NAME, checkpoint_folders
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.htmlreport import Report
@@ -50,7 +51,7 @@ from crosslens.training.config import RUN_STORE_SEAL, ArchitectureConfig, Crossc
 from crosslens.training.metrics import evaluate_crosscoder
 from crosslens.training.records import read_record, record_problem
 from crosslens.training.runfolder import RunFolderInUseError
-from crosslens.training.runner import CrosscoderTrainingRunner
+from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder
 
 
 @dataclass
@@ -233,6 +234,8 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
             changed = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
         except (ValueError, AttributeError):  # a damaged run.json
             changed = [RUN_CONFIG_NAME]
+        fields = [] if changed else training_fields_changed(runner)  # a setting changed moves those it sets
+        changed += [f"the crosscoder's training fields {', '.join(fields)}"] if fields else []
         trained_on = _store_trained_on(runner)
         if changed or trained_on not in (None, runner.store.content_sha256):
             why = (
@@ -265,6 +268,25 @@ def current_quality(quality: Any, config: DemoConfig) -> bool:
         return False
     spliced = quality.get("spliced_loss")
     return spliced is None or spliced_where_trained(spliced)
+
+
+def training_fields_changed(runner) -> list[str]:
+    """The training fields (:data:`~crosslens.core.metadata.TRAINING_DETAILS_KEY`) in which the
+    crosscoder of the run in ``runner.out_dir`` differs from one the runner would build now, a field
+    either lacks included. run.json holds the runner's settings, not the defaults and names of the
+    architecture's training config: a crosscoder trained before one of them changed is trained
+    again, not shown as what this code trains. Empty where the run has no crosscoder yet."""
+    if not (runner.final_path / CFG_NAME).is_file():
+        return []
+    details = saved_metadata(runner.final_path).get(TRAINING_DETAILS_KEY)
+    if not isinstance(details, dict):
+        return [TRAINING_DETAILS_KEY]
+    store = runner.store  # the shapes it is built for; on "meta" no weights are allocated
+    built = new_training_crosscoder(
+        runner.config, d_in=store.d_in_of(runner.hook), n_snapshots=store.n_snapshots, device="meta"
+    )
+    now = json.loads(json.dumps(built.cfg.get_training_architecture_details()))
+    return sorted(name for name in details.keys() | now.keys() if details.get(name) != now.get(name))
 
 
 def _store_trained_on(runner) -> str | None:

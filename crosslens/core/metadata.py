@@ -18,6 +18,9 @@ CFG_NAME = "cfg.json"
 """A saved crosscoder's config, SAELens's name for it."""
 WEIGHTS_NAME = "sae_weights.safetensors"
 """A saved crosscoder's weights, SAELens's name for them."""
+TRAINING_DETAILS_KEY = "training_architecture_details"
+"""The metadata key under which SAELens saves a crosscoder's training fields (its training config's
+fields that the inference config lacks: the sparsity schedule, JumpReLU's bandwidth, ...)."""
 
 
 def saved_metadata(folder: str | os.PathLike) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from sae_lens.saes.sae import SAEConfig, SAEMetadata, TrainCoefficientConfig, Tr
 
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, defaults_for
 from crosslens.core.errors import CrosslensError
+from crosslens.core.metadata import TRAINING_DETAILS_KEY
 
 
 class CrosscoderMetadata(SAEMetadata):
@@ -156,7 +157,7 @@ class CrosscoderTrainingConfig(_NamedArchitecture, CrosscoderTrainingConfigField
         """SAELens's ``from_dict``, refusing a crosscoder saved for inference (a run's ``final/``):
         its cfg.json keeps the training fields only as ``metadata.training_architecture_details``,
         and the training config would take defaults for them."""
-        details = (config_dict.get("metadata") or {}).get("training_architecture_details") or {}
+        details = (config_dict.get("metadata") or {}).get(TRAINING_DETAILS_KEY) or {}
         missing = sorted(set(details) - set(config_dict))
         if missing:
             raise saved_for_inference_error(config_dict.get("architecture", cls.architecture()), missing)

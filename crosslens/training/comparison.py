@@ -18,6 +18,7 @@ from sae_lens.saes.sae import SAE
 from crosslens.activations import ActivationStore
 from crosslens.activations.partners import processing_problem, snapshot_problem, store_suite
 from crosslens.activations.store import snapshot_label
+from crosslens.core.metadata import TRAINING_DETAILS_KEY
 from crosslens.core.progress import progress_bar
 from crosslens.training.baselines import (
     BASELINE_ARCHITECTURES,
@@ -346,7 +347,7 @@ def _crosscoder_sparsity(crosscoder: SAE[Any]) -> str | None:
     k = getattr(crosscoder.cfg, "k", None)
     if k is not None:
         return f"k={k}"
-    details = crosscoder.cfg.metadata.get("training_architecture_details") or {}
+    details = crosscoder.cfg.metadata.get(TRAINING_DETAILS_KEY) or {}
     for name, label in (("l1_coefficient", "l1"), ("l0_coefficient", "l0")):
         if details.get(name) is not None:
             return f"{label}={details[name]:.3g}"
