@@ -22,9 +22,10 @@ as ``scripts/planted_generators.py`` does) on each planted generator, then score
 ``--cache DIR`` keeps each trained crosscoder (``GENERATOR-ARCH-seedN-HASH.pt``, with the settings
 it was trained with: every argument ``train_planted`` took, resolved, the architecture's defaults
 and the planted set's config, HASH theirs), so scoring again with other thresholds does not train
-again, and a crosscoder trained under other settings (another protocol, or defaults since changed)
-is never read as this one's. ``--steps``, ``--batch-size`` and ``--k`` change the training protocol
-for every family scored; each protocol keeps its own files.
+again, and a crosscoder trained under other settings (another protocol, or defaults since changed),
+or with training fields other than the architecture's training config gives now (a field's default
+or name since changed), is never read as this one's. ``--steps``, ``--batch-size`` and ``--k``
+change the training protocol for every family scored; each protocol keeps its own files.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.scaling import latent_scaling
 from crosslens.architectures import defaults_for, uses_k
 from crosslens.core.hashing import json_sha256
-from crosslens.training.planted import planted_training_arguments, train_planted
+from crosslens.training.planted import planted_crosscoder, planted_training_arguments, train_planted
 from crosslens.training.runner import differing_settings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -161,7 +162,33 @@ def cached_as(settings: dict, cache: Path) -> dict | None:
         return None
     if uses_k(settings["arch"]) and saved["cfg"]["k"] != settings["training"]["k"]:
         return None
+    changed = training_fields_changed(saved, settings)
+    if changed:
+        print(f"{path} was trained with other training fields ({', '.join(changed)}) than this code builds; not reused")
+        return None
     return saved
+
+
+def training_fields_changed(saved: dict, settings: dict) -> list[str]:
+    """The training fields (the training config's fields that its inference config lacks) in which
+    the cached crosscoder ``saved`` differs from the one ``train_planted`` builds now under
+    ``settings``, a field either lacks included: the settings hold the arguments it is trained with,
+    not the defaults and names of the architecture's training config."""
+    planted = settings["planted"]
+    built = planted_crosscoder(
+        settings["arch"],
+        settings["training"],
+        d_in=planted["d_in"],
+        n_snapshots=planted["n_snapshots"],
+        n_steps=settings["training"]["n_steps"],
+        device="meta",
+    )
+    inference = {f.name for f in dataclasses.fields(built.cfg.get_inference_config_class())} | {"metadata"}
+    was, now = (
+        json.loads(json.dumps({name: v for name, v in cfg.items() if name not in inference}))
+        for cfg in (saved["cfg"], built.cfg.to_dict())
+    )
+    return sorted(name for name in was.keys() | now.keys() if was.get(name) != now.get(name))
 
 
 def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, protocol: dict | None = None):

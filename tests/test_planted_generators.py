@@ -296,7 +296,10 @@ def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, 
 
     def save(k: int, protocol: dict | None) -> None:
         settings = script.cache_settings("split", "topk_crosscoder", 0, protocol)
-        saved = {"settings": settings, "cfg": {"k": k}, "state": {}, "seconds": 1.0}
+        training, planted = {**settings["training"], "k": k}, settings["planted"]
+        dims = dict(d_in=planted["d_in"], n_snapshots=planted["n_snapshots"], n_steps=training["n_steps"])
+        built = script.planted_crosscoder("topk_crosscoder", training, **dims, device="meta")  # its cfg, as trained
+        saved = {"settings": settings, "cfg": built.cfg.to_dict(), "state": {}, "seconds": 1.0}
         torch.save(saved, script.cache_path(settings, tmp_path))
 
     save(1, None)  # the split set's k before TopK's floor of 2
@@ -347,6 +350,17 @@ def test_the_emergence_scripts_cache_keeps_each_protocol_apart_and_reads_none_as
     short.rename(renamed)
     assert script.cached("split", "crosscoder", 0, tmp_path, {"n_steps": 4}, planted) is None
     assert "training.n_steps: 2 in the run, 4 now" in capsys.readouterr().out
+    # one trained when the architecture's training config named or defaulted a field otherwise
+    # (the settings hold the arguments it was trained with, not those) is not reused, and said so
+    three = script.cache_path(script.cache_settings("split", "crosscoder", 0, {"n_steps": 3}, planted), tmp_path)
+    assert script.cached("split", "crosscoder", 0, tmp_path, {"n_steps": 3}, planted) is not None
+    saved = torch.load(three, weights_only=False)
+    saved["cfg"] = {**saved["cfg"], "tanh_scale": 4.0, "decoder_init_norm": 0.1}
+    torch.save(saved, three)
+    assert script.cached("split", "crosscoder", 0, tmp_path, {"n_steps": 3}, planted) is None
+    assert "other training fields (decoder_init_norm, tanh_scale) than this code builds; not reused" in (
+        capsys.readouterr().out
+    )
 
 
 def test_the_emergence_scripts_early_dates_are_a_share_of_the_features_they_are_counted_over(emergence_script, capsys):

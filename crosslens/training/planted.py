@@ -80,14 +80,12 @@ def train_planted(
         resample_dead=resample_dead,
     )
     torch.manual_seed(seed)
-    crosscoder = build_training_crosscoder(
+    crosscoder = planted_crosscoder(
         architecture,
+        resolved,
         d_in=planted.config.d_in,
         n_snapshots=planted.config.n_snapshots,
-        d_sae=d_sae,
-        k=resolved["k"],
-        sparsity_coefficient=resolved["sparsity_coefficient"],
-        sparsity_warm_up_steps=sparsity_warm_up_steps(architecture, n_steps, resolved["sparsity_warm_up"]),
+        n_steps=n_steps,
         **crosscoder_overrides,
     )
     if init is not None:
@@ -109,6 +107,33 @@ def train_planted(
     trainer.fit(planted.batches(batch_size, seed=1000 + seed))
     crosscoder.eval()
     return crosscoder
+
+
+def planted_crosscoder(
+    architecture: str,
+    resolved: dict[str, Any],
+    *,
+    d_in: int,
+    n_snapshots: int,
+    n_steps: int,
+    device: str = "cpu",
+    **crosscoder_overrides: Any,
+):
+    """The untrained crosscoder :func:`train_planted` trains, from its ``resolved`` arguments
+    (:func:`planted_training_arguments`: ``d_sae``, ``k``, the sparsity coefficient and warm-up
+    share), its weights drawn from torch's generator as it stands. On ``device="meta"`` it allocates
+    no weights: what a cache of crosscoders trained earlier compares their training fields with."""
+    return build_training_crosscoder(
+        architecture,
+        d_in=d_in,
+        n_snapshots=n_snapshots,
+        d_sae=resolved["d_sae"],
+        k=resolved["k"],
+        sparsity_coefficient=resolved["sparsity_coefficient"],
+        sparsity_warm_up_steps=sparsity_warm_up_steps(architecture, n_steps, resolved["sparsity_warm_up"]),
+        device=device,
+        **crosscoder_overrides,
+    )
 
 
 def planted_training_arguments(
