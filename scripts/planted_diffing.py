@@ -37,7 +37,8 @@ from crosslens.crosscoders.folding import training_space_decoder
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from planted_benchmark import ARCHITECTURES
-from planted_emergence import N_TOKENS, SMALL_TRAINING, trained
+from planted_cache import SMALL_TRAINING, trained
+from planted_emergence import N_TOKENS
 from planted_generators import build_planted, run_grid
 
 TWO_MODELS = {"n_snapshots": 2, "n_transient": 0, "transient_lengths": None}

@@ -41,7 +41,8 @@ from crosslens.analysis.scaling import latent_scaling
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from planted_benchmark import ARCHITECTURES  # noqa: E402
-from planted_emergence import EVENT_FAMILIES, N_TOKENS, WITHOUT_EVENTS, planted_analysis, trained  # noqa: E402
+from planted_cache import trained  # noqa: E402
+from planted_emergence import EVENT_FAMILIES, N_TOKENS, WITHOUT_EVENTS, planted_analysis  # noqa: E402
 from planted_generators import INDEPENDENT, build_planted  # noqa: E402
 
 LINES = (0.0, 0.4, 0.5, 0.7)

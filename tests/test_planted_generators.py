@@ -273,26 +273,37 @@ def test_train_planted_applies_init_before_training():
     assert not torch.allclose(usual.W_dec[:16], decoder_FSD, atol=1e-2)
 
 
-@pytest.fixture
-def emergence_script(monkeypatch):
-    """``scripts/planted_emergence.py`` as a module."""
+def _script(name: str, monkeypatch):
+    """``scripts/NAME.py`` as a module."""
     import importlib.util
     import sys
     from pathlib import Path
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts its folder first
     monkeypatch.delenv("TQDM_DISABLE", raising=False)  # ... and turns progress bars off
-    path = Path(__file__).resolve().parents[1] / "scripts" / "planted_emergence.py"
-    spec = importlib.util.spec_from_file_location("planted_emergence", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
 
 
-def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, emergence_script):
+@pytest.fixture
+def emergence_script(monkeypatch):
+    """``scripts/planted_emergence.py`` as a module."""
+    return _script("planted_emergence", monkeypatch)
+
+
+@pytest.fixture
+def cache_script(monkeypatch):
+    """``scripts/planted_cache.py``, the planted grid's cache, as a module."""
+    return _script("planted_cache", monkeypatch)
+
+
+def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, cache_script):
     """``scripts/planted_emergence.py`` keeps each trained crosscoder; a TopK one trained at
     another ``k`` than ``train_planted`` gives now (or than ``--k``) is not reused."""
-    script = emergence_script
+    script = cache_script
 
     def save(k: int, protocol: dict | None) -> None:
         settings = script.cache_settings("split", "topk_crosscoder", 0, protocol)
@@ -313,13 +324,13 @@ def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, 
 
 
 def test_the_emergence_scripts_cache_keeps_each_protocol_apart_and_reads_none_as_another(
-    tmp_path, emergence_script, capsys
+    tmp_path, cache_script, capsys
 ):
     """A cached crosscoder records every argument it was trained with, resolved (the steps and
     batch size ``train_planted`` defaults to, the sparsity coefficient it derives), beside the
     planted set's config; each protocol has a file of its own, and one trained under other
     settings is never reused as this one, and said so."""
-    script = emergence_script
+    script = cache_script
     planted = PlantedEvolution.build(PlantedConfig.preset("split", seed=0))
     crosscoder, _ = script.trained("split", "crosscoder", 0, planted, tmp_path, {"n_steps": 2})
     assert crosscoder.cfg.to_dict()["metadata"]["n_training_steps"] == 2

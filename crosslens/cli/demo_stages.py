@@ -48,6 +48,7 @@ from crosslens.pico.evals import format_eval_table, format_targets
 from crosslens.training.baselines import JUMPRELU_THRESHOLD_START
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
 from crosslens.training.config import RUN_STORE_SEAL, ArchitectureConfig, CrosscoderRunnerConfig
+from crosslens.training.factory import changed_training_fields
 from crosslens.training.metrics import evaluate_crosscoder
 from crosslens.training.records import read_record, record_problem
 from crosslens.training.runfolder import RunFolderInUseError
@@ -285,8 +286,7 @@ def training_fields_changed(runner) -> list[str]:
     built = new_training_crosscoder(
         runner.config, d_in=store.d_in_of(runner.hook), n_snapshots=store.n_snapshots, device="meta"
     )
-    now = json.loads(json.dumps(built.cfg.get_training_architecture_details()))
-    return sorted(name for name in details.keys() | now.keys() if details.get(name) != now.get(name))
+    return changed_training_fields(details, built.cfg)
 
 
 def _store_trained_on(runner) -> str | None:

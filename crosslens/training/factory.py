@@ -9,6 +9,9 @@ callers say ``sparsity_coefficient`` and ``sparsity_warm_up_steps`` whatever the
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from crosslens.architectures import (
@@ -86,6 +89,20 @@ def build_training_crosscoder(
         device=device,
         **extra,
     )
+
+
+def changed_training_fields(saved: Mapping[str, Any], built: Any) -> list[str]:
+    """The training fields (a training config's fields that its inference config lacks) in which a
+    crosscoder saved earlier differs from the config ``built`` now, a field either lacks included:
+    a default or a name changed in the code since. ``saved`` is the whole training config it was
+    saved with (its ``to_dict()``) or what an inference save keeps of it
+    (:data:`~crosslens.core.metadata.TRAINING_DETAILS_KEY`)."""
+    other = {f.name for f in dataclasses.fields(built.get_inference_config_class())} | {"architecture", "metadata"}
+    was, now = (
+        json.loads(json.dumps({name: value for name, value in fields.items() if name not in other}))
+        for fields in (saved, built.get_training_architecture_details())
+    )
+    return sorted(name for name in was.keys() | now.keys() if was.get(name) != now.get(name))
 
 
 def fill_sparsity_warm_up(config: Any, total_steps: int) -> None:
