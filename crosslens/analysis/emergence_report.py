@@ -63,6 +63,15 @@ def _add_check(report: Report, analysis: EvolutionAnalysis, check: EmergenceChec
     report.add_table(check.feature_rows(contested), title="Contested features", max_rows=50)
 
 
+UNCHECKED_EVENTS = (
+    " One crosscoder's events include its own ways of reusing latents, which no other crosscoder of the same "
+    "activations repeats: crosslens analyze --lineage-against RUN (lineage_agreement in Python) counts the events "
+    "that a crosscoder of another architecture, trained on the same store, makes too."
+)
+"""The lineage text's last sentence where there are events: how they are checked (a section of its own
+follows where they were)."""
+
+
 def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) -> None:
     n_aside = len(lineage.set_aside)
     aside = (
@@ -79,6 +88,7 @@ def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) 
         "a latent that fades as a near-parallel one emerges, one concept decoupled over two latents through time."
         + aside
         + _first_snapshot_text(lineage, analysis)
+        + (UNCHECKED_EVENTS if lineage.events else "")
     )
     if not lineage.events:
         return
