@@ -235,8 +235,8 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
             changed = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
         except (ValueError, AttributeError):  # a damaged run.json
             changed = [RUN_CONFIG_NAME]
-        fields = [] if changed else training_fields_changed(runner)  # a setting changed moves those it sets
-        changed += [f"the crosscoder's training fields {', '.join(fields)}"] if fields else []
+        if not changed and (fields := training_fields_changed(runner)):  # a changed setting moves those it sets
+            changed = [f"the crosscoder's training fields {', '.join(fields)}"]
         trained_on = _store_trained_on(runner)
         if changed or trained_on not in (None, runner.store.content_sha256):
             why = (
