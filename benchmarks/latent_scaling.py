@@ -37,8 +37,9 @@ import torch
 from harvest import peak_rss_mb
 
 from crosslens.activations import ActivationStore
+from crosslens.analysis.composition import CoFiring, composition_pairs
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage_events import lineage_of
+from crosslens.analysis.lineage_events import LineageConfig, lineage_of
 from crosslens.analysis.probes import firing_frequency, reads_normalized
 from crosslens.analysis.relatives import per_latent_relatives, unit_rows
 from crosslens.analysis.scaling import (
@@ -75,8 +76,10 @@ def demo_comparison(args: argparse.Namespace) -> None:
     print(f"{run}: {F} latents x {S} snapshots x d_in {crosscoder.cfg.d_in}, {len(acts_NSD):,} tokens in memory")
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder, frequency=firing_frequency(acts_NSD, crosscoder))
     config = LatentScalingConfig(n_tokens=len(acts_NSD))
-    batched, batched_s = timed(lambda: latent_scaling(crosscoder, acts_NSD, config=config))
-    lineage, lineage_s = timed(lambda: lineage_of(analysis))
+    # the pass also counts the firing together that lineage's splits by composition read
+    cofiring = CoFiring.zeros(*composition_pairs(analysis, LineageConfig()))
+    batched, batched_s = timed(lambda: latent_scaling(crosscoder, acts_NSD, config=config, cofiring=cofiring))
+    lineage, lineage_s = timed(lambda: lineage_of(analysis, cofiring=cofiring))
     latents = list(range(F))
     if args.loop_latents and args.loop_latents < F:
         latents = sorted(torch.randperm(F, generator=torch.Generator().manual_seed(1))[: args.loop_latents].tolist())
@@ -120,17 +123,18 @@ def ge_shape(args: argparse.Namespace) -> None:
     batches = (torch.randn(B, S, D, device=args.device, generator=gen) for _ in range(max(1, args.ge_tokens // B)))
     device = torch.device(args.device)
     config = LatentScalingConfig(n_tokens=args.ge_tokens, batch_size=B)
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
     reset_peak(device)
+    cofiring = CoFiring.zeros(*composition_pairs(analysis, LineageConfig()), device)
     (sums, reference_FS), pass_s = timed(
-        lambda: (training_space_sums(crosscoder, batches, config=config), synced(device))[0]
+        lambda: (training_space_sums(crosscoder, batches, config=config, cofiring=cofiring), synced(device))[0]
     )
     scaling, result_s = timed(
         lambda: (scaling_from_sums(sums, training_space_decoder(crosscoder).float(), reference_FS), synced(device))[0]
     )
     scaling_peak = peak_gib(device)
-    analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
     reset_peak(device)
-    _, lineage_s = timed(lambda: (lineage_of(analysis, device=device), synced(device))[0])
+    _, lineage_s = timed(lambda: (lineage_of(analysis, device=device, cofiring=cofiring), synced(device))[0])
     lineage_peak = peak_gib(device)
     where = torch.cuda.get_device_name() if cuda else f"a CPU, {torch.get_num_threads()} threads"
     what = "GPU memory allocated" if cuda else "resident memory (the process's, weights included)"

@@ -37,14 +37,16 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 from crosslens.analysis import EvolutionAnalysis, EvolutionConfig
+from crosslens.analysis.composition import CoFiring, composition_pairs
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence
+from crosslens.analysis.emergence_record import compute_emergence
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
 from crosslens.analysis.lineage_events import LineageConfig, lineage_of
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.planted_lineage import planted_lineage_scores
 from crosslens.analysis.planted_match import match_planted
 from crosslens.analysis.probes import firing_frequency
-from crosslens.analysis.scaling import latent_scaling
+from crosslens.analysis.scaling import codes_and_reconstruction
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from planted_benchmark import ARCHITECTURES
@@ -156,6 +158,9 @@ LINEAGE_SENSITIVITY = (
     {"own_share": 0.3},
     {"own_share": 0.7},
     {"held_by_activations": False},
+    {"compositions": False},
+    {"cofire_share": 0.3},
+    {"cofire_share": 0.7},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
 
@@ -165,15 +170,21 @@ def lineage_key(change: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in change.items())
 
 
-def lineage_sensitivity(planted, analysis, scaling, scaled_present_FS, n_recovered: int) -> dict[str, list[int]]:
-    """For each of :data:`LINEAGE_SENSITIVITY`: planted events found, and false events."""
+def lineage_sensitivity(planted, f_NF, analysis, scaling, scaled_present_FS, n_recovered: int) -> dict[str, list[int]]:
+    """For each of :data:`LINEAGE_SENSITIVITY`: planted events found, and false events (``f_NF``: the
+    crosscoder's codes of the tokens scored)."""
     out = {}
     for change in LINEAGE_SENSITIVITY:
+        config = LineageConfig(**change)
+        # the latents splits by composition ask about follow the lines changed, so they are counted again
+        cofiring = CoFiring.zeros(*composition_pairs(analysis, config))
+        cofiring.add(f_NF)
         lin = lineage_of(
             analysis,
-            LineageConfig(**change),
+            config,
             scaled_present_FS=scaled_present_FS,
             activation_share_FS=scaling.activation_share,
+            cofiring=cofiring,
         )
         scores = event_scores(planted, analysis, lin, n_recovered)
         out[lineage_key(change)] = [scores["events_found"], scores["false_events"]]
@@ -229,11 +240,10 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
     flags and lineage events, against the planted truth."""
     acts_NSD, _ = planted.sample(N_TOKENS, torch.Generator().manual_seed(5))
     analysis = planted_analysis(crosscoder, planted, acts_NSD)
-    scaling = latent_scaling(crosscoder, acts_NSD)
-    check = check_emergence(analysis, scaling, check_config)
-    lin = lineage_of(
-        analysis, lineage_config, scaled_present_FS=check.present, activation_share_FS=scaling.activation_share
-    )
+    result = compute_emergence(crosscoder, analysis, acts_NSD, check_config=check_config, lineage_config=lineage_config)
+    scaling, check, lin = result.scaling, result.check, result.lineage
+    with torch.no_grad():
+        f_NF = codes_and_reconstruction(crosscoder, acts_NSD)[0]
     match = match_planted(analysis.W_dec, planted)
     recovered = match.recovered
     truth = getattr(planted, "event_truth", None)
@@ -266,7 +276,7 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
         "n_other": len(other),
         "contested_all": int(check.contested.sum()),
         "sensitivity": sensitivity(analysis, scaling, recovered, weak),
-        "lineage_sensitivity": lineage_sensitivity(planted, analysis, scaling, check.present, len(recovered)),
+        "lineage_sensitivity": lineage_sensitivity(planted, f_NF, analysis, scaling, check.present, len(recovered)),
         "counts": check.counts(),
         **event_scores(planted, analysis, lin, len(recovered)),
     }
@@ -350,7 +360,8 @@ def false_flag_table(runs: list[dict]) -> bool:
     """On the families without planted events: contested flags and features the decoder norm at the
     0.1 line dates two snapshots early or more, among the recovered features (weak-early: among the
     others than its weak ones, those ``score`` counts them over), and false events per recovered
-    feature; then the false events as a share of the events reported there."""
+    feature; then the false events as a share of the events reported there, the issue's own reading
+    of its goal (at most 5% of the reported events false), which the verdict counts too."""
     print(
         "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
     )
@@ -368,12 +379,12 @@ def false_flag_table(runs: list[dict]) -> bool:
             f"{sum(r['decoupling_events'] for r in group)} |"
         )
     without = [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")]
-    reported = sum(r["events"] for r in without)
+    reported, false = sum(r["events"] for r in without), sum(r["false_events"] for r in without)
     print(
         f"\nevents reported on these families: {reported} ({sum(r['decoupling_events'] for r in without)} "
-        f"decouplings); false: {_share(sum(r['false_events'] for r in without), reported)} of those reported"
+        f"decouplings); false: {_share(false, reported)} of those reported (goal <= 5%)"
     )
-    return ok
+    return ok and false <= 0.05 * reported
 
 
 def floor_table(runs: list[dict]) -> None:

@@ -32,11 +32,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 from crosslens.analysis import lineage_agreement
-from crosslens.analysis.emergence_check import check_emergence
-from crosslens.analysis.lineage_events import Lineage, lineage_of
+from crosslens.analysis.emergence_record import compute_emergence
+from crosslens.analysis.lineage_events import Lineage
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.planted_lineage import planted_lineage_scores
-from crosslens.analysis.scaling import latent_scaling
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,11 +50,11 @@ FALSE_FAMILIES = (*WITHOUT_EVENTS, "weak-early")
 
 
 def analysed(crosscoder, planted, acts_NSD):
-    """The analysis, latent scaling's presence and its activation share, as
-    ``scripts/planted_emergence.py`` reads them."""
+    """The analysis, latent scaling's presence and the lineage, as ``scripts/planted_emergence.py``
+    reads them."""
     analysis = planted_analysis(crosscoder, planted, acts_NSD)
-    scaling = latent_scaling(crosscoder, acts_NSD)
-    return analysis, check_emergence(analysis, scaling, None).present, scaling.activation_share
+    result = compute_emergence(crosscoder, analysis, acts_NSD)
+    return analysis, result.check.present, result.lineage
 
 
 def run_family(
@@ -69,8 +68,7 @@ def run_family(
     read = {a: analysed(trained(generator, a, seed, planted, Path(cache))[0], planted, acts_NSD) for a in archs}
     rows = []
     for arch in archs:
-        analysis, present, share = read[arch]
-        lin = lineage_of(analysis, None, scaled_present_FS=present, activation_share_FS=share)
+        analysis, present, lin = read[arch]
         referee = next(r for r in referees if r != arch)
         others = [a for a in archs if a != arch] if every else [referee]
         each = [lineage_agreement(lin, analysis, read[other][0], present, read[other][1]) for other in others]

@@ -438,6 +438,35 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
     assert "(one fades or emerges as another turns, cosine 0.75)" in items[3][2]
 
 
+def test_a_split_by_composition_is_kept_with_its_children_and_read_as_such(run, tmp_path, driver):  # noqa: F811
+    """A split by composition keeps its children's terms through the emergence record, and a
+    feature's page says how it was read: the parent turning beside latents born there, a child its
+    row summed with one of theirs."""
+    run_dir, result = run
+    a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
+    split = LineageEvent("split", 1, (a,), (a, b), 0.4, "composition", composed=(((a, 1.0),), ((a, 2.5), (b, 1.5))))
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    lineage = dataclasses.replace(result.lineage, events=[split], set_aside=[])
+    save_run_emergence(
+        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
+    )
+    assert read_emergence(copy).lineage.events == [split]
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    server = make_server(copy, BrowseConfig(port=0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        open_page(driver, server, f"/feature/{b}")
+        wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 1)
+        text = driver.execute_script("return document.querySelector('#lineage-events li').textContent")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (
+        "(the parent turns as latents born beside it fire with it; a child is its row summed with one of theirs, "
+        "cosine 0.4)" in text
+    )
+
+
 def test_the_feature_page_marks_events_among_latents_strongest_at_the_first_snapshot(run, tmp_path, driver):  # noqa: F811
     """An event whose latents all peak at the first snapshot (step 0: the untrained model) is marked on a
     feature's page, from the database's peaks; one with a latent that peaks later is not."""

@@ -18,6 +18,7 @@
 
 from crosslens.analysis.agreement import lineage_agreement
 from crosslens.analysis.analyze import analyze_crosscoder, write_evolution_report
+from crosslens.analysis.composition import CoFiring, composition_pairs
 from crosslens.analysis.contexts import Context, top_activating_contexts
 from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds
 from crosslens.analysis.emergence_check import EmergenceCheck, EmergenceCheckConfig, check_emergence
@@ -42,6 +43,8 @@ from crosslens.analysis.scaling import LatentScaling, LatentScalingConfig, laten
 from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution
 
 __all__ = [
+    "CoFiring",
+    "composition_pairs",
     "EmergenceCheck",
     "EmergenceCheckConfig",
     "EmergenceResult",

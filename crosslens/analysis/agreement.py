@@ -24,8 +24,10 @@ no snapshot at all (one lineage read from decoder rows alone counts among an eve
 such as a TopK latent whose rows ride along a split it never fires for) makes no move
 another crosscoder could show and is not looked for; an event none of whose latents is present on
 its side is not read (NaN). The event's agreement is the least
-over its latents: 1 where every move is there, near 0 where one is nowhere. Only decoder rows are
-read, so it costs a matmul per latent.
+over its latents: 1 where every move is there, near 0 where one is nowhere. A split by
+composition's children are read as latents of their own, their summed rows present from the
+split on: the other crosscoder shows it with a parent that turns alike and latents along the
+children, however it composes them. Only decoder rows are read, so it costs a matmul per latent.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from jaxtyping import Bool, Float
 
 from crosslens.activations.partners import store_seal
 from crosslens.activations.store import ActivationStore
+from crosslens.analysis.composition import composed_rows
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
     EmergenceResult,
@@ -144,13 +147,38 @@ def lineage_agreement(
         present = an.present.bool() & ~an.lifetimes.dead.bool()[:, None]
         return present if scaled is None else present & scaled.bool().to(present.device)
 
+    events, W_FSD, own_FS = _children_as_rows(
+        lineage.events, analysis.W_dec.cpu(), presence(analysis, present_FS).cpu()
+    )
     return event_agreement(
-        lineage.events,
-        unit_rows(analysis.W_dec).cpu(),
-        presence(analysis, present_FS).cpu(),
+        events,
+        unit_rows(W_FSD),
+        own_FS,
         unit_rows(other.W_dec).cpu(),
         presence(other, other_present_FS).cpu(),
     )
+
+
+def _children_as_rows(
+    events: Sequence[Any], W_FSD: torch.Tensor, present_FS: torch.Tensor
+) -> tuple[list[Any], torch.Tensor, torch.Tensor]:
+    """``events`` with each split by composition's children as latents of their own: their summed
+    rows appended to the decoder, present where the parent is from the split on, so that another
+    crosscoder makes the split where a latent of its own turns as the parent does and others lie
+    along the children (its latents need not compose them as this one does)."""
+    rows, present, out = [], [], []
+    for e in events:
+        if not e.composed:
+            out.append(e)
+            continue
+        start = W_FSD.shape[0] + len(rows)
+        parent_S = present_FS[e.before[0]] & (torch.arange(W_FSD.shape[1]) >= e.snapshot)
+        rows += [composed_rows(W_FSD, child) for child in e.composed]
+        present += [parent_S] * len(e.composed)
+        out.append(dataclasses.replace(e, after=tuple(range(start, start + len(e.composed))), composed=()))
+    if not rows:
+        return out, W_FSD, present_FS
+    return out, torch.cat([W_FSD, torch.stack(rows)]), torch.cat([present_FS, torch.stack(present)])
 
 
 def check_agreement_run(other_run: str | os.PathLike, store: Any = None, hook: str | None = None) -> EmergenceResult:

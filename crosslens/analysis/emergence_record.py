@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from crosslens.activations.partners import store_seal
 from crosslens.activations.store import ActivationStore
+from crosslens.analysis.composition import CoFiring, composition_pairs
 from crosslens.analysis.emergence_check import EmergenceCheck, EmergenceCheckConfig, check_emergence
 from crosslens.analysis.evolution import Lifetimes
 from crosslens.analysis.lineage_events import (
@@ -34,6 +35,7 @@ from crosslens.analysis.lineage_events import (
     first_snapshot_events,
     lineage_of,
 )
+from crosslens.analysis.probes import device_and_dtype
 from crosslens.analysis.scaling import (
     LatentScaling,
     LatentScalingConfig,
@@ -189,7 +191,10 @@ def compute_emergence(
     if source is None:
         return EmergenceResult(list(analysis.steps), lineage_of(analysis, lineage_config, device), lineage_config)
     scaling_config = scaling_config or LatentScalingConfig()
-    scaling = latent_scaling(crosscoder, source, hook=hook, config=scaling_config, progress=progress)
+    cofiring = None
+    if lineage_config.compositions:
+        cofiring = CoFiring.zeros(*composition_pairs(analysis, lineage_config), device_and_dtype(crosscoder)[0])
+    scaling = latent_scaling(crosscoder, source, hook=hook, config=scaling_config, progress=progress, cofiring=cofiring)
     check = check_emergence(analysis, scaling, check_config)
     lineage = lineage_of(
         analysis,
@@ -197,6 +202,7 @@ def compute_emergence(
         device,
         scaled_present_FS=check.present,
         activation_share_FS=scaling.activation_share,
+        cofiring=cofiring,
     )
     frequency = None if analysis.frequency is None else analysis.frequency.float().cpu()
     return EmergenceResult(

@@ -25,6 +25,12 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   at that one snapshot. The parent's latent turns too, as in a divergence: a newborn copy that
   leaves a parent keeping its row is a duplicate gone on to carry another feature
   (:attr:`LineageConfig.birth_splits`);
+- **split by composition**: a latent that turns as latents born beside it fire with it, where its own
+  row and its rows summed with theirs (each weighted by its mean code where the two fire together)
+  part as a split's children do (:attr:`LineageConfig.compositions`,
+  :func:`~crosslens.analysis.composition.composition_splits`): a crosscoder that carries a child
+  by a sum of rows, no row of its own along it. It needs the latents' firing together, read
+  beside latent scaling (:class:`~crosslens.analysis.composition.CoFiring`);
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
   latent's first ones, two rows of one snapshot where both are present left out, >=
@@ -62,6 +68,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.analysis.composition import CoFiring, Composed, composition_splits
 from crosslens.analysis.divergence import birth_splits, divergence_pairs
 from crosslens.analysis.relatives import nearest_relatives, unit_rows
 from crosslens.analysis.succession import (
@@ -188,6 +195,19 @@ class LineageConfig:
     feature born later; the pair reads as a split whose second child carries no concept. On the
     planted grid the children of every planted split found hold 0.66 or more, the false splits' 0.46
     or less (benchmarks/README.md, "Is an emergence real?")."""
+    compositions: bool = True
+    """Where the latents' firing together was read (:func:`lineage_of` given a
+    :class:`~crosslens.analysis.composition.CoFiring`), also read a split whose children are the
+    parent's row and its sums with latents born at the split that fire with it
+    (:func:`~crosslens.analysis.composition.composition_splits`). TopK's fixed count of active
+    latents makes such splits: the parent's latent turns toward one child, and a newborn latent
+    along the difference of the children fires with it on the other's tokens. On the planted
+    grid it finds the three planted splits TopK carried so and no rule of rows read, and adds no
+    false event (benchmarks/README.md, "Is an emergence real?")."""
+    cofire_share: float = 0.5
+    """A latent born at a split composes a child with the parent's latent where it fires with the
+    parent's on at least this share of the tokens it fires on: most of its firing is the parent's
+    concept refined, not a concept of its own."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -214,6 +234,8 @@ class LineageConfig:
             raise ValueError(
                 f"max_shared={self.max_shared}: a concept's direction is shared by 1 other latent or more."
             )
+        if not 0.0 < self.cofire_share <= 1.0:
+            raise ValueError(f"cofire_share={self.cofire_share}: a share of a latent's firing tokens, in (0, 1].")
         if self.own_share < 0.0:
             raise ValueError(f"own_share={self.own_share}: a share of the error amplitude is 0 or more.")
         if not -1.0 <= self.successor_cosine <= 1.0 or self.successor_window < 0:
@@ -240,8 +262,12 @@ class LineageEvent:
     or between the predecessor's last row and the successor's first (succession, the largest)."""
     how: str
     """``divergence`` (latents present throughout that separate or come together), ``succession``
-    (latents that fade as others emerge) or ``turn`` (a succession whose other side is a latent
-    present throughout that turns)."""
+    (latents that fade as others emerge), ``turn`` (a succession whose other side is a latent
+    present throughout that turns) or ``composition`` (a split whose children are sums of rows)."""
+    composed: tuple[Composed, ...] = ()
+    """A split by composition's children, each as ``(latent, weight)`` terms whose weighted decoder
+    rows sum to its direction (:func:`~crosslens.analysis.composition.composed_rows`; a child that
+    is the parent's row alone has weight 1); empty for every other event."""
 
     @property
     def latents(self) -> tuple[int, ...]:
@@ -260,6 +286,7 @@ class LineageEvent:
             "after": list(self.after),
             "cosine": self.cosine,
             "how": self.how,
+            **({"composed": [[[j, w] for j, w in child] for child in self.composed]} if self.composed else {}),
         }
 
     @classmethod
@@ -271,6 +298,7 @@ class LineageEvent:
             after=tuple(int(x) for x in entry["after"]),
             cosine=float(entry["cosine"]),
             how=str(entry["how"]),
+            composed=tuple(tuple((int(j), float(w)) for j, w in child) for child in entry.get("composed", ())),
         )
 
 
@@ -323,13 +351,16 @@ def lineage(
     config: LineageConfig | None = None,
     scaled_present_FS: torch.Tensor | None = None,
     activation_share_FS: torch.Tensor | None = None,
+    cofiring: CoFiring | None = None,
 ) -> Lineage:
     """Relatives and lineage events of the live latents (see the module docstring). ``present_FS``,
     ``emergence_F``, ``fade_F`` and ``live_F`` come from the evolution analysis
     (:func:`lineage_of`); ``scaled_present_FS``, where given, is latent scaling's presence, which
     sets aside the events the activations do not hold (:func:`held_by_activations`), and
     ``activation_share_FS`` its activation share, which sets aside the divergences whose apart
-    latents lie along the error alone (:attr:`LineageConfig.own_share`)."""
+    latents lie along the error alone (:attr:`LineageConfig.own_share`); ``cofiring``, where
+    given, the latents' firing together, which splits by composition read
+    (:attr:`LineageConfig.compositions`)."""
     config = config or LineageConfig()
     if W_dec_FSD.ndim != 3:
         raise ValueError(f"W_dec_FSD has shape {list(W_dec_FSD.shape)}; a decoder is [d_sae, n_snapshots, d_in]")
@@ -360,6 +391,9 @@ def lineage(
         seen = {(a, b) for _, _, a, b, _ in found}
         found += birth_splits(unit_FSD, present_FS, held_FS, relatives, cosines, config, turned_FS, seen)
     events = _joined(found)
+    if config.compositions and cofiring is not None:
+        composed = composition_splits(W_dec_FSD.float().cpu(), present_FS, turned_FS, cofiring.cpu(), config)
+        events += [LineageEvent(*e[:6], composed=e[6]) for e in composed]
     successions = succession_events(
         unit_FSD, present_FS, held_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config
     )
@@ -377,6 +411,7 @@ def lineage(
         own_FS = None if activation_share_FS is None else activation_share_FS.cpu() >= config.own_share
         held = held_by_activations(events, present_FS, config.min_snapshots, own_FS)
         somewhere_F = None if present_FS is None else present_FS.any(1)
+    events, held = _without_split_twice(events, held)
     kept = [e if somewhere_F is None else _held_somewhere(e, somewhere_F) for e, ok in zip(events, held) if ok]
     return Lineage(
         relatives=relatives,
@@ -384,6 +419,21 @@ def lineage(
         events=kept,
         set_aside=[e for e, ok in zip(events, held) if not ok],
     )
+
+
+def _without_split_twice(events: list[LineageEvent], held: list[bool]) -> tuple[list[LineageEvent], list[bool]]:
+    """``events`` and their ``held`` flags without the splits by composition of a parent that a held
+    split read from rows (divergence, birth) already splits within a snapshot of it: one split,
+    read once."""
+    read = {
+        (e.snapshot + d, j)
+        for e, ok in zip(events, held)
+        if ok and e.kind == "split" and e.how != "composition"
+        for j in e.latents
+        for d in (-1, 0, 1)
+    }
+    keep = [e.how != "composition" or (e.snapshot, e.before[0]) not in read for e in events]
+    return [e for e, k in zip(events, keep) if k], [h for h, k in zip(held, keep) if k]
 
 
 def _held_somewhere(event: LineageEvent, somewhere_F: torch.Tensor) -> LineageEvent:
@@ -439,6 +489,7 @@ def lineage_of(
     device: str | torch.device | None = None,
     scaled_present_FS: torch.Tensor | None = None,
     activation_share_FS: torch.Tensor | None = None,
+    cofiring: CoFiring | None = None,
 ) -> Lineage:
     """:func:`lineage` of an :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`
     (its training-space decoder, presence and lifetimes); ``device`` is where the cosines are
@@ -446,7 +497,8 @@ def lineage_of(
     calls each latent present (:attr:`~crosslens.analysis.emergence_check.EmergenceCheck.present`),
     sets aside the events the activations do not hold, and ``activation_share_FS`` (latent scaling's
     :attr:`~crosslens.analysis.scaling.LatentScaling.activation_share`) the divergences whose apart
-    latents lie along the error alone."""
+    latents lie along the error alone, and ``cofiring`` (counted beside latent scaling for
+    :func:`~crosslens.analysis.composition.composition_pairs`) reads splits by composition."""
     if not hasattr(analysis, "lifetimes"):
         raise TypeError(
             f"lineage_of reads an EvolutionAnalysis (EvolutionAnalysis.from_crosscoder), not {type(analysis).__name__}"
@@ -459,7 +511,15 @@ def lineage_of(
     W_FSD = analysis.W_dec if device is None else analysis.W_dec.to(device)
     lt = analysis.lifetimes
     return lineage(
-        W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config, scaled_present_FS, activation_share_FS
+        W_FSD,
+        analysis.present,
+        lt.emergence,
+        lt.fade,
+        ~lt.dead,
+        config,
+        scaled_present_FS,
+        activation_share_FS,
+        cofiring,
     )
 
 

@@ -3,8 +3,9 @@
 A planted event is **found** where lineage reports an event of its kind within one snapshot of
 its step whose latents carry its directions on either side: for a split, both children among the
 latents after it; for a merge, both features among the latents before it; for a handoff, the
-predecessor among the latents before it and the successor among those after. Each reported event
-finds one planted event at most (a largest one-to-one assignment): one event over the latents of
+predecessor among the latents before it and the successor among those after (the rows after a
+split by composition are its children's, :attr:`~crosslens.analysis.lineage_events.LineageEvent.composed`).
+Each reported event finds one planted event at most (a largest one-to-one assignment): one event over the latents of
 two splits planted at one snapshot is one split found. A latent's row **carries** a planted
 feature at a snapshot where that feature is present and is the present planted direction nearest
 to it, at cosine :data:`CARRY_COSINE` or more: a direction the set holds no feature along at that
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from crosslens.analysis.composition import composed_rows
 from crosslens.analysis.relatives import unit_rows
 
 CARRY_COSINE = 0.7
@@ -102,7 +104,8 @@ class PlantedLineageScores:
     """Of them, found."""
     events_carried: int
     """Of them, carried on both sides by the crosscoder's live latents (:func:`carried_sides`):
-    an event no latent carries is lost before lineage reads the decoder."""
+    an event no latent's row carries is lost to the rules that compare rows (a split by
+    composition, whose children are sums of rows, can still find it)."""
     events_found_carried: int
     """Found among the carried ones."""
     labels: list[str] = field(default_factory=list)
@@ -132,10 +135,24 @@ class PlantedLineageScores:
         }
 
 
+def _rows_after(W_FSD: torch.Tensor, events: Sequence[Any]) -> tuple[torch.Tensor, list[Sequence[int]]]:
+    """The unit decoder rows, with each split by composition's children appended as rows of their
+    own, and the rows each event carries after it: its latents', or its children's."""
+    extra, after_of = [], []
+    for e in events:
+        if not e.composed:
+            after_of.append(e.after)
+            continue
+        start = W_FSD.shape[0] + len(extra)
+        extra += [composed_rows(W_FSD, child) for child in e.composed]
+        after_of.append(range(start, start + len(e.composed)))
+    return unit_rows(torch.cat([W_FSD, torch.stack(extra)]) if extra else W_FSD), after_of
+
+
 def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> PlantedLineageScores:
     """Score ``lineage`` (of ``analysis``, the :class:`~crosslens.analysis.EvolutionAnalysis` of a
     crosscoder trained on ``planted``) against ``planted.event_truth``; see the module docstring."""
-    unit = unit_rows(analysis.W_dec)
+    unit, after_of = _rows_after(analysis.W_dec, lineage.events)
     S = unit.shape[1]
     truth = getattr(planted, "event_truth", None)
     wanted = (
@@ -155,9 +172,9 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
             if kind == "handoff":
-                ok = carries(unit, planted, e.after, sides, b) and carries(unit, planted, e.before, [at - 1], a)
+                ok = carries(unit, planted, after_of[k], sides, b) and carries(unit, planted, e.before, [at - 1], a)
             else:  # both features among the latents on its apart side: after a split, before a merge
-                apart = e.before if kind == "merge" else e.after
+                apart = e.before if kind == "merge" else after_of[k]
                 ok = carries(unit, planted, apart, sides, a) and carries(unit, planted, apart, sides, b)
             hit_WK[w, k] = ok
     # a pair weighs 1, a carried event's less than 1/n more: the largest assignment, and of those
@@ -173,7 +190,7 @@ def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> Planted
         if hit_WK[:, k].any():
             labels.append("planted")
             continue
-        rows = [(j, max(0, e.snapshot - 1)) for j in e.before] + [(j, e.snapshot) for j in e.after]
+        rows = [(j, max(0, e.snapshot - 1)) for j in e.before] + [(j, e.snapshot) for j in after_of[k]]
         features = {carried_feature(unit, planted, j, s) for j, s in rows}
         labels.append("decoupling" if len(features) == 1 and None not in features else "false")
     return PlantedLineageScores(len(wanted), found, carried, found_carried, labels)

@@ -48,6 +48,7 @@ from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.folding import folded_factors, training_space_decoder
 
 if TYPE_CHECKING:
+    from crosslens.analysis.composition import CoFiring
     from crosslens.crosscoders.protocol import Crosscoder
 
 _EPS = 1e-12
@@ -395,9 +396,11 @@ def scaling_sums(
     *,
     total: int | None = None,
     progress: bool = False,
+    cofiring: CoFiring | None = None,
 ) -> ScalingSums:
     """One pass over ``batches`` (``[B, S, D]`` as the crosscoder reads them): the sums of every
-    latent at every snapshot, amplitudes in the crosscoder's input space."""
+    latent at every snapshot, amplitudes in the crosscoder's input space; ``cofiring``, where
+    given, counts its latents' firing together on the same codes."""
     device, dtype = device_and_dtype(crosscoder)
     W_FSD = crosscoder.W_dec.detach()
     F, S, D = W_FSD.shape
@@ -415,6 +418,8 @@ def scaling_sums(
             x_BSD = x_BSD.to(device, dtype)
             f_BF, f_BSF, recon_BSD = codes_and_reconstruction(crosscoder, x_BSD)
             sums.add(f_BF, f_BSF, x_BSD - b_dec_SD, x_BSD - recon_BSD, unit_SDF)
+            if cofiring is not None:
+                cofiring.add(f_BF)
             bar.update(x_BSD.shape[0])
     bar.close()
     return sums
@@ -459,6 +464,7 @@ def training_space_sums(
     hook: str | None = None,
     config: LatentScalingConfig | None = None,
     progress: bool = False,
+    cofiring: CoFiring | None = None,
 ) -> tuple[ScalingSums, Int[torch.Tensor, "d_sae n_snapshots"]]:
     """:func:`latent_scaling`'s pass over the tokens: its sums, with lengths in the training space,
     and the reference rows they were taken on. :func:`scaling_from_sums` makes the result."""
@@ -468,7 +474,7 @@ def training_space_sums(
     # the training-space decoder is formed again after the pass, so the pass holds no copy of it
     reference_FS = reference_rows(decoder_norm_table(training_space_decoder(crosscoder)), config.own_row_floor)
     batches, total = source_batches(source, crosscoder, hook=hook, config=config)
-    sums = scaling_sums(crosscoder, batches, reference_FS, total=total, progress=progress)
+    sums = scaling_sums(crosscoder, batches, reference_FS, total=total, progress=progress, cofiring=cofiring)
     if sums.n_tokens == 0:
         raise ValueError("latent scaling read no tokens; pass a non-empty store, tensor or stream.")
     # lengths in the input space times the folded factors are lengths in the training space
@@ -492,6 +498,7 @@ def latent_scaling(
     hook: str | None = None,
     config: LatentScalingConfig | None = None,
     progress: bool = False,
+    cofiring: CoFiring | None = None,
 ) -> LatentScaling:
     """Latent scaling of every latent at every snapshot, in one pass over ``source``.
 
@@ -501,9 +508,13 @@ def latent_scaling(
     ``[n_tokens, S, D]`` as the crosscoder reads it, or an iterable of such batches (a stream); a
     tensor or a stream is read up to ``config.n_tokens`` tokens.
     Rows are chosen on the training-space decoder (:func:`reference_rows`); amplitudes come back
-    in the training space whether or not the normalisation factors are folded.
+    in the training space whether or not the normalisation factors are folded. ``cofiring`` (a
+    :class:`~crosslens.analysis.composition.CoFiring` of the latents lineage's splits by
+    composition ask about) is counted in the same pass.
     """
-    sums, reference_FS = training_space_sums(crosscoder, source, hook=hook, config=config, progress=progress)
+    sums, reference_FS = training_space_sums(
+        crosscoder, source, hook=hook, config=config, progress=progress, cofiring=cofiring
+    )
     return scaling_from_sums(sums, training_space_decoder(crosscoder).float(), reference_FS)
 
 

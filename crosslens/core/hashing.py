@@ -78,7 +78,8 @@ def crosscoder_change(run_dir: str | os.PathLike, sha256: str, checked: str) -> 
 
 
 AGREEMENT_READING = (
-    "latents present at some snapshot, each at its nearest present snapshot on its side; a turn's on its side alone"
+    "latents present at some snapshot, each at its nearest present snapshot on its side; a turn's on its side alone; "
+    "a split by composition's children as rows of their own"
 )
 """How :mod:`crosslens.analysis.agreement` reads a lineage event's latents, recorded with each
 agreement it measures (``LineageAgreement.reading``): one recorded under another reading, or under

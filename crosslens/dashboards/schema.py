@@ -181,7 +181,7 @@ CREATE TABLE lineage_events (
     kind     TEXT NOT NULL,        -- split | merge | handoff
     snapshot INTEGER NOT NULL,     -- where the new state starts
     step     INTEGER NOT NULL,
-    how      TEXT NOT NULL,        -- divergence | succession | turn
+    how      TEXT NOT NULL,        -- divergence | succession | turn | composition
     cosine   REAL NOT NULL,        -- the cosine that decided it
     before   TEXT NOT NULL,        -- JSON list of the latents before
     after    TEXT NOT NULL,        -- JSON list of the latents after

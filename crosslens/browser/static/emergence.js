@@ -231,7 +231,9 @@ const EmergencePanel = {
     return CL.el("ul", { class: "events" }, ...events.map((e) => {
       const step = run.snapshots[e.snapshot].label;
       const how = e.how === "divergence" ? (e.kind === "split" ? "coincide, then part" : "part, then coincide")
-        : e.how === "turn" ? "one fades or emerges as another turns" : "fade as others emerge";
+        : e.how === "turn" ? "one fades or emerges as another turns"
+        : e.how === "composition" ? "the parent turns as latents born beside it fire with it; a child is its row summed with one of theirs"
+        : "fade as others emerge";
       // an event read from decoder rows the activations do not hold is listed, marked, and counted nowhere
       const aside = e.held ? [] : [CL.el("span", { class: "note", text: " set aside: the activations do not hold its latents there" })];
       // latents strongest at the first snapshot carry, in an untrained model, single tokens' directions
