@@ -88,6 +88,11 @@ def test_a_turning_parent_and_a_newborn_firing_with_it_split_into_their_sums():
             composed=(((0, 1.0),), ((0, 2.0), (1, 1.0))),
         )
     ]
+    # held by the activations through the parent, it keeps the newborn though they hold it nowhere
+    scaled_FS = torch.zeros(4, S, dtype=torch.bool)
+    scaled_FS[0] = True
+    held = lineage_of(analysis, scaled_present_FS=scaled_FS, cofiring=cofiring)
+    assert held.events == lineage_of(analysis, cofiring=cofiring).events and held.set_aside == []
     # rows alone say nothing: the newborn's row lies along no child
     assert lineage_of(analysis).events == []
     assert lineage_of(analysis, LineageConfig(compositions=False), cofiring=cofiring).events == []

@@ -438,7 +438,11 @@ def _without_split_twice(events: list[LineageEvent], held: list[bool]) -> tuple[
 
 def _held_somewhere(event: LineageEvent, somewhere_F: torch.Tensor) -> LineageEvent:
     """``event`` without the latents the activations hold at no snapshot: a held event keeps two on
-    each side of a divergence and one on each side of a succession, all of them held somewhere."""
+    each side of a divergence and one on each side of a succession, all of them held somewhere. A
+    split by composition keeps its latents: its children are their sums, and a newborn latent along
+    a child less the parent's row can lie along little of the activations by itself."""
+    if event.composed:
+        return event
     before = tuple(j for j in event.before if bool(somewhere_F[j]))
     after = tuple(j for j in event.after if bool(somewhere_F[j]))
     return event if (before, after) == (event.before, event.after) else replace(event, before=before, after=after)
