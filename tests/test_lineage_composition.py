@@ -146,12 +146,12 @@ def test_the_pass_beside_latent_scaling_counts_what_a_direct_count_counts(arch):
     with torch.no_grad():
         f_NF = codes_and_reconstruction(crosscoder, x_NSD)[0]
     on_NF = f_NF > 0
-    both_UV = (on_NF[:, newborn_U, None] & on_NF[:, None, parent_V]).double()
+    both_UV = (on_NF[:, newborn_U, None] & on_NF[:, None, parent_V]).float()
     assert float(both_UV.sum()) > 0
-    assert torch.equal(passed.n_fire_U, on_NF[:, newborn_U].double().sum(0))
+    assert torch.equal(passed.n_fire_U, on_NF[:, newborn_U].float().sum(0))
     assert torch.equal(passed.both_UV, both_UV.sum(0))
-    parent_code_UV = (both_UV * f_NF[:, None, parent_V].double()).sum(0)
-    newborn_code_UV = (both_UV * f_NF[:, newborn_U, None].double()).sum(0)
+    parent_code_UV = (both_UV * f_NF[:, None, parent_V]).sum(0)
+    newborn_code_UV = (both_UV * f_NF[:, newborn_U, None]).sum(0)
     assert torch.allclose(passed.parent_code_UV, parent_code_UV, rtol=1e-5)
     assert torch.allclose(passed.newborn_code_UV, newborn_code_UV, rtol=1e-5)
 

@@ -10,7 +10,7 @@ no single row lies along it, so the rules that compare rows (divergence, birth) 
 - :func:`composition_pairs` reads, from the decoder alone, the latents born at a snapshot and
   the latents that turn at one: the pairs whose firing together is worth counting;
 - :class:`CoFiring` counts it for those pairs in one pass over the tokens, folded in beside
-  latent scaling's (:func:`~crosslens.analysis.scaling.latent_scaling`'s ``cofiring``): two
+  latent scaling's (:func:`~crosslens.analysis.scaling.latent_scaling`'s ``cofiring``): three
   ``[newborn, parent]`` matmuls a batch, never a ``[d_sae, d_sae]`` table;
 - :func:`composition_splits` reads the splits (:attr:`~crosslens.analysis.lineage_events.LineageConfig.compositions`).
 """
@@ -35,7 +35,9 @@ times its weight."""
 @dataclass
 class CoFiring:
     """How often and how strongly latents born at a snapshot (``newborn_U``) fire with latents that
-    turn at one (``parent_V``), summed over tokens (float64)."""
+    turn at one (``parent_V``), summed over tokens. The tables are ``[newborn, parent]``, which on a
+    wide crosscoder can hold many pairs, so they are float32 (half of float64's memory): counts stay
+    exact up to 2**24 tokens, and the sums of codes only feed a child's direction."""
 
     newborn_U: Int[torch.Tensor, " n_newborn"]
     parent_V: Int[torch.Tensor, " n_parent"]
@@ -50,11 +52,11 @@ class CoFiring:
 
     @classmethod
     def zeros(cls, newborn_U: torch.Tensor, parent_V: torch.Tensor, device: torch.device | str = "cpu") -> CoFiring:
-        table = lambda: torch.zeros(len(newborn_U), len(parent_V), dtype=torch.float64, device=device)  # noqa: E731
+        table = lambda: torch.zeros(len(newborn_U), len(parent_V), dtype=torch.float32, device=device)  # noqa: E731
         return cls(
             newborn_U.long().to(device),
             parent_V.long().to(device),
-            torch.zeros(len(newborn_U), dtype=torch.float64, device=device),
+            torch.zeros(len(newborn_U), dtype=torch.float32, device=device),
             table(),
             table(),
             table(),
@@ -65,13 +67,13 @@ class CoFiring:
         """Fold one batch of shared codes in."""
         if len(self.newborn_U) == 0 or len(self.parent_V) == 0:
             return
-        f_BU, f_BV = f_BF[:, self.newborn_U], f_BF[:, self.parent_V]
-        on_BU, on_BV = (f_BU > 0).to(f_BF.dtype), (f_BV > 0).to(f_BF.dtype)
-        self.n_fire_U += on_BU.sum(0).double()
-        self.both_UV += (on_BU.T @ on_BV).double()
+        f_BU, f_BV = f_BF[:, self.newborn_U].float(), f_BF[:, self.parent_V].float()
+        on_BU, on_BV = (f_BU > 0).float(), (f_BV > 0).float()
+        self.n_fire_U += on_BU.sum(0)
+        self.both_UV += on_BU.T @ on_BV
         # a code is 0 where its latent is silent, so these sums run over the tokens where both fire
-        self.parent_code_UV += (on_BU.T @ f_BV).double()
-        self.newborn_code_UV += (f_BU.T @ on_BV).double()
+        self.parent_code_UV += on_BU.T @ f_BV
+        self.newborn_code_UV += f_BU.T @ on_BV
 
     def cpu(self) -> CoFiring:
         return CoFiring(*(getattr(self, name).cpu() for name in self.__dataclass_fields__))
