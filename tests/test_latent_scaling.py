@@ -14,6 +14,7 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_crosscoders import random_architecture
 
 import crosslens.crosscoders as crosscoders
 from crosslens.analysis import EvolutionAnalysis
@@ -121,15 +122,9 @@ def test_noise_gives_standard_errors_that_shrink_with_tokens():
 
 @pytest.mark.parametrize("arch", ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
 def test_the_batched_pass_agrees_with_the_per_latent_loop(arch):
-    sae_cls, cfg_cls = crosscoders.ARCHITECTURES[arch][:2]
-    crosscoder = sae_cls(cfg_cls(d_in=16, d_sae=24, n_snapshots=4, **({"k": 3} if arch == "topk_crosscoder" else {})))
-    gen = torch.Generator().manual_seed(1)
+    crosscoder, gen = random_architecture(arch)  # JumpReLU: gates that differ between snapshots
     with torch.no_grad():
-        for parameter in crosscoder.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.3)
         crosscoder.W_dec[:6, 0] *= 0.05  # shrunk rows: scored with another snapshot's row
-        if hasattr(crosscoder, "threshold"):
-            crosscoder.threshold.fill_(0.05)  # JumpReLU: gates that differ between snapshots
     x_NSD = torch.randn(700, 4, 16, generator=gen)
     config = LatentScalingConfig(batch_size=64)
     batched, looped = (

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_crosscoders import random_architecture
 
 from crosslens import crosscoders
 from crosslens.analysis import EvolutionAnalysis, LineageEvent, PlantedConfig, PlantedEvolution
@@ -131,14 +132,7 @@ def test_a_child_nearer_its_sibling_than_the_parent_is_no_split_of_the_parent():
 
 @pytest.mark.parametrize("arch", ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder"])
 def test_the_pass_beside_latent_scaling_counts_what_a_direct_count_counts(arch):
-    sae_cls, cfg_cls = crosscoders.ARCHITECTURES[arch][:2]
-    crosscoder = sae_cls(cfg_cls(d_in=16, d_sae=24, n_snapshots=4, **({"k": 3} if arch == "topk_crosscoder" else {})))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in crosscoder.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.3)
-        if hasattr(crosscoder, "threshold"):
-            crosscoder.threshold.fill_(0.05)
+    crosscoder, gen = random_architecture(arch)
     x_NSD = torch.randn(700, 4, 16, generator=gen)
     newborn_U, parent_V = torch.arange(0, 8), torch.arange(8, 24)
     passed = CoFiring.zeros(newborn_U, parent_V)
