@@ -18,7 +18,7 @@ no single row lies along it, so the rules that compare rows (divergence, birth) 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -76,7 +76,7 @@ class CoFiring:
         self.newborn_code_UV += f_BU.T @ on_BV
 
     def cpu(self) -> CoFiring:
-        return CoFiring(*(getattr(self, name).cpu() for name in self.__dataclass_fields__))
+        return CoFiring(*(getattr(self, f.name).cpu() for f in fields(self)))
 
     def lookup(self) -> tuple[dict[int, int], dict[int, int]]:
         """Row of each newborn latent and column of each parent latent."""

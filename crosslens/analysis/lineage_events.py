@@ -200,8 +200,8 @@ class LineageConfig:
     :class:`~crosslens.analysis.composition.CoFiring`), also read a split whose children are the
     parent's row and its sums with latents born at the split that fire with it
     (:func:`~crosslens.analysis.composition.composition_splits`). TopK's fixed count of active
-    latents makes such splits: the parent's latent turns toward one child, and a newborn latent
-    along the difference of the children fires with it on the other's tokens. On the planted
+    latents makes such splits: the parent's latent turns, and latents born at the split, each
+    along a child less the parent's row, fire with it on that child's tokens. On the planted
     grid it finds the three planted splits TopK carried so and no rule of rows read, and adds no
     false event (benchmarks/README.md, "Is an emergence real?")."""
     cofire_share: float = 0.5
