@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,12 @@ os.environ["HF_HUB_CACHE"] = str(_HF_ROOT / "hub")
 os.environ.pop("HUGGINGFACE_HUB_CACHE", None)  # an older name that would win over HF_HUB_CACHE
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["CROSSLENS_TEST_EMPTY_HUB"] = str(_HF_ROOT / "empty")
+# A shell starts a background job (`make test &`) with SIGINT ignored, and a process started from
+# it inherits that: Python then installs no KeyboardInterrupt handler, so the servers the tests
+# stop with Ctrl-C would never stop. A handler here is reset to the default in every process
+# the tests start, as any caught signal is at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # pytest-xdist's workers share the machine's cores: each worker's torch, and the processes it
 # starts, take the worker's share of them. With more threads than that, OpenMP's workers spin
 # at each op's barrier while another process holds the cores, and small ops slow down manyfold.
