@@ -360,7 +360,7 @@ def false_flag_table(runs: list[dict]) -> bool:
     """On the families without planted events: contested flags and features the decoder norm at the
     0.1 line dates two snapshots early or more, among the recovered features (weak-early: among the
     others than its weak ones, those ``score`` counts them over), and false events per recovered
-    feature; then the false events as a share of the events reported there, the issue's own reading
+    feature; then the false events as a share of the events reported there, the goal's own reading
     of its goal (at most 5% of the reported events false), which the verdict counts too."""
     print(
         "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
