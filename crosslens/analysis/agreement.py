@@ -44,7 +44,7 @@ from jaxtyping import Bool, Float
 
 from crosslens.activations.partners import store_seal
 from crosslens.activations.store import ActivationStore
-from crosslens.analysis.composition import composed_rows
+from crosslens.analysis.composition import with_children_rows
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
     EmergenceResult,
@@ -162,23 +162,19 @@ def lineage_agreement(
 def _children_as_rows(
     events: Sequence[Any], W_FSD: torch.Tensor, present_FS: torch.Tensor
 ) -> tuple[list[Any], torch.Tensor, torch.Tensor]:
-    """``events`` with each split by composition's children as latents of their own: their summed
-    rows appended to the decoder, present where the parent is from the split on, so that another
-    crosscoder makes the split where a latent of its own turns as the parent does and others lie
-    along the children (its latents need not compose them as this one does)."""
-    rows, present, out = [], [], []
+    """``events`` with each split by composition's children as latents of their own
+    (:func:`~crosslens.analysis.composition.with_children_rows`), present where the parent is from
+    the split on, so that another crosscoder makes the split where a latent of its own turns as the
+    parent does and others lie along the children (its latents need not compose them as this one
+    does)."""
+    W_FSD, after_of = with_children_rows(W_FSD, events)
+    present = [present_FS]
     for e in events:
-        if not e.composed:
-            out.append(e)
-            continue
-        start = W_FSD.shape[0] + len(rows)
-        parent_S = present_FS[e.before[0]] & (torch.arange(W_FSD.shape[1]) >= e.snapshot)
-        rows += [composed_rows(W_FSD, child) for child in e.composed]
-        present += [parent_S] * len(e.composed)
-        out.append(dataclasses.replace(e, after=tuple(range(start, start + len(e.composed))), composed=()))
-    if not rows:
-        return out, W_FSD, present_FS
-    return out, torch.cat([W_FSD, torch.stack(rows)]), torch.cat([present_FS, torch.stack(present)])
+        if e.composed:
+            parent_S = present_FS[e.before[0]] & (torch.arange(W_FSD.shape[1]) >= e.snapshot)
+            present.append(parent_S.expand(len(e.composed), -1))
+    out = [dataclasses.replace(e, after=after, composed=()) if e.composed else e for e, after in zip(events, after_of)]
+    return out, W_FSD, torch.cat(present)
 
 
 def check_agreement_run(other_run: str | os.PathLike, store: Any = None, hook: str | None = None) -> EmergenceResult:

@@ -168,6 +168,25 @@ def composed_rows(W_FSD: torch.Tensor, terms: Composed) -> Float[torch.Tensor, "
     return sum(weight * W_FSD[j] for j, weight in terms)
 
 
+def with_children_rows(
+    W_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"], events: Any
+) -> tuple[Float[torch.Tensor, "rows n_snapshots d_in"], list[tuple[int, ...]]]:
+    """The decoder with each split by composition's children appended as rows of their own
+    (:func:`composed_rows`), and for each event the rows after it: its latents', or its children's
+    appended rows; what reads a split's children as it reads latents (the planted scorer, the
+    agreement with another crosscoder)."""
+    extra: list[torch.Tensor] = []
+    after_of: list[tuple[int, ...]] = []
+    for e in events:
+        if not e.composed:
+            after_of.append(tuple(e.after))
+            continue
+        start = W_FSD.shape[0] + len(extra)
+        extra += [composed_rows(W_FSD, child) for child in e.composed]
+        after_of.append(tuple(range(start, start + len(e.composed))))
+    return (torch.cat([W_FSD, torch.stack(extra)]) if extra else W_FSD), after_of
+
+
 def _parted(
     W_FSD: torch.Tensor, p: int, t: int, k: int, children: dict[tuple[int, ...], Composed], config: Any
 ) -> list[tuple[tuple[tuple[int, ...], tuple[int, ...]], float]]:
@@ -186,4 +205,12 @@ def _parted(
     return parted
 
 
-__all__ = ["CoFiring", "Composed", "composed_rows", "composition_pairs", "composition_splits", "composition_tables"]
+__all__ = [
+    "CoFiring",
+    "Composed",
+    "composed_rows",
+    "composition_pairs",
+    "composition_splits",
+    "composition_tables",
+    "with_children_rows",
+]

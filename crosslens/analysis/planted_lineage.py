@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from crosslens.analysis.composition import composed_rows
+from crosslens.analysis.composition import with_children_rows
 from crosslens.analysis.relatives import unit_rows
 
 CARRY_COSINE = 0.7
@@ -135,24 +135,11 @@ class PlantedLineageScores:
         }
 
 
-def _rows_after(W_FSD: torch.Tensor, events: Sequence[Any]) -> tuple[torch.Tensor, list[Sequence[int]]]:
-    """The unit decoder rows, with each split by composition's children appended as rows of their
-    own, and the rows each event carries after it: its latents', or its children's."""
-    extra, after_of = [], []
-    for e in events:
-        if not e.composed:
-            after_of.append(e.after)
-            continue
-        start = W_FSD.shape[0] + len(extra)
-        extra += [composed_rows(W_FSD, child) for child in e.composed]
-        after_of.append(range(start, start + len(e.composed)))
-    return unit_rows(torch.cat([W_FSD, torch.stack(extra)]) if extra else W_FSD), after_of
-
-
 def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> PlantedLineageScores:
     """Score ``lineage`` (of ``analysis``, the :class:`~crosslens.analysis.EvolutionAnalysis` of a
     crosscoder trained on ``planted``) against ``planted.event_truth``; see the module docstring."""
-    unit, after_of = _rows_after(analysis.W_dec, lineage.events)
+    W_FSD, after_of = with_children_rows(analysis.W_dec, lineage.events)
+    unit = unit_rows(W_FSD)
     S = unit.shape[1]
     truth = getattr(planted, "event_truth", None)
     wanted = (
