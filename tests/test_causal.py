@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import IntegratedGradients
+from tiny_crosscoders import random_architecture
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
-import crosslens.crosscoders as crosscoders
 from crosslens.causal import (
     AttributionConfig,
     IETable,
@@ -86,15 +86,9 @@ def snapshots(tokenizer) -> list[HookedTransformer]:
 
 
 def make_crosscoder(arch: str, n_snapshots: int = N_SNAPSHOTS, seed: int = 0):
-    sae_cls, cfg_cls = crosscoders.ARCHITECTURES[arch][:2]
-    extra = {"k": 8} if arch == "topk_crosscoder" else {}
-    crosscoder = sae_cls(cfg_cls(d_in=D_MODEL, d_sae=D_SAE, n_snapshots=n_snapshots, **extra))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in crosscoder.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        if hasattr(crosscoder, "threshold"):
-            crosscoder.threshold.fill_(0.4)
+    crosscoder, _ = random_architecture(
+        arch, d_in=D_MODEL, d_sae=D_SAE, n_snapshots=n_snapshots, seed=seed, k=8, threshold=0.4
+    )
     crosscoder.cfg.metadata.hook_name = HOOK
     crosscoder.cfg.metadata.activation_norm_factors = FACTORS[:n_snapshots]
     return crosscoder
