@@ -62,6 +62,10 @@ EVENT_FAMILIES = ("split", "handoff", "merge")
 GOAL_FAMILIES = ("split", "handoff")
 """Of them, those whose planted events lineage is to find 90% of; merges are scored without a goal."""
 
+GOAL_KINDS = ("split", "handoff")
+"""The events whose reports on the families without them are to be at most 5% false; merges, which
+no goal names, are counted beside them."""
+
 WITHOUT_EVENTS = ("hard", "zipf", "correlated", "wide", "rare", "cofiring", "late", INDEPENDENT)
 """The eight families with neither weak early presence nor lineage events."""
 
@@ -73,10 +77,14 @@ def within(a: int, b: int) -> bool:
 def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
     """:func:`~crosslens.analysis.planted_lineage.planted_lineage_scores` as the score's columns,
     with the false events per recovered feature."""
-    scores = planted_lineage_scores(planted, analysis, lin).to_dict()
+    scored = planted_lineage_scores(planted, analysis, lin)
+    scores = scored.to_dict()
+    goal = [label for e, label in zip(lin.events, scored.labels) if e.kind in GOAL_KINDS]
     return {
         **scores,
         "false_events_per_recovered": scores["false_events"] / max(1, n_recovered),
+        "goal_events": len(goal),
+        "goal_false_events": goal.count("false"),
         "event_kinds": lin.counts(),
     }
 
@@ -161,8 +169,16 @@ LINEAGE_SENSITIVITY = (
     {"compositions": False},
     {"cofire_share": 0.3},
     {"cofire_share": 0.7},
+    {"turn_balance": 0.0},
+    {"turn_balance": 0.3},
+    {"turn_balance": 0.7},
+    {"steady_successions": False},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
+
+
+SENSITIVITY_COUNTS = ("events_found", "events", "false_events", "goal_events", "goal_false_events")
+"""What the lineage sensitivity table keeps of a run's scores at each setting."""
 
 
 def lineage_key(change: dict) -> str:
@@ -187,42 +203,37 @@ def lineage_sensitivity(planted, f_NF, analysis, scaling, scaled_present_FS, n_r
             cofiring=cofiring,
         )
         scores = event_scores(planted, analysis, lin, n_recovered)
-        out[lineage_key(change)] = [scores["events_found"], scores["false_events"]]
+        out[lineage_key(change)] = [scores[k] for k in SENSITIVITY_COUNTS]
     return out
 
 
 def lineage_sensitivity_table(runs: list[dict]) -> None:
-    """Planted splits, handoffs and merges found, and false events on the nine families without them, per
-    lineage setting: the lowest architecture's share beside the total, and the (family,
-    architecture) cells whose false events pass 5% of their recovered features."""
+    """Planted splits, handoffs and merges found (the lowest architecture's share beside the total),
+    and the false share of the events reported on the nine families without them, of every kind
+    and of the goal's (:data:`GOAL_KINDS`), per lineage setting."""
     print(
         "| lineage setting | splits found (lowest architecture) | handoffs found (lowest architecture) | "
         "merges found (lowest architecture) | "
-        "false events per recovered feature, nine families | cells over 5% |"
+        "false of the events reported, nine families | false of the splits and handoffs reported (goal <= 5%) |"
     )
     print("|---|---|---|---|---|---|")
     default, varied = LineageConfig(), dict.fromkeys(name for change in LINEAGE_SENSITIVITY for name in change)
     default_key = lineage_key({name: getattr(default, name) for name in varied})
-    settings = [(f"{default_key} (default)", lambda r: (r["events_found"], r["false_events"]))]
+    settings = [(f"{default_key} (default)", lambda r: [r[k] for k in SENSITIVITY_COUNTS])]
     settings += [
         (key, lambda r, key=key: r["lineage_sensitivity"][key]) for key in map(lineage_key, LINEAGE_SENSITIVITY)
     ]
     nine = [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")]
-    for name, found_false in settings:
+    for name, counts in settings:
         cells = []
         for family in EVENT_FAMILIES:
             groups = _by([r for r in runs if r["generator"] == family], "arch").values()
-            found = [sum(found_false(r)[0] for r in g) for g in groups]
+            found = [sum(counts(r)[0] for r in g) for g in groups]
             planted = [sum(r["planted_events"] for r in g) for g in groups]
             lowest = min((f / p for f, p in zip(found, planted) if p), default=None)
             cells.append(f"{_share(sum(found), sum(planted))}; {'-' if lowest is None else f'{lowest:.0%}'}")
-        false = [
-            (sum(found_false(r)[1] for r in g), sum(r["n_recovered"] for r in g))
-            for g in _by(nine, "generator", "arch").values()
-        ]
-        total, recovered = sum(f for f, _ in false), sum(n for _, n in false)
-        over = sum(f > 0.05 * n for f, n in false)
-        print(f"| {name} | {' | '.join(cells)} | {_share(total, recovered)} | {over} of {len(false)} |")
+        reported, false, goal, goal_false = (sum(counts(r)[i] for r in nine) for i in range(1, 5))
+        print(f"| {name} | {' | '.join(cells)} | {_share(false, reported)} | {_share(goal_false, goal)} |")
 
 
 def planted_analysis(crosscoder, planted, acts_NSD) -> EvolutionAnalysis:
@@ -360,8 +371,9 @@ def false_flag_table(runs: list[dict]) -> bool:
     """On the families without planted events: contested flags and features the decoder norm at the
     0.1 line dates two snapshots early or more, among the recovered features (weak-early: among the
     others than its weak ones, those ``score`` counts them over), and false events per recovered
-    feature; then the false events as a share of the events reported there, the goal's own reading
-    of its goal (at most 5% of the reported events false), which the verdict counts too."""
+    feature; then the false events as a share of the events reported there, of every kind and of
+    the goal's kinds (:data:`GOAL_KINDS`: at most 5% of the splits and handoffs reported false),
+    which the verdict counts."""
     print(
         "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
     )
@@ -380,11 +392,13 @@ def false_flag_table(runs: list[dict]) -> bool:
         )
     without = [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")]
     reported, false = sum(r["events"] for r in without), sum(r["false_events"] for r in without)
+    goal, goal_false = sum(r["goal_events"] for r in without), sum(r["goal_false_events"] for r in without)
     print(
         f"\nevents reported on these families: {reported} ({sum(r['decoupling_events'] for r in without)} "
-        f"decouplings); false: {_share(false, reported)} of those reported (goal <= 5%)"
+        f"decouplings); false: {_share(false, reported)} of those reported; of the {goal} splits and handoffs, "
+        f"{_share(goal_false, goal)} (goal <= 5%); of the {reported - goal} merges, {_share(false - goal_false, reported - goal)}"
     )
-    return ok and false <= 0.05 * reported
+    return ok and goal_false <= 0.05 * goal
 
 
 def floor_table(runs: list[dict]) -> None:

@@ -286,7 +286,8 @@ def test_a_latent_that_drifts_off_the_shared_row_kept_it_and_one_that_turns_late
     snapshot later in one step. A latent still on the row there that drifts off it a little at a
     time kept the direction (its rows stay within a small step of each other), and only its partner
     left: no split. Read anywhere in the ``min_snapshots`` after the event
-    (``turn_at_once=False``), the drift passes the hold line and the pair reads as a split. A merge
+    (``turn_at_once=False``), the drift passes the hold line and the pair reads as a split, where the
+    balance of the two turns is not asked (``turn_balance=0``). A merge
     mirrors it: a latent that arrives on the pair's row a snapshot before its partner, in one step,
     came to it (which the rows after the merge alone do not show)."""
     gen = torch.Generator().manual_seed(7)
@@ -300,8 +301,10 @@ def test_a_latent_that_drifts_off_the_shared_row_kept_it_and_one_that_turns_late
     analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
     events = lineage_of(analysis).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("merge", 5, (2, 3))]
-    events = lineage_of(analysis, LineageConfig(turn_at_once=False)).events
+    # that rule alone: the drift also turns 0 less than half as far as 1 (``turn_balance``)
+    events = lineage_of(analysis, LineageConfig(turn_at_once=False, turn_balance=0.0)).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1))]
+    assert lineage_of(analysis, LineageConfig(turn_at_once=False)).events == []
     W[0, 4:] = _turned(u[0], u[4], 0.5)  # 0 turns a snapshot after 1, in one step: a split
     events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]

@@ -379,6 +379,7 @@ def test_the_emergence_scripts_early_dates_are_a_share_of_the_features_they_are_
     the recovered features other than the weak ones, and prints its share over those, as the
     contested column does; on a family without weak features the others are every recovered one."""
     run = {"arch": "crosscoder", "false_events": 0, "decoupling_events": 0, "events": 0}
+    run |= {"goal_events": 0, "goal_false_events": 0}
     runs = [
         {**run, "generator": "weak-early", "n_recovered": 24, "n_other": 16, "contested_other": 1, "low_line_early": 2},
         {**run, "generator": "hard", "n_recovered": 47, "n_other": 47, "contested_other": 0, "low_line_early": 3},
@@ -387,6 +388,22 @@ def test_the_emergence_scripts_early_dates_are_a_share_of_the_features_they_are_
     rows = {line.split(" | ")[0]: line.split(" | ") for line in capsys.readouterr().out.splitlines()}
     assert rows["| weak-early"][3:6] == ["24", "1/16 (6%)", "2/16 (12%)"]
     assert rows["| hard"][3:6] == ["47", "0/47 (0%)", "3/47 (6%)"]
+
+
+def test_the_emergence_scripts_false_share_goal_is_of_the_splits_and_handoffs_reported(emergence_script, capsys):
+    """On the families without planted events, the verdict holds the splits and handoffs reported to
+    at most 5% false, and prints the share over every kind and the merges' beside it: false merges
+    alone leave the goal met, one false split in ten misses it."""
+    run = {"arch": "crosscoder", "decoupling_events": 0, "n_recovered": 240, "n_other": 240, "contested_other": 0}
+    run |= {"low_line_early": 0, "generator": "hard"}
+    merges_false = [{**run, "events": 24, "false_events": 4, "goal_events": 20, "goal_false_events": 0}]
+    assert emergence_script.false_flag_table(merges_false)
+    assert (
+        "false: 4/24 (17%) of those reported; of the 20 splits and handoffs, 0/20 (0%) (goal <= 5%); "
+        "of the 4 merges, 4/4 (100%)" in capsys.readouterr().out
+    )
+    split_false = [{**run, "events": 10, "false_events": 1, "goal_events": 10, "goal_false_events": 1}]
+    assert not emergence_script.false_flag_table(split_false)
 
 
 def test_the_emergence_scripts_event_goal_is_of_splits_and_handoffs_not_merges(emergence_script, capsys):

@@ -66,6 +66,9 @@ def divergence_pairs(
     for x_P in (a_P, b_P):
         split_P &= _left(unit_FSD, present_FS, turned_FS, x_P, last_same_P, split_at_P, config)
         merge_P &= _left(unit_FSD, present_FS, turned_FS, x_P, *merge_ends, config)
+    # and both turn alike: a latent that turns less than half as far as its partner kept its concept
+    split_P &= _balanced(unit_FSD, present_FS, a_P, b_P, last_same_P, split_at_P, config)
+    merge_P &= _balanced(unit_FSD, present_FS, a_P, b_P, merge_at_P, last_apart_P, config)
     # and where the pair is together, its direction is one concept's, not a crowd's
     split_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, last_same_P, split_P, config)
     merge_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, merge_at_P, merge_P, config)
@@ -98,14 +101,11 @@ def _left(
     line from the row at ``from_P`` counts, the one-step condition aside. With ``leave_for_good``, no
     present row of those after the first under the hold line is back over it."""
     S = unit_FSD.shape[1]
-    step_P1 = torch.where(to_P >= from_P, 1, -1)[:, None]
-    at_PK = to_P[:, None] + step_P1 * torch.arange(config.min_snapshots)
-    inside_PK = (at_PK >= 0) & (at_PK < S)
-    at_PK, before_PK = at_PK.clamp(0, S - 1), (at_PK - step_P1).clamp(0, S - 1)
+    step_P1, at_PK, present_PK = _window(present_FS, x_P, from_P, to_P, config.min_snapshots)
+    before_PK = (at_PK - step_P1).clamp(0, S - 1)
     x_P1 = x_P[:, None]
     rows_PKD = unit_FSD[x_P1, at_PK]
     from_start_PK = (unit_FSD[x_P, from_P.clamp(0, S - 1)][:, None] * rows_PKD).sum(-1)
-    present_PK = inside_PK & present_FS[x_P1, at_PK]
     away_PK = present_PK & (from_start_PK < config.hold_cosine)
     # a latent back at the hold line after it was first under it within those snapshots dipped off
     # the row for a snapshot and kept it
@@ -122,6 +122,42 @@ def _left(
     idx_1S = torch.arange(S)[None, :]
     turned_P = (turned_FS[x_P] & (idx_1S > lo_P[:, None]) & (idx_1S <= hi_P[:, None])).any(1)
     return ((away_PK[:, 0] & turned_P) | in_one_step_P) & stays_P
+
+
+def _window(
+    present_FS: torch.Tensor, x_P: torch.Tensor, from_P: torch.Tensor, to_P: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` snapshots from ``to_P`` read away from ``from_P``: the step of time ``[P, 1]`` (+1
+    forward, -1 backward), the snapshots ``[P, k]`` (clamped into range) and where latent ``x_P`` is
+    present at one of them inside the range."""
+    S = present_FS.shape[1]
+    step_P1 = torch.where(to_P >= from_P, 1, -1)[:, None]
+    at_PK = to_P[:, None] + step_P1 * torch.arange(k)
+    inside_PK = (at_PK >= 0) & (at_PK < S)
+    at_PK = at_PK.clamp(0, S - 1)
+    return step_P1, at_PK, inside_PK & present_FS[x_P[:, None], at_PK]
+
+
+def _balanced(
+    unit_FSD: torch.Tensor,
+    present_FS: torch.Tensor,
+    a_P: torch.Tensor,
+    b_P: torch.Tensor,
+    from_P: torch.Tensor,
+    to_P: torch.Tensor,
+    config: Any,
+) -> torch.Tensor:
+    """Pairs whose latents turn alike from their rows at ``from_P`` (:attr:`LineageConfig.turn_balance`):
+    each latent's turn is the largest angle between that row and its present rows among the
+    ``min_snapshots`` from ``to_P`` (read away from ``from_P``, as :func:`_left` reads them), and
+    the smaller turn is at least ``turn_balance`` of the larger."""
+    S = unit_FSD.shape[1]
+    turns = []
+    for x_P in (a_P, b_P):
+        _, at_PK, present_PK = _window(present_FS, x_P, from_P, to_P, config.min_snapshots)
+        cos_PK = (unit_FSD[x_P, from_P.clamp(0, S - 1)][:, None] * unit_FSD[x_P[:, None], at_PK]).sum(-1)
+        turns.append(torch.arccos(cos_PK.masked_fill(~present_PK, 1.0).clamp(-1.0, 1.0).amin(1)))
+    return torch.minimum(*turns) >= config.turn_balance * torch.maximum(*turns)
 
 
 def birth_splits(

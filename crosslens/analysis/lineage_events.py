@@ -13,7 +13,8 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   they were last together: one concept became two (a split at the first snapshot they are apart);
   the reverse is a merge. Where one latent keeps its row and only the other moves, the other
   changes what it carries (a crosscoder reusing a duplicate for another feature): no concept
-  split, no event. A
+  split, no event; so too where one turns less than half as far as the other
+  (:attr:`LineageConfig.turn_balance`). A
   pair whose rows point opposite at any snapshot (cosine <= -:attr:`LineageConfig.hold_cosine`)
   is neither: such latents fire together to cancel each other (TopK's fixed count of active
   latents makes them), and their rows carry no concept there. Nor is a pair whose direction,
@@ -39,7 +40,8 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   more snapshots than that window): one latent to one is a **handoff**, the through-time face of
   Minder et al.'s Latent Decoupling; one to several a split; several to one a merge (counted in
   directions, not latents: latents whose joining rows lie at ``successor_cosine`` or closer count
-  once);
+  once). A latent that turns in one step between the rows read there carried that direction too
+  briefly to hand it over (:attr:`LineageConfig.steady_successions`);
 - **succession by a turn**: the same handover where one of the two latents is present on both
   sides of it and turns in one step, holding one direction for ``min_snapshots`` before and
   another as long after (the crosscoder reusing a latent it had for another direction): a
@@ -173,6 +175,23 @@ class LineageConfig:
     it). On the planted grid every planted split found is kept and two false events go
     (benchmarks/README.md, "Is an emergence real?"); False reads one row of those under the line as
     leaving."""
+    turn_balance: float = 0.5
+    """Both latents of a split (a merge) turn alike: the one that turns less, from its row where
+    the pair is together to its farthest present row among the ``min_snapshots`` apart, turns at
+    least this share of its partner's angle. One concept becoming two moves both latents; a
+    latent that turns less than half as far as its partner kept its concept while the partner
+    changed what it carries (JumpReLU reusing a duplicate for a weak feature that steps up). On
+    the planted grid the planted splits found turn 0.61 of their partner's angle or more, the
+    merges 0.51 or more, a false split 0.39 (benchmarks/README.md, "Is an emergence real?"); 0
+    reads any two latents that both leave the row."""
+    steady_successions: bool = True
+    """A succession's latents hand over (take on) a direction they held: a fading latent whose
+    last ``min_snapshots`` rows of presence, or an emerging latent whose first ones, turn in one
+    step between them (:func:`~crosslens.analysis.succession.turned_rows`) carried the direction
+    read there for fewer than ``min_snapshots`` and hands nothing over. On the planted grid every
+    planted handoff found is kept, and a false one goes, of a JumpReLU latent that turned from one
+    feature to duplicate another a snapshot before it faded (benchmarks/README.md, "Is an
+    emergence real?")."""
     held_by_activations: bool = True
     """Where latent scaling has read activations (:func:`lineage_of` given its presence), keep an
     event only where the activations hold its latents on their sides of it: present by latent
@@ -236,6 +255,8 @@ class LineageConfig:
             )
         if not 0.0 < self.cofire_share <= 1.0:
             raise ValueError(f"cofire_share={self.cofire_share}: a share of a latent's firing tokens, in (0, 1].")
+        if not 0.0 <= self.turn_balance <= 1.0:
+            raise ValueError(f"turn_balance={self.turn_balance}: a share of the partner's turn, in [0, 1].")
         if self.own_share < 0.0:
             raise ValueError(f"own_share={self.own_share}: a share of the error amplitude is 0 or more.")
         if not -1.0 <= self.successor_cosine <= 1.0 or self.successor_window < 0:
@@ -395,7 +416,7 @@ def lineage(
         composed = composition_splits(W_dec_FSD.float().cpu(), present_FS, turned_FS, cofiring.cpu(), config)
         events += [LineageEvent(*e[:6], composed=e[6]) for e in composed]
     successions = succession_events(
-        unit_FSD, present_FS, held_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config
+        unit_FSD, present_FS, held_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config, turned_FS
     )
     if config.turns:
         joined = {(at, a, b) for _, at, a, b, _ in found}

@@ -97,18 +97,27 @@ def succession_events(
     fade_F: torch.Tensor,
     live_F: torch.Tensor,
     config: Any,
+    turned_FS: torch.Tensor,
 ) -> list[Succession]:
     """Latents that fade as near-parallel latents emerge: the faders' last held rows (the last
     ``min_snapshots`` of a run that long) against the emergers' first held rows, the best pair
     deciding (but for two rows of one snapshot where both latents are present), masked to
     emergences near each fade. ``held_FS`` is :func:`held_presence` of
-    ``present_FS`` at ``min_snapshots``."""
+    ``present_FS`` at ``min_snapshots``, ``turned_FS`` :func:`turned_rows` at the hold line: with
+    :attr:`~crosslens.analysis.lineage_events.LineageConfig.steady_successions`, a latent whose
+    rows read here turn in one step between them is neither a fader nor an emerger."""
     S, k = unit_FSD.shape[1], config.min_snapshots
     idx_FS = torch.arange(S).expand(present_FS.shape)
     end_F = torch.where(held_FS & (idx_FS < fade_F[:, None]), idx_FS, -1).amax(1)
     onset_F = torch.where(held_FS & (idx_FS >= emergence_F[:, None]), idx_FS, S).amin(1)
-    faders = torch.nonzero(live_F & (fade_F != NO_STEP) & (end_F >= 0)).flatten()
-    emergers = torch.nonzero(live_F & (emergence_F != NO_STEP) & (emergence_F > 0) & (onset_F < S)).flatten()
+    fading_F = live_F & (fade_F != NO_STEP) & (end_F >= 0)
+    emerging_F = live_F & (emergence_F != NO_STEP) & (emergence_F > 0) & (onset_F < S)
+    if config.steady_successions:
+        # a latent hands over (or takes on) one direction only where it held it: a turn between
+        # the rows read is a latent that carried the direction for fewer than min_snapshots
+        fading_F &= ~(turned_FS & (idx_FS > end_F[:, None] - k) & (idx_FS <= end_F[:, None])).any(1)
+        emerging_F &= ~(turned_FS & (idx_FS > onset_F[:, None]) & (idx_FS < onset_F[:, None] + k)).any(1)
+    faders, emergers = torch.nonzero(fading_F).flatten(), torch.nonzero(emerging_F).flatten()
     if len(faders) == 0 or len(emergers) == 0:
         return []
     steps_K = torch.arange(k)
