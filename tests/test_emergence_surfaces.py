@@ -513,6 +513,7 @@ def test_the_report_has_the_section_and_the_flow_picture(run):
     assert f"Of {counts['measured']} measured live latents, {counts['contested']} have emergences" in section
     assert "Lineage events" in section and "one lane per latent" in section
     assert "crosslens analyze --lineage-against RUN (lineage_agreement in Python) counts the events" in section
+    assert result.lineage.counts()["merge"] > 0 and "A merge is the weakest of the three events" in section
     # the lanes: the largest family's latents label the picture's rows, and every event kind drawn is named
     largest = result.lineage.families()[0]
     lanes = re.search(r'"ticktext":\[("#\d+"(?:,"#\d+")*)\]', section)

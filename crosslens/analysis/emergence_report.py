@@ -71,6 +71,14 @@ UNCHECKED_EVENTS = (
 """The lineage text's last sentence where there are events: how they are checked (a section of its own
 follows where they were)."""
 
+MERGES_WEAKER = (
+    " A merge is the weakest of the three events: where the feature one latent carries fades and the "
+    "crosscoder reuses that latent for the feature its partner carries, the two latents also end on one "
+    "row, and the decoder cannot tell that from two concepts becoming one."
+)
+"""Said where lineage reports a merge: on planted sets without merges, the merges lineage reports are
+of that kind (benchmarks/README.md, "Is an emergence real?")."""
+
 
 def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) -> None:
     n_aside = len(lineage.set_aside)
@@ -88,6 +96,7 @@ def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) 
         "a latent that fades as a near-parallel one emerges, one concept decoupled over two latents through time."
         + aside
         + _first_snapshot_text(lineage, analysis)
+        + (MERGES_WEAKER if lineage.counts()["merge"] else "")
         + (UNCHECKED_EVENTS if lineage.events else "")
     )
     if not lineage.events:
