@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -544,9 +545,14 @@ def driver():
     ):
         options.add_argument(flag)
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for a driver online
-    chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield chrome
-    chrome.quit()
+    try:
+        chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        try:
+            yield chrome
+        finally:
+            chrome.quit()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)  # one profile a module, none left behind in the temp folder
 
 
 def wait_for(condition, timeout: float = 10.0, what: str = ""):
