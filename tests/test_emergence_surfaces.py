@@ -438,6 +438,40 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
     assert "(one fades or emerges as another turns, cosine 0.75)" in items[3][2]
 
 
+def test_a_merge_not_checked_against_another_crosscoder_is_called_the_weakest_event(run, tmp_path, driver):  # noqa: F811
+    """A held merge on a feature's page says a merge is the weakest of the three events (a reused
+    latent ends on its partner's row too) and names the check, where none was made; a split does not."""
+    run_dir, result = run
+    a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
+    events = [
+        LineageEvent("split", 1, (a, b), (a, b), 0.3, "divergence"),
+        LineageEvent("merge", 2, (a, b), (a, b), 0.95, "divergence"),
+    ]
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    lineage = dataclasses.replace(result.lineage, events=events, set_aside=[])
+    save_run_emergence(
+        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
+    )
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    server = make_server(copy, BrowseConfig(port=0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        open_page(driver, server, f"/feature/{a}")
+        wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 2)
+        items = driver.execute_script(
+            "return [...document.querySelectorAll('#lineage-events li')].map(li => [li.dataset.kind, li.textContent])"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [kind for kind, _ in items] == ["split", "merge"]
+    assert "weakest" not in items[0][1]
+    assert (
+        "a merge is the weakest of the three events: a latent reused after the feature it carried fades also ends on "
+        "its partner's row; crosslens analyze --lineage-against RUN checks it against another crosscoder"
+    ) in items[1][1]
+
+
 def test_a_split_by_composition_is_kept_with_its_children_and_read_as_such(run, tmp_path, driver):  # noqa: F811
     """A split by composition keeps its children's terms through the emergence record, and a
     feature's page says how it was read: the parent turning beside latents born there, a child its

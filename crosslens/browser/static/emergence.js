@@ -240,10 +240,14 @@ const EmergencePanel = {
       const first = run.snapshots[0];
       const early = e.first_snapshot ? [CL.el("span", { class: "note", text: ` its latents are all strongest at ${first.label}`
         + (first.step === 0 ? ", the untrained model, where a latent carries a single token's direction" : "") })] : [];
+      // a reused latent that comes onto its partner's row as the feature it carried fades reads as a merge too
+      const weak = e.held && e.kind === "merge" && !run.emergence.agreement ? [CL.el("span", { class: "note merge-weak",
+        text: " a merge is the weakest of the three events: a latent reused after the feature it carried fades also "
+          + "ends on its partner's row; crosslens analyze --lineage-against RUN checks it against another crosscoder" })] : [];
       return CL.el("li", { "data-kind": e.kind, "data-held": String(e.held), "data-first": String(e.first_snapshot),
         "data-agreement": e.agreement === null ? "" : String(e.agreement) },
         `${e.kind} at ${step}: `, ...this.joined(e.before, e.snapshot), " \u2192 ", ...this.joined(e.after, e.snapshot),
-        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside, ...early, ...this.agreement(run, e));
+        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside, ...early, ...weak, ...this.agreement(run, e));
     }));
   },
 
