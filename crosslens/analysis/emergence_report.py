@@ -76,7 +76,7 @@ MERGES_WEAKER = (
     "crosscoder reuses that latent for the feature its partner carries, the two latents also end on one "
     "row, and the decoder cannot tell that from two concepts becoming one."
 )
-"""Said where lineage reports a merge: on planted sets without merges, the merges lineage reports are
+"""Said where lineage reports a merge: on planted sets without merges, most merges lineage reports are
 of that kind (benchmarks/README.md, "Is an emergence real?")."""
 
 

@@ -181,9 +181,9 @@ class LineageConfig:
     least this share of its partner's angle. One concept becoming two moves both latents; a
     latent that turns less than half as far as its partner kept its concept while the partner
     changed what it carries (JumpReLU reusing a duplicate for a weak feature that steps up). On
-    the planted grid the planted splits found turn 0.61 of their partner's angle or more, the
-    merges 0.51 or more, a false split 0.39 (benchmarks/README.md, "Is an emergence real?"); 0
-    reads any two latents that both leave the row."""
+    the planted grid the planted splits and merges found turn 0.6 of their partner's angle or more,
+    a false split 0.39 (benchmarks/README.md, "Is an emergence real?"); 0 reads any two latents
+    that both leave the row."""
     steady_successions: bool = True
     """A succession's latents hand over (take on) a direction they held: a fading latent whose
     last ``min_snapshots`` rows of presence, or an emerging latent whose first ones, turn in one
