@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -330,7 +331,7 @@ def test_the_feature_page_draws_both_emergence_curves_and_links_relatives(run, s
 
 
 def test_a_decoupled_early_presence_names_the_latents_that_carried_it(run, tmp_path, driver):  # noqa: F811
-    run_dir, result = run
+    _, result = run
     check, scaling = result.check, result.scaling
     # the carrying, not the method: a measured feature is recorded as present by latent scaling from
     # the first snapshot, by its decoder norm from the last, its early presence carried by others
@@ -347,28 +348,30 @@ def test_a_decoupled_early_presence_names_the_latents_that_carried_it(run, tmp_p
         contested=check.contested.clone().index_fill_(0, torch.tensor([feature]), True),
         early_presence=early_presence,
     )
-    decoupled = dataclasses.replace(result, check=recorded)
-    copy = tf.copy_tree(run_dir, tmp_path / "run")
-    save_run_emergence(copy, decoupled, ActivationStore.open(run_dir.parent / "store"))
-    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    copy = browsed_with(run, tmp_path, dataclasses.replace(result, check=recorded))
     # a latent under the carrier line points elsewhere: what it reconstructs was not counted, nor is it named
     nearest = [s for s in range(last) if int(scaling.carrier[feature, s]) >= 0]
     early = [s for s in nearest if float(scaling.carrier_cosine[feature, s]) >= check.config.carrier_cosine]
-    server = make_server(copy, BrowseConfig(port=0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(copy) as server:
         open_page(driver, server, f"/feature/{feature}")
         wait_for(lambda: driver.execute_script("return document.body.dataset.reading") is not None, what="plots")
         note = driver.execute_script("return document.getElementById('emergence-note').textContent")
         links = driver.execute_script(
             "return [...document.querySelectorAll('#emergence-note a')].map(a => a.getAttribute('href'))"
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "carried by other latents: decoupled (" in note and "points its way" in note
     assert early and links == [f"/feature/{int(scaling.carrier[feature, s])}?snapshot={s}" for s in early]
     assert len(early) < len(nearest)  # one nearest latent under the line is left out
+
+
+def browsed_with(run, tmp_path, result) -> Path:
+    """A copy of ``run``'s folder whose saved check and lineage are ``result``'s, its feature database
+    computed again from them."""
+    run_dir, _ = run
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    save_run_emergence(copy, result, ActivationStore.open(run_dir.parent / "store"))
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    return copy
 
 
 def with_four_events(result, a: int, b: int, c: int):
@@ -389,14 +392,10 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
     """A feature's events read as parting, a fade into an emergence, or a handover to a latent that
     turned, each as lineage found it (``LineageEvent.how``); an event set aside (the activations do
     not hold it) is listed and marked there, and counted by no filter."""
-    run_dir, result = run
+    _, result = run
     a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
     lineage = with_four_events(result, a, b, b)
-    copy = tf.copy_tree(run_dir, tmp_path / "run")
-    save_run_emergence(
-        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
-    )
-    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    copy = browsed_with(run, tmp_path, dataclasses.replace(result, lineage=lineage))
     db = sqlite3.connect(copy / schema.DATABASE_NAME)
     assert db.execute("SELECT kind, held FROM lineage_events ORDER BY event").fetchall() == [
         ("split", 1),
@@ -404,9 +403,7 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
         ("handoff", 1),
         ("handoff", 1),
     ]
-    server = make_server(copy, BrowseConfig(port=0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(copy) as server:
         summary = api(server, "/api/run")["emergence"]
         merges = api(server, "/api/features?lineage=merge&limit=500")["rows"]
         listed = api(server, "/api/features?lineage=any&limit=500")["rows"]
@@ -416,9 +413,6 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
             "return [...document.querySelectorAll('#lineage-events li')]"
             ".map(li => [li.dataset.kind, li.dataset.held, li.textContent])"
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert summary["events"] == {"split": 1, "merge": 0, "handoff": 2} and summary["set_aside"] == 1
     flags = json.loads(
         (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
@@ -441,29 +435,20 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
 def test_a_merge_not_checked_against_another_crosscoder_is_called_the_weakest_event(run, tmp_path, driver):  # noqa: F811
     """A held merge on a feature's page says a merge is the weakest of the three events (a reused
     latent ends on its partner's row too) and names the check, where none was made; a split does not."""
-    run_dir, result = run
+    _, result = run
     a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
     events = [
         LineageEvent("split", 1, (a, b), (a, b), 0.3, "divergence"),
         LineageEvent("merge", 2, (a, b), (a, b), 0.95, "divergence"),
     ]
-    copy = tf.copy_tree(run_dir, tmp_path / "run")
     lineage = dataclasses.replace(result.lineage, events=events, set_aside=[])
-    save_run_emergence(
-        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
-    )
-    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
-    server = make_server(copy, BrowseConfig(port=0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    copy = browsed_with(run, tmp_path, dataclasses.replace(result, lineage=lineage))
+    with serving(copy) as server:
         open_page(driver, server, f"/feature/{a}")
         wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 2)
         items = driver.execute_script(
             "return [...document.querySelectorAll('#lineage-events li')].map(li => [li.dataset.kind, li.textContent])"
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert [kind for kind, _ in items] == ["split", "merge"]
     assert "weakest" not in items[0][1]
     assert (
@@ -476,25 +461,16 @@ def test_a_split_by_composition_is_kept_with_its_children_and_read_as_such(run, 
     """A split by composition keeps its children's terms through the emergence record, and a
     feature's page says how it was read: the parent turning beside latents born there, a child its
     row summed with one of theirs."""
-    run_dir, result = run
+    _, result = run
     a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
     split = LineageEvent("split", 1, (a,), (a, b), 0.4, "composition", composed=(((a, 1.0),), ((a, 2.5), (b, 1.5))))
-    copy = tf.copy_tree(run_dir, tmp_path / "run")
     lineage = dataclasses.replace(result.lineage, events=[split], set_aside=[])
-    save_run_emergence(
-        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
-    )
+    copy = browsed_with(run, tmp_path, dataclasses.replace(result, lineage=lineage))
     assert read_emergence(copy).lineage.events == [split]
-    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
-    server = make_server(copy, BrowseConfig(port=0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(copy) as server:
         open_page(driver, server, f"/feature/{b}")
         wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 1)
         text = driver.execute_script("return document.querySelector('#lineage-events li').textContent")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (
         "(the parent turns as latents born beside it fire with it; a child is its row summed with one of theirs, "
         "cosine 0.4)" in text
@@ -515,23 +491,14 @@ def test_the_feature_page_marks_events_among_latents_strongest_at_the_first_snap
         LineageEvent("handoff", 1, (p,), (r,), 0.8, "succession"),
     ]
     lineage = dataclasses.replace(result.lineage, events=events, set_aside=[])
-    copy = tf.copy_tree(run_dir, tmp_path / "run")
-    save_run_emergence(
-        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
-    )
-    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
-    server = make_server(copy, BrowseConfig(port=0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    copy = browsed_with(run, tmp_path, dataclasses.replace(result, lineage=lineage))
+    with serving(copy) as server:
         flags = [(e["kind"], e["first_snapshot"]) for e in api(server, f"/api/feature/{p}")["lineage"]]
         open_page(driver, server, f"/feature/{p}")
         wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 2)
         items = driver.execute_script(
             "return [...document.querySelectorAll('#lineage-events li')].map(li => [li.dataset.first, li.textContent])"
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert flags == [("split", True), ("handoff", False)]
     assert [first for first, _ in items] == ["true", "false"]
     untrained = ", the untrained model, where a latent carries a single token's direction"
