@@ -76,7 +76,8 @@ def within(a: int, b: int) -> bool:
 
 def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
     """:func:`~crosslens.analysis.planted_lineage.planted_lineage_scores` as the score's columns,
-    with the false events per recovered feature."""
+    with the false events per recovered feature, and the events of the goal's kinds
+    (:data:`GOAL_KINDS`) reported and false."""
     scored = planted_lineage_scores(planted, analysis, lin)
     scores = scored.to_dict()
     goal = [label for e, label in zip(lin.events, scored.labels) if e.kind in GOAL_KINDS]

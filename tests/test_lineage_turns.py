@@ -50,8 +50,9 @@ def uneven_pair() -> torch.Tensor:
 def test_a_latent_that_turns_less_than_half_as_far_as_its_partner_kept_its_concept():
     """Both latents leave the shared row, but one turns about a third as far as the other: the
     other changed what it carries, no split; the same of a merge onto a row next to one latent's.
-    Turned alike (each at 0.6 from the shared row, or 0.6 and 0.8 from the merged one), the pairs
-    split and merge; with ``turn_balance=0`` any two latents that leave the row do."""
+    Turned alike (0 to 53 degrees from the shared row beside 1's 93; the merged row 53 and 37
+    degrees from the two rows), the pairs split and merge; with ``turn_balance=0`` any two latents
+    that leave the row do."""
     W = uneven_pair()
     assert _events(W) == []
     assert _events(W, LineageConfig(turn_balance=0.0)) == [
