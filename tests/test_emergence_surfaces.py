@@ -458,9 +458,9 @@ def test_a_merge_not_checked_against_another_crosscoder_is_called_the_weakest_ev
 
 
 def test_a_split_by_composition_is_kept_with_its_children_and_read_as_such(run, tmp_path, driver):  # noqa: F811
-    """A split by composition keeps its children's terms through the emergence record, and a
-    feature's page says how it was read: the parent turning beside latents born there, a child its
-    row summed with one of theirs."""
+    """A split by composition keeps its children's terms through the emergence record and the feature
+    database, and a feature's page says how it was read (the parent turning beside latents born
+    there, a child its row summed with one of theirs) and each child's terms, each latent a link."""
     _, result = run
     a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
     split = LineageEvent("split", 1, (a,), (a, b), 0.4, "composition", composed=(((a, 1.0),), ((a, 2.5), (b, 1.5))))
@@ -468,13 +468,19 @@ def test_a_split_by_composition_is_kept_with_its_children_and_read_as_such(run, 
     copy = browsed_with(run, tmp_path, dataclasses.replace(result, lineage=lineage))
     assert read_emergence(copy).lineage.events == [split]
     with serving(copy) as server:
+        listed = api(server, f"/api/feature/{b}")["lineage"]
         open_page(driver, server, f"/feature/{b}")
         wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 1)
         text = driver.execute_script("return document.querySelector('#lineage-events li').textContent")
+        links = driver.execute_script(
+            "return [...document.querySelectorAll('#lineage-events li a')].map(a => a.getAttribute('href'))"
+        )
+    assert [e["composed"] for e in listed] == [[[[a, 1.0]], [[a, 2.5], [b, 1.5]]]]
     assert (
         "(the parent turns as latents born beside it fire with it; a child is its row summed with one of theirs, "
-        "cosine 0.4)" in text
+        f"cosine 0.4) children: 1 \u00d7 #{a}; 2.5 \u00d7 #{a} + 1.5 \u00d7 #{b}" in text
     )
+    assert links[-3:] == [f"/feature/{a}?snapshot=1", f"/feature/{a}?snapshot=1", f"/feature/{b}?snapshot=1"]
 
 
 def test_the_feature_page_marks_events_among_latents_strongest_at_the_first_snapshot(run, tmp_path, driver):  # noqa: F811

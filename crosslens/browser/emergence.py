@@ -196,15 +196,16 @@ def feature_emergence(
             "first_snapshot": bool(first),
             "agreement": None if line is None else agreement,
             "made": None if made is None else bool(made),
+            "composed": None if composed is None else json.loads(composed),
         }
-        for e, kind, s, how, cosine, b, a, held, first, agreement, made in connection.execute(
+        for e, kind, s, how, cosine, b, a, held, first, agreement, made, composed in connection.execute(
             "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after, e.held, "
             # every latent of the event strongest at the first snapshot: lineage.strongest_at_first_snapshot,
             # read from the database's peaks here, where the browser runs without torch
             "NOT EXISTS (SELECT 1 FROM lineage_members o JOIN features f USING (feature) "
             "WHERE o.event = e.event AND f.peak_snapshot IS NOT 0), e.agreement, "
             # made there too: at or above the line the run's record counts at (NULL: not measured)
-            "e.agreement >= ? "
+            "e.agreement >= ?, e.composed "
             "FROM lineage_events e JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
             (line, feature),
         )

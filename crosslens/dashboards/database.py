@@ -65,7 +65,7 @@ def write_database(path: Path, content: DatabaseContent) -> None:
             connection.executemany("INSERT INTO context_search (rowid, text) VALUES (?, ?)", content.search)
             connection.executemany(_insert("emergence", 11), content.emergence)
             connection.executemany(_insert("emergence_snapshots", 11), content.emergence_snapshots)
-            connection.executemany(_insert("lineage_events", 10), content.lineage_events)
+            connection.executemany(_insert("lineage_events", 11), content.lineage_events)
             connection.executemany(_insert("lineage_members", 3), content.lineage_members)
             connection.executemany(_insert("relatives", 5), content.relatives)
             for sql in schema.INDEXES:

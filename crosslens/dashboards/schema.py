@@ -31,7 +31,7 @@ from typing import Any
 
 from crosslens.core.hashing import agreement_change
 
-FORMAT = "crosslens.dashboards/6"
+FORMAT = "crosslens.dashboards/7"
 """The layout's name and version, ``meta['format']``."""
 
 DATABASE_NAME = "dashboards.sqlite"
@@ -187,9 +187,11 @@ CREATE TABLE lineage_events (
     after    TEXT NOT NULL,        -- JSON list of the latents after
     held     INTEGER NOT NULL,     -- 1: the activations hold it (or none were read); 0: set aside, read
                                    -- from decoder rows the activations do not hold (Lineage.set_aside)
-    agreement REAL                 -- how far another crosscoder of the store makes its moves (meta's
+    agreement REAL,                -- how far another crosscoder of the store makes its moves (meta's
                                    -- emergence.agreement names it; NULL: not measured, set aside, or no
                                    -- latent of it present beside its snapshot)
+    composed TEXT                  -- a split by composition's children, JSON: per child its [latent,
+                                   -- weight] terms, the rows summed (LineageEvent.composed); NULL otherwise
 )""",
     "lineage_members": """
 CREATE TABLE lineage_members (

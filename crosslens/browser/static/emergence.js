@@ -240,6 +240,9 @@ const EmergencePanel = {
       const first = run.snapshots[0];
       const early = e.first_snapshot ? [CL.el("span", { class: "note", text: ` its latents are all strongest at ${first.label}`
         + (first.step === 0 ? ", the untrained model, where a latent carries a single token's direction" : "") })] : [];
+      // a split by composition's children are sums of rows, each weighted by its latent's mean code there
+      const children = e.composed ? [" children: ", ...e.composed.flatMap((child, k) => [k ? "; " : "",
+        ...child.flatMap(([latent, weight], j) => [j ? " + " : "", `${CL.fmt(weight, 3)} \u00d7 `, this.link(latent, e.snapshot)])])] : [];
       // a reused latent that comes onto its partner's row as the feature it carried fades reads as a merge too
       const weak = e.held && e.kind === "merge" && !run.emergence.agreement ? [CL.el("span", { class: "note merge-weak",
         text: " a merge is the weakest of the three events: a latent reused after the feature it carried fades also "
@@ -247,7 +250,7 @@ const EmergencePanel = {
       return CL.el("li", { "data-kind": e.kind, "data-held": String(e.held), "data-first": String(e.first_snapshot),
         "data-agreement": e.agreement === null ? "" : String(e.agreement) },
         `${e.kind} at ${step}: `, ...this.joined(e.before, e.snapshot), " \u2192 ", ...this.joined(e.after, e.snapshot),
-        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside, ...early, ...weak, ...this.agreement(run, e));
+        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...children, ...aside, ...early, ...weak, ...this.agreement(run, e));
     }));
   },
 
