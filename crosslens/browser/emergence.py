@@ -158,9 +158,10 @@ def feature_emergence(
     its direction, ``[latent, cosine]`` or None, per snapshot: the nearest other latent present,
     where its cosine reaches ``carrier_line``, the check's ``carrier_cosine``; one under it carries
     nothing the check counted), its lineage events (each with
-    ``first_snapshot``: every latent of it strongest at the first snapshot, and its agreement with
-    another crosscoder at ``line``, both None where ``line`` is: no agreement that holds) and its
-    relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
+    ``first_snapshot``: every latent of it strongest at the first snapshot, its agreement with
+    another crosscoder at ``line``, both None where ``line`` is: no agreement that holds, and a split
+    by composition's children as ``composed``, ``[[[latent, weight], ...], ...]``, None for the other
+    events) and its relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
     row = connection.execute(
         "SELECT measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, n_fire, "
         "diffing FROM emergence WHERE feature = ?",
