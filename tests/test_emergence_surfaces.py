@@ -459,7 +459,7 @@ def test_a_merge_not_checked_against_another_crosscoder_is_called_the_weakest_ev
 
 def test_a_split_by_composition_is_kept_with_its_children_and_read_as_such(run, tmp_path, driver):  # noqa: F811
     """A split by composition keeps its children's terms through the emergence record and the feature
-    database, and a feature's page says how it was read (the parent turning beside latents born
+    database into the Neuronpedia flags, and a feature's page says how it was read (the parent turning beside latents born
     there, a child its row summed with one of theirs) and each child's terms, each latent a link."""
     _, result = run
     a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
@@ -476,6 +476,10 @@ def test_a_split_by_composition_is_kept_with_its_children_and_read_as_such(run, 
             "return [...document.querySelectorAll('#lineage-events li a')].map(a => a.getAttribute('href'))"
         )
     assert [e["composed"] for e in listed] == [[[[a, 1.0]], [[a, 2.5], [b, 1.5]]]]
+    flags = json.loads(
+        (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
+    )
+    assert flags["features"][str(b)]["lineage"][0]["children"] == [[[a, 1.0]], [[a, 2.5], [b, 1.5]]]
     assert (
         "(the parent turns as latents born beside it fire with it; a child is its row summed with one of theirs, "
         f"cosine 0.4) children: 1 \u00d7 #{a}; 2.5 \u00d7 #{a} + 1.5 \u00d7 #{b}" in text

@@ -18,8 +18,9 @@ verdict (``{"format", "record", "n_tokens", "diffing", "features": {"12": {"meas
 "diffing": "specific"}, ...}}``). Where ``crosslens analyze --lineage-against OTHER``
 checked the lineage, the file names that crosscoder (``"agreement": {"against", "crosscoder": its
 weights' sha256, "line", "reading": how an event's latents were read}``) and each event carries
-its ``"agreement"`` (null: none of its latents present beside it). Nothing is written where the
-database holds no emergence check.
+its ``"agreement"`` (null: none of its latents present beside it). A split by composition carries
+its ``"children"``, each child's ``[latent, weight]`` terms (its rows summed). Nothing is written
+where the database holds no emergence check.
 """
 
 from __future__ import annotations
@@ -68,12 +69,14 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
     if dropped:
         print(f"note: {FLAGS_NAME} leaves out the lineage's agreement: {dropped}")
         checked = None
-    for f, kind, snapshot, before, after, agreement in database.execute(
-        "SELECT m.feature, e.kind, e.snapshot, e.before, e.after, e.agreement FROM lineage_members m "
+    for f, kind, snapshot, before, after, agreement, composed in database.execute(
+        "SELECT m.feature, e.kind, e.snapshot, e.before, e.after, e.agreement, e.composed FROM lineage_members m "
         "JOIN lineage_events e USING (event) WHERE e.held ORDER BY m.feature, e.snapshot, e.event"
     ):
         entry = features.setdefault(str(f), dict.fromkeys(_KEYS) | {"measured": False, "lineage": []})
         event = {"kind": kind, "at": name(snapshot), "before": json.loads(before), "after": json.loads(after)}
+        if composed is not None:
+            event["children"] = json.loads(composed)
         entry["lineage"].append(event | ({"agreement": agreement} if checked else {}))
     return {
         "format": FLAGS_FORMAT,
