@@ -154,7 +154,7 @@ def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tupl
                 json.dumps(e.after),
                 held,
                 a,
-                json.dumps([[list(term) for term in child] for child in e.composed]) if e.composed else None,
+                json.dumps(e.to_dict()["composed"]) if e.composed else None,  # the emergence record's encoding
             )
         )
         for feature in e.latents:
