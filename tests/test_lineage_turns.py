@@ -7,22 +7,12 @@ rows with the one difference that makes it an event.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from test_lineage import GROWING_1S1, D, S, _turned
 
 from crosslens.analysis import EvolutionAnalysis
 from crosslens.analysis.lineage_events import LineageConfig, lineage_of
-
-S, D = 8, 32
-GROWING_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]
-
-
-def _turned(a: torch.Tensor, b: torch.Tensor, cosine: float) -> torch.Tensor:
-    """A unit vector at ``cosine`` to unit ``a``, towards ``b``."""
-    b = b - (b @ a) * a
-    return cosine * a + math.sqrt(1 - cosine**2) * b / b.norm()
 
 
 def _basis(seed: int) -> torch.Tensor:
