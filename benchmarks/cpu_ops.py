@@ -14,7 +14,9 @@
    large temporaries are faulted in afresh; run it again with
    ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296`` to see them go).
 2b/2c. The encoder matmul writing h feature-major against token-major plus a transposed
-   copy; the code's gradient and the window's sums from S per-snapshot products against two matmuls.
+   copy; the code's gradient and the window's sums from S per-snapshot products in blocks of
+   features (the plan's ``code_grad_block_elements``) against the same products over every
+   feature at once, and against two matmuls.
 4. The JumpReLU step at initialisation with the padded rows worked in blocks of 2^17,
    2^19 (the default, the plan's ``row_block_elements``) and 2^21 elements.
 5. With ``--profile``: ``torch.profiler``'s costliest operators of that step.
@@ -139,6 +141,7 @@ def elementwise_rows(rounds: int) -> None:
         rounds,
     )
     W_FSD, mask_f = torch.randn(F_, S, D), mask_FN.float()
+    block_rows = KernelPlan.resolve("cpu").code_grad_block_elements // N  # the default's blocks
 
     def two_matmuls() -> None:  # the code's gradient, then the window's sums over tokens, dotted with W_dec
         W_FSD.view(F_, -1) @ grad.T
@@ -147,8 +150,11 @@ def elementwise_rows(rounds: int) -> None:
     ratio_rows(
         "2c. the code's gradient and the threshold window's decoder sums",
         {
-            "per-snapshot products (code_grad_and_window_sums)": lambda: jumprelu_ops.code_grad_and_window_sums(
-                W_FSD, grad, lambda s: mask_f
+            "per-snapshot products, blocks of features": lambda: jumprelu_ops.code_grad_and_window_sums(
+                W_FSD, grad, lambda s, rows: mask_f[rows], block_rows
+            ),
+            "per-snapshot products, every feature at once": lambda: jumprelu_ops.code_grad_and_window_sums(
+                W_FSD, grad, lambda s, rows: mask_f[rows], F_
             ),
             "two matmuls, then a dot with W_dec": two_matmuls,
         },

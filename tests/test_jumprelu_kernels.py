@@ -100,9 +100,9 @@ def _run(cc, x: torch.Tensor):
 # How the new code may run: the per-snapshot kernel in many blocks or one (the fallback for
 # many mixed gates), or the gated decode with each of its three ways of summing the window,
 # its entries open everywhere gathered one at a time or packed into padded rows (in blocks
-# of a few rows, or all at once).
+# of a few rows, or all at once), its code gradient in blocks of a few features or all at once.
 GATHER = {"padding_limit": 0.0}
-ROWS = {"padding_limit": float("inf"), "row_block_elements": 50}
+ROWS = {"padding_limit": float("inf"), "row_block_elements": 50, "code_grad_block_elements": 50}
 PATHS = {
     "dense-blocks": {"cpu_block_elements": 200, "gather_share": -1.0},
     "dense-one-block": {"cpu_block_elements": 1 << 20, "gather_share": -1.0},
@@ -244,9 +244,14 @@ def test_flat_nonzero_is_nonzero_whether_it_reads_words_or_entries(share):
 @pytest.mark.parametrize("padding_limit", [0.0, float("inf")])
 def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, padding_limit):
     """The function alone, with upstream gradients on the decode and on the scores."""
-    # several blocks of rows
+    # several blocks of rows, and of features in the code's gradient (8 of 30, the last one short)
     plan = KernelPlan.resolve(
-        "cpu", gather_share=1.0, window_mode=window_mode, padding_limit=padding_limit, row_block_elements=40
+        "cpu",
+        gather_share=1.0,
+        window_mode=window_mode,
+        padding_limit=padding_limit,
+        row_block_elements=40,
+        code_grad_block_elements=8 * 40,
     )
     gen = torch.Generator().manual_seed(2)
     N, F_, S, D = 40, 30, 3, 5
@@ -288,6 +293,10 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, 
     recon_no_norms = torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1)
     torch.autograd.backward([recon_no_norms], [grad_recon])
     assert not torch.allclose(grads[2], W_dec.grad)
+    # without gradients the forward skips the scores' gradient parts, and computes the same
+    with torch.no_grad():
+        recon_ng, score_ng, *_ = snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw)
+    assert torch.equal(recon_ng, recon) and torch.equal(score_ng, score)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -29,8 +29,7 @@ from crosslens.kernels.jumprelu_ops import (
     PaddedRows,
     code_grad_and_window_sums,
     flat_nonzero,
-    padded_score_backward,
-    padded_score_sums,
+    padded_scores,
     sech2_times,
     sigmoid_of_twice,
     tanh_from_sigmoid,
@@ -170,54 +169,58 @@ def _code_grad(
     F_, S = norms_FS.shape
     window_grad_FS = norms_FS.new_zeros(F_, S)
     window_sech_FS = norms_FS.new_zeros(F_, S)
+    block_rows = max(
+        1, classes.plan.block_elements(h_FN.device, classes.plan.code_grad_block_elements) // h_FN.shape[1]
+    )
     if classes.window_per_snapshot:  # many entries inside at some snapshots only
         shut_FN = ~classes.open_any_FN
 
-        def window_mask(s: int) -> torch.Tensor:
-            window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
-            window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
-            return mask_values(window_FN, grad_flat.dtype)
+        def window_mask(s: int, rows: slice) -> torch.Tensor:
+            distance_BN = (h_FN[rows] * norms_FS[rows, s, None]).sub_(threshold_F[rows, None])
+            window_BN = distance_BN.abs_() < half_width
+            window_sech_FS[rows, s] += row_counts(window_BN & shut_FN[rows]) * grad_score_F[rows]
+            return mask_values(window_BN, grad_flat.dtype)
 
-        grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask)
+        grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask, block_rows)
     elif classes.dense_window:  # many entries inside at every snapshot
         window_all_FN = mask_values(classes.window_all_FN, grad_flat.dtype)
-        grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, lambda s: window_all_FN)
+        grad_h_FN, window_grad_FS = code_grad_and_window_sums(
+            W_dec_FSD, grad_flat, lambda s, rows: window_all_FN[rows], block_rows
+        )
     else:
         grad_h_FN = torch.mm(W_dec_FSD.reshape(F_, -1), grad_flat.T)
     return grad_h_FN, window_grad_FS, window_sech_FS
+
+
+def _row_window(classes: EntryClasses, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float) -> Any:
+    """The threshold window of the entries packed into rows, as :func:`padded_scores` takes it."""
+    rows, flat_a = classes.open_rows, classes.all_open_flat
+    if classes.window_per_snapshot:
+        valid_FP = rows.pad(torch.ones_like(flat_a, dtype=torch.bool))
+        return (norms_FS, threshold_F, valid_FP, half_width)
+    if classes.dense_window:
+        return rows.pad(mask_values(classes.window_all_FN.view(-1).index_select(0, flat_a), classes.h_FN.dtype))
+    return None  # the gathered window pairs include these entries' scores
 
 
 def _add_row_scores(
     grad_h_flat: torch.Tensor,
     window_sech_FS: torch.Tensor,
     classes: EntryClasses,
-    h_FP: torch.Tensor | None,
-    norms_FS: torch.Tensor,
-    threshold_F: torch.Tensor,
-    scale_FS: torch.Tensor,
+    row_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     grad_score_F: torch.Tensor,
-    half_width: float,
 ) -> torch.Tensor:
-    """The scores' backward for the entries packed into rows (open at every snapshot): their code
-    gradient added to ``grad_h_flat``, their window sech sums to ``window_sech_FS``; returns the
-    norms' gradient ``[F, S]`` (zeros where no rows were packed)."""
-    rows: PaddedRows | None = classes.open_rows
-    if rows is None:
-        return norms_FS.new_zeros(norms_FS.shape)
-    flat_a = classes.all_open_flat
-    if classes.window_per_snapshot:
-        valid_FP = rows.pad(torch.ones_like(flat_a, dtype=torch.bool))
-        window: Any = (norms_FS, threshold_F, valid_FP, half_width)
-    elif classes.dense_window:
-        window = rows.pad(mask_values(classes.window_all_FN.view(-1).index_select(0, flat_a), classes.h_FN.dtype))
-    else:  # the gathered window pairs include these entries' scores
-        window = None
-    grad_norms_FS, rows_window_sech_FS, grad_h_FP = padded_score_backward(
-        _row_blocks(rows, norms_FS.shape[1], h_FP.device, classes.plan), h_FP, scale_FS, grad_score_F, window
-    )
-    window_sech_FS += rows_window_sech_FS
-    grad_h_flat.index_add_(0, flat_a, rows.take(grad_h_FP))
-    return grad_norms_FS
+    """The scores' backward for the entries packed into rows (open at every snapshot), from the
+    parts :func:`padded_scores` worked out in the forward: their code gradient added to
+    ``grad_h_flat``, their window sech sums to ``window_sech_FS``; returns the norms' gradient
+    ``[F, S]`` (zeros where no rows were packed)."""
+    if row_parts is None:
+        return window_sech_FS.new_zeros(window_sech_FS.shape)
+    norms_part_FS, window_part_FS, h_part_FP = row_parts
+    factor_F1 = grad_score_F[:, None] * 4
+    window_sech_FS += window_part_FS * factor_F1
+    grad_h_flat.index_add_(0, classes.all_open_flat, classes.open_rows.take(h_part_FP * factor_F1))
+    return norms_part_FS * factor_F1
 
 
 def _add_gathered_window(
@@ -377,9 +380,10 @@ class SnapshotGatedDecode(torch.autograd.Function):
     ``raw_norms_FS`` (``||W_dec[i, s]||``) and ``norm_factors_S``, all without gradient:
     the norms' gradient is passed on to ``W_dec`` here, in one pass, instead of by
     autograd's norm backward; ``classes`` (:class:`EntryClasses` of these h, norms and
-    threshold), ``bandwidth``, ``tanh_scale``. Outputs ``(recon_NSD, score_sum_F,
-    open_anywhere_NF, shared_code_NF)`` (the last two without gradient) with ``recon_NSD[n, s] = sum_i f_SNF[s, n, i] W_dec[i, s]`` (no
-    bias): the values and gradients of :class:`SnapshotGateAndScore` on those norms
+    threshold), ``bandwidth``, ``tanh_scale``, the micro-batch's ``block`` and ``grads`` (whether a
+    backward will follow: the forward then also works out the scores' gradient parts). Outputs
+    ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` (the last two without
+    gradient) with ``recon_NSD[n, s] = sum_i f_SNF[s, n, i] W_dec[i, s]`` (no bias): the values and gradients of :class:`SnapshotGateAndScore` on those norms
     followed by the decoder's batched matmul, summed in another order. Entries packed
     into rows are indexed ``P``, gathered ones ``g``.
     """
@@ -397,19 +401,23 @@ class SnapshotGatedDecode(torch.autograd.Function):
         bandwidth: float,
         tanh_scale: float,
         block: WeightBlock | None,
+        grads: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         N, F_ = h_NF.shape
         S, D = W_dec_FSD.shape[1:]
-        scale2_FS = (2 * tanh_scale) * norms_FS
+        scale_FS = tanh_scale * norms_FS
+        scale2_FS = scale_FS * 2
         h_FN = classes.h_FN
         h_flat = h_FN.view(-1)
         score_sum_F = h_NF.new_zeros(F_, dtype=torch.float32)
 
-        # open everywhere and packed into rows: the scores, row by row
-        rows = classes.open_rows
-        h_FP = None if rows is None else rows.pad(h_flat.index_select(0, classes.all_open_flat))
+        # open everywhere and packed into rows: the scores, row by row, and their gradients' parts
+        rows, row_parts = classes.open_rows, None
         if rows is not None:
-            padded_score_sums(_row_blocks(rows, S, h_FP.device, classes.plan), h_FP, scale2_FS, score_sum_F)
+            h_FP = rows.pad(h_flat.index_select(0, classes.all_open_flat))
+            window = _row_window(classes, norms_FS, threshold_F, bandwidth / 2) if grads else None
+            row_blocks = _row_blocks(rows, S, h_FP.device, classes.plan)
+            row_parts = padded_scores(row_blocks, h_FP, scale_FS, score_sum_F, window, grads)
 
         # the other entries open somewhere: gates and scores per snapshot, one entry at a time
         flat_g = classes.gathered_flat
@@ -434,7 +442,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             sigmoid_gS,
             *pairs,
         )
-        ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
+        ctx.classes, ctx.row_parts, ctx.bandwidth, ctx.tanh_scale = classes, row_parts, bandwidth, tanh_scale
         ctx.block = block_listing(block, W_dec_FSD)
         # the shared code h * [open at some snapshot]: the dense code with the mixed entries
         # it leaves out (open at a few snapshots only) put back (a copy: hooks may edit it)
@@ -483,9 +491,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # scores of the entries packed into rows. Their window part is the scores' gradient
         # where a gate is open and grad * c * norm where shut (tanh(0) = 0): sech is summed
         # over tokens first and multiplied by c * norm per (feature, snapshot) after.
-        grad_norms_FS = _add_row_scores(
-            grad_h_flat, window_sech_FS, classes, ctx.h_FP, norms_FS, threshold_F, scale_FS, grad_score_F, half_width
-        )
+        grad_norms_FS = _add_row_scores(grad_h_flat, window_sech_FS, classes, ctx.row_parts, grad_score_F)
 
         # scores of the gathered entries: grad * sech^2, times c * norm for the code, c * f for the norm
         flat_g = classes.gathered_flat
@@ -521,7 +527,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         grad_W_FSD = _add_norms_part(
             grad_W_FSD, block, grad_norms_FS.mul_(ctx.tanh_scale).mul_(norm_factors_S), raw_norms_FS, W_dec_FSD
         )
-        return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None, None
+        return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None, None, None
 
 
 def entry_classes_gated_decode(
@@ -546,6 +552,7 @@ def entry_classes_gated_decode(
         classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2, plan)
     if not classes.sparse_ok:
         return None
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (h_NF, W_dec_FSD, threshold_F))
     return SnapshotGatedDecode.apply(
-        h_NF, W_dec_FSD, threshold_F, norms_FS, raw_FS, norm_factors_S, classes, bandwidth, tanh_scale, block
+        h_NF, W_dec_FSD, threshold_F, norms_FS, raw_FS, norm_factors_S, classes, bandwidth, tanh_scale, block, grads
     )

@@ -169,41 +169,43 @@ class PaddedRows:
         return values_FP.reshape(-1).index_select(0, self.slots)
 
 
-def padded_score_sums(
-    row_blocks: list[slice], h_FP: torch.Tensor, scale2_FS: torch.Tensor, score_sum_F: torch.Tensor
-) -> None:
-    """Add each feature's sum over its row's entries and every snapshot of ``tanh(c h norm)``.
-    A row's sum of tanh is twice its sum of sigmoids less ``S * P`` (padding adds
-    sigmoid(0) = 1/2, tanh(0) = 0); the sigmoids are summed in float64 so that the
-    difference keeps float32's precision."""
-    S, width = scale2_FS.shape[1], h_FP.shape[1]
-    for block in row_blocks:
-        sigmoid_BSP = sigmoid_of_twice(h_FP[block, None, :], scale2_FS[block, :, None])
-        sigmoid_sum_B = sigmoid_BSP.sum(dim=(1, 2), dtype=torch.float64)
-        score_sum_F[block] += sigmoid_sum_B.mul_(2).sub_(S * width).to(score_sum_F.dtype)
-
-
-def padded_score_backward(
+def padded_scores(
     row_blocks: list[slice],
     h_FP: torch.Tensor,
     scale_FS: torch.Tensor,
-    grad_score_F: torch.Tensor,
+    score_sum_F: torch.Tensor,
     window: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The scores' gradients from the entries packed into padded rows, a block of rows (``row_blocks``) at a time: to the norms (before the
-    factor c) ``[F, S]``, the sech-weighted count inside the threshold's window ``[F, S]``
-    and to h per slot ``[F, P]``. ``window`` is the entries' window membership ``[F, P]``
-    (inside at every snapshot), or ``(norms_FS, threshold_F, valid_FP, half_width)`` to
-    test it per snapshot, or None to leave the window to the gathered pairs."""
+    grads: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Add each feature's sum over its row's entries and every snapshot of ``tanh(c h norm)``
+    (``scale_FS = c * norms``), a block of rows (``row_blocks``) at a time, and return the parts of
+    the scores' gradients that do not depend on the gradient reaching them (it is one number per
+    feature, so the backward only multiplies by ``4 * grad``): ``sech^2 / 4`` summed against h
+    per (feature, snapshot) for the norms (before the factor c), inside the threshold's window
+    per (feature, snapshot), and against ``c * norm`` per slot ``[F, P]`` for h. ``window`` is the
+    entries' window membership ``[F, P]`` (inside at every snapshot), or ``(norms_FS,
+    threshold_F, valid_FP, half_width)`` to test it per snapshot, or None to leave the window to
+    the gathered pairs; with ``grads`` False, the sums alone (and None).
+
+    A row's sum of tanh is twice its sum of sigmoids less ``S * P`` (padding adds sigmoid(0) =
+    1/2, tanh(0) = 0); the sigmoids are summed in float64 so that the difference keeps float32's
+    precision. Working out the gradients' parts here reads each sigmoid while it is in cache,
+    instead of computing it again in the backward."""
     n_features, S = scale_FS.shape
+    width = h_FP.shape[1]
     scale2_FS = scale_FS * 2
-    grad_norms_FS = scale_FS.new_zeros(n_features, S)
-    window_sech_FS = scale_FS.new_zeros(n_features, S)
-    grad_h_FP = torch.empty_like(h_FP)
+    parts = None
+    if grads:
+        parts = (scale_FS.new_zeros(n_features, S), scale_FS.new_zeros(n_features, S), torch.empty_like(h_FP))
     for block in row_blocks:
         h_BP = h_FP[block]
         sigmoid_BSP = sigmoid_of_twice(h_BP[:, None, :], scale2_FS[block, :, None])
-        sech_BSP = quarter_sech2(sigmoid_BSP)  # the factor 4 * grad is per feature: applied below
+        sigmoid_sum_B = sigmoid_BSP.sum(dim=(1, 2), dtype=torch.float64)
+        score_sum_F[block] += sigmoid_sum_B.mul_(2).sub_(S * width).to(score_sum_F.dtype)
+        if parts is None:
+            continue
+        grad_norms_FS, window_sech_FS, grad_h_FP = parts
+        sech_BSP = quarter_sech2(sigmoid_BSP)
         grad_norms_FS[block] = (sech_BSP * h_BP[:, None, :]).sum(dim=-1)
         grad_h_FP[block] = (sech_BSP * scale_FS[block, :, None]).sum(dim=1)
         if isinstance(window, torch.Tensor):
@@ -213,29 +215,33 @@ def padded_score_backward(
             distance_BSP = (h_BP[:, None, :] * norms_FS[block, :, None]).sub_(threshold_F[block, None, None])
             inside_BSP = (distance_BSP.abs_() < half_width).logical_and_(valid_FP[block, None, :])
             window_sech_FS[block] = (sech_BSP * inside_BSP).sum(dim=-1)
-    factor_F1 = grad_score_F[:, None] * 4
-    return grad_norms_FS.mul_(factor_F1), window_sech_FS.mul_(factor_F1), grad_h_FP.mul_(factor_F1)
+    return parts
 
 
 def code_grad_and_window_sums(
-    W_dec_FSD: torch.Tensor, grad_flat: torch.Tensor, window_mask: Any
+    W_dec_FSD: torch.Tensor, grad_flat: torch.Tensor, window_mask: Any, block_rows: int
 ) -> tuple[Float[torch.Tensor, "d_sae n"], Float[torch.Tensor, "d_sae n_snapshots"]]:
     """The decoder's gradient to the code, summed over snapshots, ``[F, N]``, and its sum
     over each (feature, snapshot)'s tokens inside the threshold window ``[F, S]``
-    (``window_mask(s)``: a float ``[F, N]`` mask), from one ``[F, D] @ [D, N]`` product per
-    snapshot: each product is added into the first and gives the second as masked row
-    sums. This is cheaper on a CPU than one matmul for the code's gradient and another for
-    the window's sums over tokens (``mask @ grad``, then a dot with W_dec), which reads
-    the gradient twice; ``benchmarks/cpu_ops.py`` (2c) compares the two."""
+    (``window_mask(s, rows)``: a float ``[rows, N]`` mask of the features in the slice ``rows``),
+    from one ``[rows, D] @ [D, N]`` product per snapshot and block of ``block_rows`` features:
+    each product is added into the first and gives the second as masked row sums while it is
+    still in cache. This is cheaper on a CPU than one matmul for the code's gradient and another
+    for the window's sums over tokens (``mask @ grad``, then a dot with W_dec), which reads the
+    gradient twice, and than the same products over every feature at once, whose ``[F, N]``
+    results go to memory and back; ``benchmarks/cpu_ops.py`` (2c) compares the three."""
     F_, S, D = W_dec_FSD.shape
     grad_NSD = grad_flat.view(-1, S, D)
     grad_FN = W_dec_FSD.new_empty(F_, grad_NSD.shape[0])
-    product_FN, scratch_FN = torch.empty_like(grad_FN), torch.empty_like(grad_FN)
+    product_BN = W_dec_FSD.new_empty(min(F_, block_rows), grad_NSD.shape[0])
     window_FS = W_dec_FSD.new_empty(F_, S)
-    for s in range(S):
-        out_FN = grad_FN if s == 0 else product_FN
-        torch.mm(W_dec_FSD[:, s], grad_NSD[:, s].T, out=out_FN)
-        window_FS[:, s] = torch.mul(out_FN, window_mask(s), out=scratch_FN).sum(dim=1)
-        if s:
-            grad_FN += product_FN
+    for start in range(0, F_, block_rows):
+        rows = slice(start, min(F_, start + block_rows))
+        sum_BN, out_BN = grad_FN[rows], product_BN[: rows.stop - start]
+        for s in range(S):
+            product = sum_BN if s == 0 else out_BN
+            torch.mm(W_dec_FSD[rows, s], grad_NSD[:, s].T, out=product)
+            window_FS[rows, s] = torch.linalg.vecdot(product, window_mask(s, rows))
+            if s:
+                sum_BN += out_BN
     return grad_FN, window_FS
