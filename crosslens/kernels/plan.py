@@ -150,9 +150,9 @@ class KernelPlan:
     row_block_elements: int = 1 << 19
     """Elements of one ``[features, S, P]`` block of padded-row work on a CPU (2 MiB: its
     temporaries stay in cache)."""
-    code_grad_block_elements: int = 1 << 17
+    code_grad_block_elements: int = 1 << 18
     """Elements of one ``[features, N]`` block of the dense CPU step's code gradient and window
-    sums (512 KiB in float32: a snapshot's product is summed and masked while it is in cache)."""
+    sums (1 MiB in float32: a snapshot's product is summed and masked while it is in cache)."""
     sparse_entry_chunk: int = 1 << 20
     """Elements ``pairs * D`` gathered at once for the dense CPU step's per-pair work."""
     pair_chunk_elements: int = 1 << 22
