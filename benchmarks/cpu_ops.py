@@ -2,7 +2,8 @@
 
 1. Elementwise choices on an ``[8192, 512]`` (token, feature) matrix: ``torch.tanh``
    against ``2 * sigmoid(2x) - 1``; a bool mask's ``sum(dim)`` and
-   ``count_nonzero(dim)`` against summing its bytes (``crosslens.core.tensors.row_counts``);
+   ``count_nonzero(dim)`` and a sum of its bytes as int32 against reading them as 64-bit words
+   (``crosslens.core.tensors.row_counts``);
    ``torch.where(mask, x, 0)``, ``masked_fill`` and ``x * mask_values(mask)`` against
    ``x * mask``, each written into an existing tensor, which times the op itself (a fresh 16 MiB
    output's page faults, section 3, can cost more than the op and vary with what the allocator
@@ -95,7 +96,8 @@ def elementwise_rows(rounds: int) -> None:
     ratio_rows(
         "1b. true entries per row of a bool [8192, 512]",
         {
-            "row_counts (bytes summed as int32)": lambda: row_counts(mask_FN),
+            "row_counts (bytes read as 64-bit words)": lambda: row_counts(mask_FN),
+            "bytes summed as int32": lambda: mask_FN.view(torch.uint8).sum(dim=1, dtype=torch.int32),
             "mask.sum(dim=1)": lambda: mask_FN.sum(dim=1),
             "torch.count_nonzero(mask, dim=1)": lambda: torch.count_nonzero(mask_FN, dim=1),
         },

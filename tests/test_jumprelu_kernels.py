@@ -297,6 +297,17 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, 
     with torch.no_grad():
         recon_ng, score_ng, *_ = snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw)
     assert torch.equal(recon_ng, recon) and torch.equal(score_ng, score)
+    # a loss of one output alone: the other's gradient reaches the backward as None, not zeros
+    for upstream in ([grad_recon, None], [None, grad_score]):
+        recon, score, *_ = snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw)
+        used = [(out, g) for out, g in zip((recon, score), upstream) if g is not None]
+        got = torch.autograd.grad([out for out, _ in used], (h, threshold, W_dec), [g for _, g in used])
+        f_SNF, score_ref, _ = dense.snapshot_gate_and_score(h, W_dec.norm(dim=-1) * factors, threshold, **kw)
+        outs_ref = (torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1), score_ref)
+        used_ref = [(out, g) for out, g in zip(outs_ref, upstream) if g is not None]
+        want = torch.autograd.grad([out for out, _ in used_ref], (h, threshold, W_dec), [g for _, g in used_ref])
+        for name, a, b in zip(("h", "threshold", "W_dec"), got, want):
+            torch.testing.assert_close(a, b, msg=f"gradient of {name} from one output")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

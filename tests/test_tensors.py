@@ -32,3 +32,16 @@ def test_bool_masks_counted_and_converted_through_their_bytes_give_what_torch_gi
             assert values.dtype == dtype and values.shape == view.shape
             assert torch.equal(values, view.to(dtype))
     assert mask_values(mask, torch.float32).unique().tolist() == [0.0, 1.0]
+
+
+def test_row_counts_read_as_words_never_carry_between_lanes():
+    # rows of every entry True fill each byte lane of the summed words to the most it holds;
+    # longer rows, tails that are no whole word and rows starting mid-word take other ways
+    g = torch.Generator().manual_seed(1)
+    for n in (8, 2040, 2048, 4081, 6000):
+        full = torch.ones(3, n, dtype=torch.bool)
+        assert row_counts(full).tolist() == [n] * 3
+        mask = torch.rand(2, 3, n, generator=g) < 0.6
+        for view in (mask, mask[..., 8:], mask[..., 3:], mask[0, 1]):
+            assert torch.equal(row_counts(view), view.sum(dim=-1).int())
+    assert row_counts(torch.ones(0, 16, dtype=torch.bool)).shape == (0,)

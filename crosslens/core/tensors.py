@@ -24,10 +24,33 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 
 def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
     """True entries along the last dimension, as int32. A bool tensor's ``sum`` or
-    ``count_nonzero`` over a dimension first converts it to int64, which on a CPU takes
-    several times as long as summing its bytes (``benchmarks/cpu_ops.py``; benchmarks/README.md,
-    "CPU arithmetic and the allocator")."""
-    return mask.view(torch.uint8).sum(dim=-1, dtype=torch.int32)
+    ``count_nonzero`` over a dimension first converts it to int64, and a sum of its bytes as
+    int32 converts them to a ``[..., n]`` int32 tensor; either takes several times as long on a
+    CPU as reading the bytes eight at a time (``benchmarks/cpu_ops.py``; benchmarks/README.md,
+    "CPU arithmetic and the allocator"). Where a row's bytes lie contiguously they are summed
+    as 64-bit words: a sum of words adds their eight bytes lane by lane, none of which passes
+    255 over at most :data:`WORDS_PER_LANE_SUM` words and so carries into the next, and the
+    eight lanes of the sum add up to the row's count."""
+    bytes_ = mask.view(torch.uint8)
+    whole = bytes_.shape[-1] - bytes_.shape[-1] % 8 if bytes_.dim() else 0
+    if (
+        bytes_.device.type != "cpu"
+        or whole == 0
+        or bytes_.stride(-1) != 1
+        or bytes_.storage_offset() % 8
+        or any(stride % 8 for stride in bytes_.stride()[:-1])
+    ):
+        return bytes_.sum(dim=-1, dtype=torch.int32)
+    counts = bytes_[..., whole:].sum(dim=-1, dtype=torch.int32)
+    for start in range(0, whole, 8 * WORDS_PER_LANE_SUM):
+        words = bytes_[..., start : min(whole, start + 8 * WORDS_PER_LANE_SUM)].view(torch.int64)
+        counts += words.sum(dim=-1, keepdim=True).view(torch.uint8).sum(dim=-1, dtype=torch.int32)
+    return counts
+
+
+WORDS_PER_LANE_SUM = 255
+"""The most 64-bit words :func:`row_counts` sums at once: each of a sum's byte lanes then holds
+at most 255, and no lane carries into the next."""
 
 
 def mask_values(mask: Bool[torch.Tensor, "..."], dtype: torch.dtype) -> torch.Tensor:

@@ -451,6 +451,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         shared_FN.view(-1)[few_open_g] = h_flat.index_select(0, few_open_g)
         open_any_NF, shared_NF = classes.open_any_FN.T, shared_FN.T
         ctx.mark_non_differentiable(open_any_NF, shared_NF)
+        ctx.set_materialize_grads(False)  # the backward takes a missing gradient as zeros, without [N, F] of them
         return recon_flat.view(N, S, D), score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF
 
     @staticmethod
