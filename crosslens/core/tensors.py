@@ -21,6 +21,10 @@ from jaxtyping import Bool, Float, Int
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 
+WORDS_PER_LANE_SUM = 255
+"""The most 64-bit words :func:`row_counts` sums at once: each of a sum's byte lanes then holds
+at most 255, and no lane carries into the next."""
+
 
 def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
     """True entries along the last dimension, as int32. A bool tensor's ``sum`` or
@@ -46,11 +50,6 @@ def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
         words = bytes_[..., start : min(whole, start + 8 * WORDS_PER_LANE_SUM)].view(torch.int64)
         counts += words.sum(dim=-1, keepdim=True).view(torch.uint8).sum(dim=-1, dtype=torch.int32)
     return counts
-
-
-WORDS_PER_LANE_SUM = 255
-"""The most 64-bit words :func:`row_counts` sums at once: each of a sum's byte lanes then holds
-at most 255, and no lane carries into the next."""
 
 
 def mask_values(mask: Bool[torch.Tensor, "..."], dtype: torch.dtype) -> torch.Tensor:
