@@ -378,6 +378,10 @@ def test_store_built_for_other_inputs_is_never_reused(store, suite, token_ids, t
         harvest_activations(suite, HOOKS, token_ids, copy, dtype="float16", **kwargs)
     with pytest.raises(StoreMismatchError, match="suite"):
         harvest_activations(suite.select(indices=[0, 2]), HOOKS, token_ids, copy, **kwargs)
+    moved = tmp_path / "moved" / suite.root.name  # a local suite is named by its folder
+    shutil.copytree(suite.root, moved)
+    with pytest.raises(StoreMismatchError, match=rf"differs in: the suite's folder: {suite.root} there, {moved} now,"):
+        harvest_activations(_open_suite(moved), HOOKS, token_ids, copy, **kwargs)
     assert _files(copy) == _files(store.path)  # refused runs touched nothing
     replaced = harvest_activations(suite, HOOK, token_ids[:6], copy, overwrite=True, **kwargs)
     assert replaced.hooks == [HOOK] and replaced.manifest["spec"]["n_seqs"] == 6

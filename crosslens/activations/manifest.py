@@ -360,6 +360,11 @@ def spec_changes(old: dict, new: dict) -> tuple[list[str], dict[str, str]]:
         was, now = old.get(key), new.get(key)
         if was == now:
             continue
+        if key == "suite" and _moved_only(was, now):
+            differs.append(
+                f"the suite's folder: {was['root']} there, {now['root']} now, with the same snapshot records"
+            )
+            continue
         if key in SPEC_FLAGS and was is not None and now is not None:
             flag = SPEC_FLAGS[key]
             differs.append(f"{flag}: {_flag_value(was)} there, {_flag_value(now)} now")
@@ -367,6 +372,14 @@ def spec_changes(old: dict, new: dict) -> tuple[list[str], dict[str, str]]:
         else:
             differs.append(SPEC_SETTINGS.get(key, key))
     return list(dict.fromkeys(differs)), fixes
+
+
+def _moved_only(was: Any, now: Any) -> bool:
+    """Whether two suite records differ in their local folder alone (a suite copied or moved,
+    or a cache under another ``CROSSLENS_HOME``)."""
+    if not (isinstance(was, dict) and isinstance(now, dict)) or was.get("root") == now.get("root"):
+        return False
+    return None not in (was.get("root"), now.get("root")) and {**was, "root": None} == {**now, "root": None}
 
 
 def _flag_value(value: Any) -> str:
