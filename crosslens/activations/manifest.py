@@ -376,10 +376,10 @@ def spec_changes(old: dict, new: dict) -> tuple[list[str], dict[str, str]]:
 
 def _moved_only(was: Any, now: Any) -> bool:
     """Whether two suite records differ in their local folder alone (a suite copied or moved,
-    or a cache under another ``CROSSLENS_HOME``)."""
-    if not (isinstance(was, dict) and isinstance(now, dict)) or was.get("root") == now.get("root"):
+    or a cache under another ``CROSSLENS_HOME``); called where the two differ."""
+    if not (isinstance(was, dict) and isinstance(now, dict)) or None in (was.get("root"), now.get("root")):
         return False
-    return None not in (was.get("root"), now.get("root")) and {**was, "root": None} == {**now, "root": None}
+    return {**was, "root": None} == {**now, "root": None}
 
 
 def _flag_value(value: Any) -> str:
